@@ -1,0 +1,170 @@
+"""The device configuration: `sota.toml` and its drop-ins, merged the way fioup merges them.
+
+Every `*.toml` file found in the search path (a path may name a file or a folder of files) is
+read; the files are ordered by base name, greatest first, and for each key the first file that
+sets it wins. So `/etc/sota/conf.d/z-50-fioctl.toml` overrides `/var/sota/sota.toml`, exactly as
+on a FoundriesFactory device, and a device configured for fioup works unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from fioup_flow.errors import NotConfiguredError, UsageError
+
+DEFAULT_CFG_DIRS: tuple[str, ...] = ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
+CFG_DIRS_ENV = ("FIOUP_FLOW_CFG_DIRS", "FIOUP_CFG_DIRS")
+DEFAULT_STORAGE_PATH = "/var/sota"
+
+
+def cfg_dirs_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """The search path: the first of the environment overrides that is set, else the default."""
+    for name in CFG_DIRS_ENV:
+        value = environ.get(name, "").strip()
+        if value:
+            return split_list(value)
+    return DEFAULT_CFG_DIRS
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    """Split a comma-separated list, dropping blanks ("a, b," -> ("a", "b"))."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def find_toml_files(cfg_dirs: tuple[str, ...]) -> list[Path]:
+    """Every `.toml` file named by or found directly inside the search paths, greatest base name first."""
+    files: list[Path] = []
+    for entry in cfg_dirs:
+        path = Path(entry)
+        if path.is_dir():
+            files.extend(p for p in path.iterdir() if p.suffix == ".toml" and p.is_file())
+        elif path.is_file():
+            files.append(path)
+    # Stable: for equal base names, the earlier search path keeps precedence.
+    return sorted(files, key=lambda p: p.name, reverse=True)
+
+
+def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
+    """Merge the files key by key: the first file (in the given order) that sets a key wins."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in files:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read config file {path}: {exc}") from exc
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                continue
+            target = merged.setdefault(section, {})
+            for key, value in values.items():
+                target.setdefault(key, value)
+    return merged
+
+
+@dataclass(frozen=True)
+class Config:
+    """The merged configuration, with typed accessors for the keys fioup-flow uses."""
+
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+
+    @classmethod
+    def load(cls, cfg_dirs: tuple[str, ...] | None = None) -> "Config":
+        """Read and merge the configuration found in `cfg_dirs` (default: environment, then fioup's path)."""
+        files = find_toml_files(cfg_dirs if cfg_dirs is not None else cfg_dirs_from_env())
+        return cls(values=merge_toml(files), files=tuple(files))
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        return self.values.get(section, {}).get(key, default)
+
+    def _path(self, section: str, key: str, default: str) -> Path:
+        """A path key; a relative value is taken relative to `storage.path`."""
+        value = Path(str(self.get(section, key, default)))
+        return value if value.is_absolute() else self.storage_path / value
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(str(self.get("storage", "path", DEFAULT_STORAGE_PATH)))
+
+    @property
+    def server(self) -> str:
+        """The Device Gateway's base URL (`tls.server`); required for anything that talks to it."""
+        server = str(self.get("tls", "server", "")).strip().rstrip("/")
+        if not server:
+            where = ", ".join(str(f) for f in self.files) or "no sota.toml was found"
+            raise NotConfiguredError(
+                f"tls.server is not set ({where}); register the device first (fioup-flow register)"
+            )
+        return server
+
+    @property
+    def ca_cert(self) -> Path:
+        return self._path("import", "tls_cacert_path", "root.crt")
+
+    @property
+    def client_cert(self) -> Path:
+        return self._path("import", "tls_clientcert_path", "client.pem")
+
+    @property
+    def client_key(self) -> Path:
+        return self._path("import", "tls_pkey_path", "pkey.pem")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return split_list(str(self.get("pacman", "tags", "")))
+
+    @property
+    def compose_apps(self) -> tuple[str, ...] | None:
+        """The apps to run: None when unset (all of the Target's apps); () when set but blank (none)."""
+        value = self.get("pacman", "compose_apps")
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return tuple(str(v).strip() for v in value if str(v).strip())
+        return split_list(str(value))
+
+    @property
+    def reset_apps_root(self) -> Path:
+        return self._path("pacman", "reset_apps_root", str(self.storage_path / "reset-apps"))
+
+    @property
+    def compose_apps_root(self) -> Path:
+        return self._path("pacman", "compose_apps_root", str(self.storage_path / "compose-apps"))
+
+    @property
+    def storage_watermark(self) -> int:
+        """Percentage of the store's filesystem that apps may fill (20 to 99, default 95)."""
+        raw = self.get("pacman", "storage_watermark", 95)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"pacman.storage_watermark must be a whole number, not {raw!r}") from exc
+        if not 20 <= value <= 99:
+            raise UsageError(f"pacman.storage_watermark must be between 20 and 99, not {value}")
+        return value
+
+    @property
+    def prune_unused_images(self) -> bool:
+        return str(self.get("pacman", "prune_unused_images", "0")).strip().lower() in ("1", "true", "yes")
+
+    @property
+    def hardware_id(self) -> str:
+        return str(self.get("provision", "primary_ecu_hardware_id", "")).strip()
+
+    @property
+    def polling_seconds(self) -> int:
+        return int(str(self.get("uptane", "polling_seconds", "300")))
+
+    @property
+    def tuf_dir(self) -> Path:
+        """Where the trusted TUF metadata lives (python-tuf's metadata folder)."""
+        return self.storage_path / "tuf"
+
+    @property
+    def flow_dir(self) -> Path:
+        """Where fioup-flow keeps its own state: the checkpoint store and the event outbox."""
+        return self.storage_path / "flow"

@@ -1,0 +1,127 @@
+"""The errors fioup-flow reports, each with the exit code a caller can act on.
+
+The codes from 10 to 70 are fioup's (see its `cmd/fioup/error.go`), so that scripts written for
+fioup keep working. The codes below 10 are ours, for failures fioup has no code for.
+"""
+
+from __future__ import annotations
+
+
+class FioupFlowError(Exception):
+    """Base of every error that the CLI turns into a message and an exit code."""
+
+    exit_code: int = 1
+
+
+class UsageError(FioupFlowError):
+    """The command line or an argument is wrong."""
+
+    exit_code = 2
+
+
+class NotConfiguredError(FioupFlowError):
+    """No usable `sota.toml` (the device is not registered, or `tls.server` is missing)."""
+
+    exit_code = 3
+
+
+class LockedError(FioupFlowError):
+    """Another fioup-flow process holds the single-instance lock."""
+
+    exit_code = 4
+
+
+class CheckpointStoreError(FioupFlowError):
+    """The checkpoint store cannot be read; resuming from it could do the wrong thing."""
+
+    exit_code = 5
+
+
+class RegistrationError(FioupFlowError):
+    """Registration failed, or the device is registered already and `--force` was not given."""
+
+    exit_code = 6
+
+
+class InvalidStateError(FioupFlowError):
+    """The action is not allowed in the current update state."""
+
+    exit_code = 10
+
+
+class MetadataUpdateError(FioupFlowError):
+    """TUF metadata could not be refreshed or did not verify."""
+
+    exit_code = 20
+
+
+class NoMatchingTargetError(FioupFlowError):
+    """No Target matches this device (hardware ID, tags)."""
+
+    exit_code = 21
+
+
+class TargetNotFoundError(FioupFlowError):
+    """The requested Target version does not exist for this device."""
+
+    exit_code = 22
+
+
+class InvalidOngoingUpdateError(FioupFlowError):
+    """The update in progress cannot be continued as asked."""
+
+    exit_code = 23
+
+
+class NoUpdateInProgressError(FioupFlowError):
+    """An action that needs an update in progress found none."""
+
+    exit_code = 24
+
+
+class NoUpdateError(FioupFlowError):
+    """Everything already runs the requested Target."""
+
+    exit_code = 25
+
+
+class NewerVersionAvailableError(FioupFlowError):
+    """The update in progress is not for the latest Target."""
+
+    exit_code = 26
+
+
+class InitError(FioupFlowError):
+    """Initialising the update failed."""
+
+    exit_code = 30
+
+
+class FetchError(FioupFlowError):
+    """Fetching a blob failed (network, registry, digest mismatch)."""
+
+    exit_code = 40
+
+
+class NoSpaceError(FetchError):
+    """The update does not fit on the disk within `pacman.storage_watermark`."""
+
+    exit_code = 41
+
+
+class StopError(FioupFlowError):
+    """Stopping an app failed."""
+
+    exit_code = 50
+
+
+class InstallError(FioupFlowError):
+    """Installing an app (compose project, images) failed."""
+
+    exit_code = 60
+
+
+class StartError(FioupFlowError):
+    """Starting an app failed, or its services did not come up in time."""
+
+    exit_code = 70

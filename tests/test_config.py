@@ -1,0 +1,37 @@
+"""The config is read and merged the way fioup reads it."""
+
+from pathlib import Path
+
+from fioup_flow.config import Config, cfg_dirs_from_env
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_greatest_file_name_wins_key_by_key(tmp_path: Path) -> None:
+    sota = write(tmp_path / "var/sota.toml", '[pacman]\ntags = "main"\ncompose_apps = "a,b"\n[tls]\nserver = "https://gw"\n')
+    write(tmp_path / "etc/z-50-fioctl.toml", '[pacman]\ncompose_apps = "c"\n')
+    config = Config.load((str(sota), str(tmp_path / "etc")))
+    assert config.compose_apps == ("c",)
+    assert config.tags == ("main",)
+    assert config.server == "https://gw"
+
+
+def test_compose_apps_unset_means_all_and_blank_means_none(tmp_path: Path) -> None:
+    assert Config.load((str(write(tmp_path / "a.toml", "[pacman]\n")),)).compose_apps is None
+    assert Config.load((str(write(tmp_path / "b.toml", '[pacman]\ncompose_apps = " "\n')),)).compose_apps == ()
+
+
+def test_relative_paths_are_under_storage_path(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "sota.toml", f'[storage]\npath = "{tmp_path}"\n[import]\ntls_cacert_path = "root.crt"\n')
+    config = Config.load((str(cfg),))
+    assert config.ca_cert == tmp_path / "root.crt"
+    assert config.reset_apps_root == tmp_path / "reset-apps"
+
+
+def test_environment_overrides_the_search_path() -> None:
+    assert cfg_dirs_from_env({"FIOUP_FLOW_CFG_DIRS": "/x.toml, /y"}) == ("/x.toml", "/y")
+    assert cfg_dirs_from_env({}) == ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
