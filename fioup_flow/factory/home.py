@@ -1,0 +1,118 @@
+"""Where the local factory keeps its state: one folder (`--home DIR`), laid out here only.
+
+Every module of the factory takes a `FactoryHome` and asks it for paths, so the layout is
+written down once and a factory can be inspected, backed up or wiped as a single folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FactoryHome:
+    root: Path
+
+    # --- the factory's own settings: name, ports, registration token ---------------------
+    @property
+    def state_file(self) -> Path:
+        """`factory.json`: name, ports, registration token; written once by `up`."""
+        return self.root / "factory.json"
+
+    def load_state(self) -> dict[str, Any]:
+        return json.loads(self.state_file.read_text())
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True).encode(), mode=0o600)
+
+    # --- PKI ---------------------------------------------------------------------------
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.pki / "ca.key"
+
+    def server_cert(self, name: str) -> Path:
+        """TLS certificate of a server: `gateway`, `api` or `registry`."""
+        return self.pki / f"{name}.crt"
+
+    def server_key(self, name: str) -> Path:
+        return self.pki / f"{name}.key"
+
+    @property
+    def token_signer_cert(self) -> Path:
+        """Certificate of the key that signs registry bearer tokens (the registry trusts the CA)."""
+        return self.pki / "token-signer.crt"
+
+    @property
+    def token_signer_key(self) -> Path:
+        return self.pki / "token-signer.key"
+
+    # --- TUF repository ------------------------------------------------------------------
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def tuf_keys(self) -> Path:
+        return self.tuf / "keys"
+
+    # --- registry ------------------------------------------------------------------------
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def registry_config(self) -> Path:
+        return self.registry / "config.yml"
+
+    @property
+    def registry_data(self) -> Path:
+        return self.registry / "data"
+
+    # --- devices: registrations and everything they report -------------------------------
+    @property
+    def devices(self) -> Path:
+        return self.root / "devices"
+
+    def device_dir(self, uuid: str) -> Path:
+        return self.devices / uuid
+
+    # --- processes -----------------------------------------------------------------------
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    def pid_file(self, service: str) -> Path:
+        return self.run / f"{service}.pid"
+
+    def log_file(self, service: str) -> Path:
+        return self.root / "logs" / f"{service}.log"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write a file so that a crash leaves either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
