@@ -7,10 +7,11 @@ written down once and a factory can be inspected, backed up or wiped as a single
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fioup_flow.durable import write_atomic
 
 
 @dataclass(frozen=True)
@@ -99,20 +100,3 @@ class FactoryHome:
     def log_file(self, service: str) -> Path:
         return self.root / "logs" / f"{service}.log"
 
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -1,0 +1,40 @@
+"""Durable file writes: the one way fioup-flow puts a file on disk that must survive power loss.
+
+A rename is atomic but not durable until the folder holding it is synced, and the data is not
+durable until the file is synced before the rename. Writing in the other order can leave an
+empty or half-written file under the final name after a power cut, which is worse than no file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder `path` (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that after a crash the file holds the old or the new data, whole.
+
+    Temporary file in the same folder, write, fsync, rename over the target, fsync the folder.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)  # the umask must not loosen a private key's mode, nor tighten others
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
