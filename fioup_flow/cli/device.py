@@ -1,7 +1,109 @@
-"""Commands that talk to the factory about this device: register, check."""
+"""Commands that talk to the factory about this device: register, check, whoami."""
 
 from __future__ import annotations
 
-import click
+import json
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fioup_flow.cli.output import emit_json
+from fioup_flow.config import split_list
+from fioup_flow.errors import MetadataUpdateError, NoMatchingTargetError
+from fioup_flow.gateway import GatewayClient, GatewayError
+from fioup_flow.installed import current_target
+from fioup_flow.register import Registration, default_hardware_id, register
+from fioup_flow.targets import Target, TufClient, select_target
+
+
+@click.command("register")
+@click.option("--server", required=True, metavar="URL", help="The factory's registration service (api URL).")
+@click.option("--token", required=True, envvar="FIOUP_FLOW_REGISTRATION_TOKEN",
+              help="The factory's registration token (or $FIOUP_FLOW_REGISTRATION_TOKEN).")
+@click.option("--name", required=True, help="The device's name in the factory.")
+@click.option("--hwid", default=default_hardware_id, show_default="amd64-linux or arm64-linux",
+              help="Hardware ID that Targets are filtered by.")
+@click.option("--tag", "tags", multiple=True, default=("main",), show_default=True,
+              help="Tag that Targets are filtered by (repeatable).")
+@click.option("--apps", default=None, metavar="A,B", help="Only run these apps (default: all of the Target's).")
+@click.option("--sota-dir", type=click.Path(path_type=Path), default=Path("/var/sota"), show_default=True,
+              help="Where the device's config, keys and state go.")
+@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA certificate to trust for the registration service (default: the system's).")
+@click.option("--force", is_flag=True, help="Register again, replacing an existing registration.")
+def register_command(server: str, token: str, name: str, hwid: str, tags: tuple[str, ...], apps: str | None,
+                     sota_dir: Path, ca_file: Path | None, force: bool) -> None:
+    """Register this device with its factory and check the link to its Device Gateway."""
+    reg = Registration(
+        server=server, token=token, name=name, hardware_id=hwid, sota_dir=sota_dir.absolute(), tags=tags,
+        apps=split_list(apps) if apps is not None else None, ca_file=ca_file,
+    )
+    config = register(reg, force=force)
+    click.echo(f"Registered {name} ({reg.device_uuid}); config in {reg.sota_dir / 'sota.toml'}")
+    click.echo(f"Device Gateway {config.server} answers over mutual TLS.")
+
+
+def check_report(targets: list[Target], current: Target | None, latest: Target) -> dict:
+    update_available = current is None or (current.name, current.apps) != (latest.name, latest.apps)
+    return {
+        "targets": [t.as_json() for t in targets],
+        "current": current.as_json() if current else None,
+        "latest": latest.as_json(),
+        "update_available": update_available,
+    }
+
+
+def print_check(report: dict) -> None:
+    console = Console()
+    table = Table("version", "target", "apps", box=None, header_style="bold")
+    current_name = (report["current"] or {}).get("name")
+    for t in report["targets"]:
+        marks = " (current)" if t["name"] == current_name else ""
+        marks += " (latest)" if t["name"] == report["latest"]["name"] else ""
+        table.add_row(str(t["version"]), t["name"] + marks, ", ".join(a["name"] for a in t["apps"]) or "-")
+    console.print(table)
+    current = report["current"]
+    console.print(f"Current: {current['name'] + ' (version ' + str(current['version']) + ')' if current else 'none'}")
+    console.print(f"Latest:  {report['latest']['name']} (version {report['latest']['version']})")
+    console.print("[yellow]Update available[/]" if report["update_available"] else "[green]Up to date[/]")
+
+
+@click.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def check_command(obj, as_json: bool) -> None:
+    """Refresh the TUF metadata and list the Targets for this device."""
+    config = obj.config
+    gateway = GatewayClient(config)
+    current = current_target(config.flow_dir)
+    if current:
+        gateway.set_current(current.name, (a.name for a in current.apps))
+    targets = TufClient(config.tuf_dir, gateway, config.hardware_id).refresh()
+    if not targets:
+        raise NoMatchingTargetError(f"no Target lists hardware ID {config.hardware_id!r} for tags {','.join(config.tags)}")
+    report = check_report(targets, current, select_target(targets).narrowed(config.compose_apps))
+    if as_json:
+        emit_json(report)
+    else:
+        print_check(report)
+
+
+@click.command("whoami")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def whoami_command(obj, as_json: bool) -> None:
+    """Show what the factory knows about this device."""
+    try:
+        device = GatewayClient(obj.config).get_json("device")
+    except GatewayError as exc:
+        raise MetadataUpdateError(str(exc)) from exc
+    if as_json:
+        emit_json(device)
+    else:
+        for key in ("name", "uuid", "factory", "tag", "created_at", "last_seen"):
+            click.echo(f"{key + ':':12} {device.get(key, '')}")
+
+
+COMMANDS: list[click.Command] = [register_command, check_command, whoami_command]
