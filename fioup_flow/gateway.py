@@ -9,29 +9,20 @@ turns into a clear error instead of a hang; a 4xx answer is final and is not ret
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Iterable
 
 import requests
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from fioup_flow import __version__
 from fioup_flow.config import Config
 from fioup_flow.errors import FioupFlowError, NotConfiguredError
+from fioup_flow.retry import ServerError, describe, retrying
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"fioup-flow/{__version__}"
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
-RETRY_SECONDS_ENV = "FIOUP_FLOW_RETRY_SECONDS"
-DEFAULT_RETRY_SECONDS = 60.0
 
 
 class GatewayError(FioupFlowError):
@@ -40,51 +31,6 @@ class GatewayError(FioupFlowError):
     def __init__(self, message: str, status_code: int | None = None):
         super().__init__(message)
         self.status_code = status_code
-
-
-class ServerError(Exception):
-    """A 5xx answer, raised internally so that the retry policy can see it."""
-
-    def __init__(self, response: requests.Response):
-        super().__init__(f"{response.status_code} {response.reason}")
-        self.response = response
-
-
-def retry_budget_seconds() -> float:
-    """How long a call may keep retrying: `$FIOUP_FLOW_RETRY_SECONDS`, default 60 s."""
-    try:
-        return float(os.environ.get(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS))
-    except ValueError:
-        return DEFAULT_RETRY_SECONDS
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Transport failures and 5xx answers may heal on their own; anything else will not."""
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ServerError))
-
-
-def retrying(budget_s: float | None = None, max_attempts: int = 8) -> Retrying:
-    """The retry policy shared by the gateway and the registry: jittered backoff, bounded in time."""
-    budget = retry_budget_seconds() if budget_s is None else budget_s
-    return Retrying(
-        retry=retry_if_exception(is_transient),
-        wait=wait_random_exponential(multiplier=0.5, max=15),
-        stop=stop_after_delay(budget) | stop_after_attempt(max_attempts),
-        reraise=True,
-    )
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line reason for a failed request, without requests' nested reprs."""
-    if isinstance(exc, ServerError):
-        return f"the server answered {exc}"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return f"TLS failed: {exc.args[0] if exc.args else exc}"
-    if isinstance(exc, requests.ConnectionError):
-        return "cannot connect"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return str(exc)
 
 
 class GatewayClient:
