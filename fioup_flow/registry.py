@@ -1,0 +1,146 @@
+"""The device's registry client: the Docker token flow, manifests, and blobs by byte range.
+
+Authentication follows the registry's own instructions: an unauthenticated request gets a 401
+whose `WWW-Authenticate: Bearer realm=..,service=..,scope=..` says where to get a token; the
+token is fetched from the realm with the device's registry credentials (HTTP Basic, from the
+gateway's `/hub-creds/`) and cached per scope until it nears expiry. Blobs are streamed and can
+start at an offset (`Range`), which is how a partial download resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import requests
+
+from fioup_flow import __version__
+from fioup_flow.errors import FetchError
+from fioup_flow.reference import PinnedRef
+from fioup_flow.retry import ServerError, describe, retrying
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+])
+MAX_MANIFEST_SIZE = 100 * 1024
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+Credentials = Callable[[], tuple[str, str]]
+
+
+class RegistryError(FetchError):
+    """The registry refused or failed a request in a way that retrying will not fix."""
+
+
+def parse_challenge(header: str) -> dict[str, str]:
+    """`Bearer realm="..",service="..",scope=".."` -> {"realm": .., "service": .., "scope": ..}."""
+    scheme, _, params = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise RegistryError(f"the registry asks for {scheme} auth; only Bearer tokens are supported")
+    return dict(_CHALLENGE_PARAM.findall(params))
+
+
+class RegistryClient:
+    """Reads manifests and blobs from the factory's registry over TLS, with token auth."""
+
+    def __init__(self, ca_cert: Path, credentials: Credentials, retry_seconds: float | None = None):
+        self.session = requests.Session()
+        self.session.verify = str(ca_cert)
+        self.session.headers["User-Agent"] = f"fioup-flow/{__version__}"
+        self.credentials = credentials
+        self.retry_seconds = retry_seconds
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    # --- auth --------------------------------------------------------------------------
+    def _token(self, challenge: dict[str, str], force: bool) -> str:
+        key = f"{challenge.get('realm')}|{challenge.get('service')}|{challenge.get('scope')}"
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached and not force and cached[1] > time.monotonic():
+                return cached[0]
+            user, secret = self.credentials()
+            params = {k: v for k, v in challenge.items() if k in ("service", "scope")}
+            response = self.session.get(challenge["realm"], params=params, auth=(user, secret), timeout=(10, 30))
+            if response.status_code >= 500:
+                raise ServerError(response)
+            if not response.ok:
+                raise RegistryError(f"the registry's token service refused the device: {response.status_code}")
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+            lifetime = float(body.get("expires_in", 60))
+            self._tokens[key] = (token, time.monotonic() + max(lifetime - 30, lifetime / 2))
+            return token
+
+    def _get(self, url: str, headers: dict[str, str], stream: bool = False) -> requests.Response:
+        """GET with the token dance: reuse a cached token, get one on 401, and try once more."""
+        challenge: dict[str, str] | None = None
+        for attempt in range(2):
+            request_headers = dict(headers)
+            if challenge:
+                request_headers["Authorization"] = f"Bearer {self._token(challenge, force=attempt > 0)}"
+            response = self.session.get(url, headers=request_headers, stream=stream, timeout=(10, 60))
+            if response.status_code != 401:
+                break
+            challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            response.close()
+            if attempt == 0:
+                continue
+        if response.status_code >= 500:
+            raise ServerError(response)
+        if not response.ok:
+            response.close()
+            raise RegistryError(f"GET {url}: the registry answered {response.status_code} {response.reason}")
+        return response
+
+    def _with_retries(self, what: str, fn: Callable[[], requests.Response]) -> requests.Response:
+        try:
+            return retrying(self.retry_seconds)(fn)
+        except (requests.RequestException, ServerError) as exc:
+            raise FetchError(f"{what}: {describe(exc)}") from exc
+
+    # --- reads -------------------------------------------------------------------------
+    @staticmethod
+    def _url(ref: PinnedRef, kind: str) -> str:
+        return f"https://{ref.host}/v2/{ref.repository}/{kind}/{ref.digest}"
+
+    def manifest(self, ref: PinnedRef) -> tuple[bytes, str]:
+        """The manifest `ref` pins, verified against its digest; returns (bytes, media type)."""
+        response = self._with_retries(f"manifest {ref}", lambda: self._get(self._url(ref, "manifests"),
+                                                                           {"Accept": MANIFEST_TYPES}))
+        data = response.content
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise RegistryError(f"manifest {ref} is larger than {MAX_MANIFEST_SIZE} bytes")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != ref.digest:
+            raise RegistryError(f"manifest {ref} does not match its digest")
+        return data, response.headers.get("Content-Type", "")
+
+    def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:
+        """The blob's bytes from `offset` on; a server that ignores `Range` has the head skipped."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._with_retries(f"blob {ref}", lambda: self._get(self._url(ref, "blobs"), headers, stream=True))
+        return _from_offset(response, offset)
+
+
+def _from_offset(response: requests.Response, offset: int) -> Iterator[bytes]:
+    with response:
+        skip = 0
+        if offset and response.status_code == 206:
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise RegistryError(f"the registry answered range {content_range!r} for offset {offset}")
+        elif offset:
+            skip = offset  # 200: the whole blob came; drop what we have already
+        for chunk in response.iter_content(chunk_size=64 * 1024):
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+            if chunk:
+                yield chunk
