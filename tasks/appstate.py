@@ -1,0 +1,63 @@
+"""What the Docker engine runs, seen per app: containers grouped by compose project.
+
+Tasks use this to say whether their effect is in place (is the new version running, are the
+old containers gone, is an image loaded), and `status` and the apps-states report use it to
+describe the device. It only reads the engine; it never changes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    container_id: str
+    image_id: str
+    state: str  # created | running | restarting | exited | ...
+    health: str  # healthy | unhealthy | starting | "" (no health check)
+    status: str  # Docker's human text, e.g. "Up 3 minutes (healthy)"
+
+    @property
+    def up(self) -> bool:
+        """Running, and healthy if the service has a health check."""
+        return self.state == "running" and self.health in ("", "healthy")
+
+
+def client() -> docker.DockerClient:
+    """A client for the engine `DOCKER_HOST` names (the system one by default)."""
+    return docker.from_env(timeout=120)
+
+
+def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:
+    """The containers of compose project `app`, one per service (the newest if several)."""
+    found: dict[str, ServiceState] = {}
+    for c in engine.api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={app}"}):
+        name = c["Labels"].get(SERVICE_LABEL, c["Id"][:12])
+        inspect = engine.api.inspect_container(c["Id"])
+        state = inspect["State"]
+        found[name] = ServiceState(
+            name=name, container_id=c["Id"], image_id=inspect["Image"], state=state["Status"],
+            health=(state.get("Health") or {}).get("Status", ""), status=c.get("Status", ""),
+        )
+    return [found[k] for k in sorted(found)]
+
+
+def projects(engine: docker.DockerClient) -> set[str]:
+    """Every compose project that has a container in the engine."""
+    return {c["Labels"][PROJECT_LABEL] for c in engine.api.containers(all=True, filters={"label": PROJECT_LABEL})}
+
+
+def image_id(engine: docker.DockerClient, reference: str) -> str | None:
+    """The ID of the image `reference` names in the engine, or None."""
+    try:
+        return engine.api.inspect_image(reference)["Id"]
+    except docker.errors.ImageNotFound:
+        return None
