@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import diskcache
+
 
 def fsync_dir(path: Path) -> None:
     """Make the entries of folder `path` (creations, renames, removals) durable."""
@@ -38,3 +40,22 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+# diskcache's defaults suit a cache, not a journal: they evict entries at 1 GiB, commit with
+# synchronous=NORMAL (the last commits can vanish on power loss) and write values of 32 KiB or
+# more to side files without fsync. These settings make every commit durable and keep every
+# value inside SQLite. diskcache stores its settings in the database, so they are passed on
+# every open (an older database opened with other settings would otherwise keep those).
+DURABLE_CACHE_SETTINGS = {
+    "eviction_policy": "none",
+    "sqlite_synchronous": 2,  # FULL
+    "disk_min_file_size": 1 << 30,
+    "size_limit": 1 << 62,
+    "statistics": 0,
+}
+
+
+def open_cache(path: Path):
+    """A diskcache.Cache at `path` whose every committed write survives a power cut."""
+    return diskcache.Cache(str(path), **DURABLE_CACHE_SETTINGS)

@@ -1,0 +1,56 @@
+"""Fetch one blob from the registry into the blob store (node `fetch:sha256:<hex>`).
+
+Done when the store holds the blob under its digest, which the store only allows once the
+bytes verified. A download cut off (by the network, a kill or a power cut) resumes from what
+the ingest area kept; a resumed download that fails to verify starts once more from zero.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from fioup_flow.errors import FetchError
+from fioup_flow.reference import PinnedRef
+from fioup_flow.registry import RegistryClient
+from fioup_flow.store import BlobStore, PartialCorruptError
+from fioup_flow.task import Node, TaskContext, TransientError
+
+KIND = "fetch"
+
+
+class TransferInterrupted(FetchError, TransientError):
+    """The connection broke mid-transfer: worth retrying (the partial is kept), exit 40 if it persists."""
+
+
+def node(uri: str, size: int, blob_kind: str) -> Node:
+    digest = uri.rsplit("@", 1)[1]
+    return Node(id=f"fetch:{digest}", kind=KIND, params={"uri": uri, "size": size, "blob": blob_kind},
+                resource="network", size=size)
+
+
+class FetchBlob:
+    kind = KIND
+
+    def __init__(self, store: BlobStore, registry: RegistryClient):
+        self.store = store
+        self.registry = registry
+
+    def is_done(self, node: Node) -> bool:
+        ref = PinnedRef.parse(node.params["uri"])
+        return self.store.has(ref.digest, node.params["size"])
+
+    def run(self, node: Node, ctx: TaskContext) -> None:
+        ref = PinnedRef.parse(node.params["uri"])
+        size = int(node.params["size"])
+
+        def download() -> None:
+            self.store.ingest(ref.digest, size, lambda offset: self.registry.open_blob(ref, offset),
+                              progress=lambda done: ctx.progress(done, size))
+
+        try:
+            try:
+                download()
+            except PartialCorruptError:
+                download()  # the partial was thrown away: once more from zero
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransferInterrupted(f"fetching {ref}: the connection failed mid-transfer ({exc.__class__.__name__})") from exc
