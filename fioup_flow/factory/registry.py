@@ -1,0 +1,129 @@
+"""The factory's container registry: Debian's docker-registry, and the client publish pushes with.
+
+docker-registry (Distribution 2.8) serves TLS with the factory's `registry` server certificate
+and delegates auth to the factory's token endpoint (`auth.token`): it trusts bearer tokens whose
+`x5c` chain ends at the factory CA (token.py mints them). The publisher does not need the token
+endpoint: it runs inside the factory and mints its own push token with `issue_token`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+import yaml
+
+from fioup_flow.durable import write_atomic
+from fioup_flow.errors import FioupFlowError
+from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.token import ISSUER, SERVICE, issue_token, repository_access
+
+
+def write_registry_config(home: FactoryHome) -> None:
+    """Write `home.registry_config` from factory.json's ports (TLS + token auth, loopback only)."""
+    ports = home.load_state()["ports"]
+    config = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(home.registry_data)},
+            "delete": {"enabled": True},
+        },
+        "http": {
+            "addr": f"127.0.0.1:{ports['registry']}",
+            "tls": {"certificate": str(home.server_cert("registry")), "key": str(home.server_key("registry"))},
+        },
+        "auth": {
+            "token": {
+                "realm": f"https://127.0.0.1:{ports['api']}/token",
+                "service": SERVICE,
+                "issuer": ISSUER,
+                "rootcertbundle": str(home.ca_cert),
+            }
+        },
+    }
+    home.registry_data.mkdir(parents=True, exist_ok=True)
+    write_atomic(home.registry_config, yaml.safe_dump(config, sort_keys=False).encode(), mode=0o600)
+
+
+def registry_argv(home: FactoryHome) -> list[str]:
+    """The command line that runs the registry (the config must have been written)."""
+    return ["docker-registry", "serve", str(home.registry_config)]
+
+
+def registry_host(home: FactoryHome) -> str:
+    """`127.0.0.1:<port>`: the host part of every image and app reference of this factory."""
+    return f"127.0.0.1:{home.load_state()['ports']['registry']}"
+
+
+class RegistryPushError(FioupFlowError):
+    """The registry refused an upload (publish cannot go on)."""
+
+
+class RegistryPusher:
+    """Pushes blobs and manifests to the factory's registry with self-minted tokens.
+
+    Blobs are uploaded monolithically (`POST` then one streamed `PUT ?digest=`), skipping those
+    the repository already has, so republishing an unchanged image only re-puts its manifest.
+    """
+
+    def __init__(self, home: FactoryHome, subject: str = "publisher"):
+        self.home = home
+        self.subject = subject
+        self.base = f"https://{registry_host(home)}"
+        self.session = requests.Session()
+        self.session.verify = str(home.ca_cert)
+        self._tokens: dict[str, str] = {}
+
+    def _headers(self, repository: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        if repository not in self._tokens:
+            access = repository_access(repository, ["pull", "push"])
+            self._tokens[repository] = issue_token(self.home, self.subject, access)
+        return {"Authorization": f"Bearer {self._tokens[repository]}", **(extra or {})}
+
+    def _check(self, response: requests.Response, what: str) -> requests.Response:
+        if not response.ok:
+            raise RegistryPushError(f"registry refused {what}: HTTP {response.status_code} {response.text[:300]}")
+        return response
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        url = f"{self.base}/v2/{repository}/blobs/{digest}"
+        response = self.session.head(url, headers=self._headers(repository), timeout=30)
+        return response.status_code == 200
+
+    def push_blob(self, repository: str, path: Path, digest: str) -> None:
+        """Upload the file at `path` as blob `digest` unless the repository has it already."""
+        if self.has_blob(repository, digest):
+            return
+        start = self.session.post(f"{self.base}/v2/{repository}/blobs/uploads/",
+                                  headers=self._headers(repository), timeout=30)
+        location = urljoin(self.base, self._check(start, f"an upload to {repository}").headers["Location"])
+        size = path.stat().st_size
+        with path.open("rb") as body:
+            done = self.session.put(
+                _with_query(location, digest=digest), data=body, timeout=600,
+                headers=self._headers(repository, {"Content-Type": "application/octet-stream",
+                                                   "Content-Length": str(size)}))
+        self._check(done, f"blob {digest} in {repository}")
+
+    def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        """PUT a manifest under `reference` (tag or digest); returns its digest."""
+        response = self.session.put(f"{self.base}/v2/{repository}/manifests/{reference}", data=body,
+                                    headers=self._headers(repository, {"Content-Type": media_type}), timeout=60)
+        self._check(response, f"manifest {reference} in {repository}")
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def get(self, repository: str, kind: str, reference: str, accept: str = "*/*") -> requests.Response:
+        """GET `/v2/<repository>/<kind>/<reference>` (kind: blobs or manifests), for checks."""
+        response = self.session.get(f"{self.base}/v2/{repository}/{kind}/{reference}", timeout=60,
+                                    headers=self._headers(repository, {"Accept": accept}))
+        return self._check(response, f"{kind}/{reference} of {repository}")
+
+
+def _with_query(url: str, **params: str) -> str:
+    """`url` with `params` added to its query (upload locations carry their own `_state`)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
