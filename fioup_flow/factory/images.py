@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("cat", "cp", "date", "echo", "env", "false", "grep", "head", "httpd", "id", "ls",
-           "mkdir", "nc", "printf", "rm", "sed", "sh", "sleep", "tail", "test", "touch", "true",
+           "mkdir", "mv", "nc", "printf", "rm", "sed", "sh", "sleep", "tail", "test", "touch", "true",
            "wc", "wget")
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"

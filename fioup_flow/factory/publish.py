@@ -1,32 +1,269 @@
-"""`fioup-flow-factory publish`: build, push and list compose apps as Targets of the factory."""
+"""`fioup-flow-factory publish`: build, push and list compose apps as Targets of the factory.
+
+An app folder is a `docker-compose.yml` plus any files the app needs at run time. Each service
+either names an image already pinned by digest, or carries a build recipe for the factory:
+
+    services:
+      web:
+        image: shellhttpd              # image name: pushed as <factory>/<name> in the registry
+        x-fioup-build:
+          files: images/web            # folder copied to / in the image (its own layer)
+          cmd: ["sh", "/app/serve.sh"] # also: entrypoint, env (map), expose (ports),
+          healthcheck: {test: [...], interval: 2s}   # workdir
+
+The published bundle (layer 0 of the app) is the folder without `images/` (the build inputs),
+its compose file rewritten as composectl publish does: `image:` pinned to
+`127.0.0.1:<port>/<factory>/<name>@sha256:<manifest digest>`, `x-fioup-build` removed, label
+`io.compose-spec.config-hash` added. Sample apps ship in the package: `sample:<app>/<version>`
+(e.g. `sample:shellhttpd/v1`) names `fioup_flow/factory/samples/<app>/<version>`.
+"""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
+import platform
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from importlib.resources import files
 from pathlib import Path
 
 import click
+import yaml
 
+from fioup_flow.errors import UsageError
 from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.images import BlobDir, BuiltImage, ImageSpec, build_image, host_arch
+from fioup_flow.factory.registry import RegistryPusher, registry_host
+
+APP_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+APP_ARTIFACT_TYPE = "application/vnd.fio+compose-app"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+BUNDLE_TYPE = "application/octet-stream"
+INDEX_TYPE = "application/json"
+CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
+BUILD_KEY = "x-fioup-build"
+BUILD_INPUTS = "images"
+SAMPLE_PREFIX = "sample:"
+
+
+def sample_path(name: str) -> Path:
+    """The folder of a sample app shipped in the package, e.g. `shellhttpd/v1`."""
+    path = Path(str(files("fioup_flow.factory") / "samples" / name))
+    if not (path / "docker-compose.yml").is_file():
+        raise UsageError(f"no sample app {name!r}")
+    return path
+
+
+def resolve_app_path(spec: str) -> Path:
+    """`sample:<app>/<version>` or a folder path -> the app folder."""
+    if spec.startswith(SAMPLE_PREFIX):
+        return sample_path(spec[len(SAMPLE_PREFIX):])
+    path = Path(spec)
+    if not (path / "docker-compose.yml").is_file():
+        raise UsageError(f"{spec}: no docker-compose.yml in this folder")
+    return path
+
+
+def default_hwid() -> str:
+    return f"{host_arch()}-linux"
+
+
+def _image_spec(app_dir: Path, name: str, recipe: dict, filler_mb: int, filler_seed: str) -> ImageSpec:
+    return ImageSpec(
+        name=name,
+        files=app_dir / recipe["files"] if "files" in recipe else None,
+        cmd=list(recipe.get("cmd", [])),
+        entrypoint=list(recipe.get("entrypoint", [])),
+        env={str(k): str(v) for k, v in recipe.get("env", {}).items()},
+        expose=[int(p) for p in recipe.get("expose", [])],
+        workdir=recipe.get("workdir", "/"),
+        healthcheck=recipe.get("healthcheck"),
+        filler_mb=filler_mb,
+        filler_seed=filler_seed,
+    )
+
+
+def _push_image(pusher: RegistryPusher, repository: str, image: BuiltImage, tag: str) -> None:
+    for blob in image.blobs:
+        pusher.push_blob(repository, blob.path, blob.digest)
+    pusher.push_manifest(repository, tag, image.manifest, json.loads(image.manifest)["mediaType"])
+
+
+def _config_hash(service: dict) -> str:
+    """sha256 of the pinned service's YAML, as composectl labels services for `ps`/status."""
+    return hashlib.sha256(yaml.safe_dump(service, sort_keys=True).encode()).hexdigest()
+
+
+def _pin_service(service: dict, image_ref: str) -> dict:
+    pinned = {k: v for k, v in service.items() if k != BUILD_KEY}
+    pinned["image"] = image_ref
+    labels = pinned.get("labels", {})
+    if isinstance(labels, list):
+        labels = dict(item.split("=", 1) if "=" in item else (item, "") for item in labels)
+    labels.pop(CONFIG_HASH_LABEL, None)
+    pinned["labels"] = labels
+    pinned["labels"] = {**labels, CONFIG_HASH_LABEL: _config_hash(pinned)}
+    return pinned
+
+
+def _tar_entry(name: str, size: int = 0, directory: bool = False, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode, info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = mode, size, 0, 0, 0, "", ""
+    return info
+
+
+def build_bundle(app_dir: Path, compose: bytes) -> tuple[bytes, dict[str, str]]:
+    """Deterministic gzip tar of the app folder (minus build inputs) with `compose` as its
+    docker-compose.yml; returns the tar and the bundle index `{path: "sha256:<hex>"}`."""
+    contents = {"docker-compose.yml": compose}
+    dirs = []
+    for path in sorted(app_dir.rglob("*")):
+        rel = path.relative_to(app_dir).as_posix()
+        if rel == BUILD_INPUTS or rel.startswith(BUILD_INPUTS + "/") or rel == "docker-compose.yml":
+            continue
+        if path.is_dir():
+            dirs.append(rel)
+        elif path.is_file():
+            contents[rel] = path.read_bytes()
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
+        for rel in dirs:
+            tar.addfile(_tar_entry(rel, directory=True, mode=0o755))
+        for rel in sorted(contents):
+            tar.addfile(_tar_entry(rel, len(contents[rel])), io.BytesIO(contents[rel]))
+    index = {rel: "sha256:" + hashlib.sha256(data).hexdigest() for rel, data in sorted(contents.items())}
+    return raw.getvalue(), index
+
+
+def _push_bytes(pusher: RegistryPusher, blobs: BlobDir, repository: str, data: bytes, media_type: str) -> dict:
+    blob = blobs.add_bytes(data, media_type)
+    pusher.push_blob(repository, blob.path, blob.digest)
+    return blob.descriptor()
+
+
+def publish_app(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int,
+                filler_mb: int = 0, filler_seed: str = "") -> str:
+    """Build and push one app's images and the app itself; returns the app's pinned URI.
+
+    Filler layers (`filler_mb`) go into the image of the app's first service (by name), so the
+    app as a whole grows by that much.
+    """
+    factory = pusher.home.load_state()["factory"]
+    host = registry_host(pusher.home)
+    compose = yaml.safe_load((app_dir / "docker-compose.yml").read_text())
+    services = compose.get("services") or {}
+    for index, service_name in enumerate(sorted(services)):
+        service = services[service_name]
+        recipe = service.get(BUILD_KEY)
+        if recipe is None:
+            if "@sha256:" not in service.get("image", ""):
+                raise UsageError(f"app {name}: service {service_name} has neither {BUILD_KEY} nor a digest image")
+            continue
+        image_name = service["image"]
+        spec = _image_spec(app_dir, image_name, recipe, filler_mb if index == 0 else 0, filler_seed)
+        image = build_image(spec, blobs)
+        repository = f"{factory}/{image_name}"
+        _push_image(pusher, repository, image, str(version))
+        services[service_name] = _pin_service(service, f"{host}/{repository}@{image.digest}")
+
+    bundle, index = build_bundle(app_dir, yaml.safe_dump(compose, sort_keys=False).encode())
+    repository = f"{factory}/{name}"
+    index_bytes = json.dumps(index, indent=2, sort_keys=True).encode()
+    index_desc = _push_bytes(pusher, blobs, repository, index_bytes, INDEX_TYPE)
+    bundle_desc = _push_bytes(pusher, blobs, repository, bundle, BUNDLE_TYPE)
+    bundle_desc["annotations"] = {"org.foundries.app.bundle.index.digest": index_desc["digest"],
+                                  "org.foundries.app.bundle.index.size": str(index_desc["size"])}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": APP_MANIFEST_TYPE,
+        "config": _push_bytes(pusher, blobs, repository, b"{}", EMPTY_CONFIG_TYPE),
+        "layers": [bundle_desc],
+        "annotations": {"compose-app": "v1"},
+        "artifactType": APP_ARTIFACT_TYPE,
+    }
+    digest = pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(), APP_MANIFEST_TYPE)
+    return f"{host}/{repository}@{digest}"
+
+
+def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict[str, dict]:
+    """One TUF target file info per hardware id, named `<hwid>-lmp-<version>` (fioup.md §4)."""
+    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    entries = {}
+    for hwid in hwids:
+        custom = {
+            "version": str(version),
+            "hardwareIds": [hwid],
+            "tags": list(tags),
+            "name": f"{hwid}-lmp",
+            "targetFormat": "OSTREE",
+            "arch": platform.machine(),
+            "createdAt": created,
+            "docker_compose_apps": {app: {"uri": uri} for app, uri in sorted(app_uris.items())},
+        }
+        canonical = json.dumps(custom, sort_keys=True, separators=(",", ":")).encode()
+        entries[f"{hwid}-lmp-{version}"] = {"length": 0, "hashes": {"sha256": hashlib.sha256(canonical).hexdigest()},
+                                            "custom": custom}
+    return entries
 
 
 def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: list[str],
-                 hwids: list[str], layer_mb: dict[str, int] | int = 0) -> dict:
-    """Publish `apps` as version `version`; returns the Targets added (name -> TUF file info)."""
-    raise NotImplementedError("publish is being written")
+                 hwids: list[str], layer_mb: dict[str, int] | int = 0, layer_seed: str = "") -> dict:
+    """Publish `apps` (name -> folder) as version `version` and add their Targets.
+
+    `layer_mb` adds that many MB of incompressible layers per app (an int for every app, or a
+    map per app name); the bytes come from a PRNG seeded with image name and `layer_seed`, so
+    they are shared across versions unless a different `layer_seed` is given.
+    Returns the Targets added (name -> TUF target file info).
+    """
+    from fioup_flow.factory.tufrepo import TufRepository
+
+    pusher = RegistryPusher(home)
+    home.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="publish-", dir=home.root) as work:
+        blobs = BlobDir(Path(work))
+        uris = {}
+        for name in sorted(apps):
+            mb = layer_mb.get(name, 0) if isinstance(layer_mb, dict) else layer_mb
+            uris[name] = publish_app(pusher, blobs, name, apps[name], version, mb, layer_seed)
+    entries = target_entries(version, uris, tags or ["main"], hwids or [default_hwid()])
+    TufRepository(home).add_targets(entries)
+    return entries
+
+
+def _parse_layer_mb(values: tuple[str, ...]) -> dict[str, int] | int:
+    """`--layer-mb 50` (every app) or `--layer-mb app=50` (repeatable)."""
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    try:
+        return {app: int(mb) for app, mb in (value.split("=", 1) for value in values)}
+    except ValueError as error:
+        raise UsageError(f"--layer-mb takes MB or APP=MB: {error}") from error
 
 
 @click.command("publish")
 @click.option("--home", "home_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--version", required=True, type=int, help="Target version (custom.version).")
-@click.option("--app", "app_specs", multiple=True, required=True, metavar="NAME=PATH")
-@click.option("--tag", "tags", multiple=True, help="Target tag (default: main).")
-@click.option("--hwid", "hwids", multiple=True, help="Hardware id (default: from the machine).")
-@click.option("--layer-mb", "layer_mb", multiple=True, metavar="[APP=]MB")
+@click.option("--app", "app_specs", multiple=True, required=True, metavar="NAME=PATH",
+              help="App folder, or sample:<app>/<version> for a sample shipped in the package.")
+@click.option("--tag", "tags", multiple=True, help="Target tag (repeatable; default: main).")
+@click.option("--hwid", "hwids", multiple=True, help="Hardware id (repeatable; default: <arch>-linux).")
+@click.option("--layer-mb", "layer_mb", multiple=True, metavar="[APP=]MB",
+              help="Add MB of incompressible layers to every app, or to APP.")
+@click.option("--layer-seed", default="", help="Seed of the filler bytes (change it to make them differ).")
 def publish_command(home_dir: Path, version: int, app_specs: tuple[str, ...], tags: tuple[str, ...],
-                    hwids: tuple[str, ...], layer_mb: tuple[str, ...]) -> None:
+                    hwids: tuple[str, ...], layer_mb: tuple[str, ...], layer_seed: str) -> None:
     """Build the apps' images, push them and the apps to the registry, add the Targets."""
-    apps = dict(spec.split("=", 1) for spec in app_specs)
-    added = publish_apps(FactoryHome(home_dir), version, {k: Path(v) for k, v in apps.items()},
-                         list(tags) or ["main"], list(hwids), 0)
+    apps = {}
+    for spec in app_specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--app takes NAME=PATH, got {spec!r}")
+        apps[name] = resolve_app_path(path)
+    added = publish_apps(FactoryHome(home_dir), version, apps, list(tags), list(hwids),
+                         _parse_layer_mb(layer_mb), layer_seed)
     click.echo(json.dumps(added, indent=2, sort_keys=True))
