@@ -74,7 +74,6 @@ class RegistryPusher:
         self.subject = subject
         self.base = f"https://{registry_host(home)}"
         self.session = requests.Session()
-        self.session.verify = str(home.ca_cert)
         self._tokens: dict[str, str] = {}
 
     def _headers(self, repository: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -83,6 +82,12 @@ class RegistryPusher:
             self._tokens[repository] = issue_token(self.home, self.subject, access)
         return {"Authorization": f"Bearer {self._tokens[repository]}", **(extra or {})}
 
+    def _send(self, method: str, url: str, repository: str, headers: dict[str, str] | None = None,
+              **kwargs) -> requests.Response:
+        # `verify` per request: a Session's own `verify` loses to REQUESTS_CA_BUNDLE.
+        return self.session.request(method, url, headers=self._headers(repository, headers),
+                                    verify=str(self.home.ca_cert), timeout=kwargs.pop("timeout", 60), **kwargs)
+
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         if not response.ok:
             raise RegistryPushError(f"registry refused {what}: HTTP {response.status_code} {response.text[:300]}")
@@ -90,35 +95,33 @@ class RegistryPusher:
 
     def has_blob(self, repository: str, digest: str) -> bool:
         url = f"{self.base}/v2/{repository}/blobs/{digest}"
-        response = self.session.head(url, headers=self._headers(repository), timeout=30)
+        response = self._send("HEAD", url, repository)
         return response.status_code == 200
 
     def push_blob(self, repository: str, path: Path, digest: str) -> None:
         """Upload the file at `path` as blob `digest` unless the repository has it already."""
         if self.has_blob(repository, digest):
             return
-        start = self.session.post(f"{self.base}/v2/{repository}/blobs/uploads/",
-                                  headers=self._headers(repository), timeout=30)
+        start = self._send("POST", f"{self.base}/v2/{repository}/blobs/uploads/", repository)
         location = urljoin(self.base, self._check(start, f"an upload to {repository}").headers["Location"])
         size = path.stat().st_size
         with path.open("rb") as body:
-            done = self.session.put(
-                _with_query(location, digest=digest), data=body, timeout=600,
-                headers=self._headers(repository, {"Content-Type": "application/octet-stream",
-                                                   "Content-Length": str(size)}))
+            done = self._send("PUT", _with_query(location, digest=digest), repository,
+                              {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                              data=body, timeout=600)
         self._check(done, f"blob {digest} in {repository}")
 
     def push_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
         """PUT a manifest under `reference` (tag or digest); returns its digest."""
-        response = self.session.put(f"{self.base}/v2/{repository}/manifests/{reference}", data=body,
-                                    headers=self._headers(repository, {"Content-Type": media_type}), timeout=60)
+        response = self._send("PUT", f"{self.base}/v2/{repository}/manifests/{reference}", repository,
+                              {"Content-Type": media_type}, data=body)
         self._check(response, f"manifest {reference} in {repository}")
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
     def get(self, repository: str, kind: str, reference: str, accept: str = "*/*") -> requests.Response:
         """GET `/v2/<repository>/<kind>/<reference>` (kind: blobs or manifests), for checks."""
-        response = self.session.get(f"{self.base}/v2/{repository}/{kind}/{reference}", timeout=60,
-                                    headers=self._headers(repository, {"Accept": accept}))
+        response = self._send("GET", f"{self.base}/v2/{repository}/{kind}/{reference}", repository,
+                              {"Accept": accept})
         return self._check(response, f"{kind}/{reference} of {repository}")
 
 
