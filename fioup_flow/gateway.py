@@ -13,14 +13,13 @@ from typing import Any, Iterable
 
 import requests
 
-from fioup_flow import __version__
 from fioup_flow.config import Config
 from fioup_flow.errors import FioupFlowError, NotConfiguredError
 from fioup_flow.retry import ServerError, describe, retrying
+from fioup_flow.tls import PinnedCASession
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"fioup-flow/{__version__}"
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 
@@ -41,10 +40,9 @@ class GatewayClient:
         for path in (config.ca_cert, config.client_cert, config.client_key):
             if not path.is_file():
                 raise NotConfiguredError(f"{path} is missing; register the device first (fioup-flow register)")
-        self.session = requests.Session()
+        self.session = PinnedCASession(config.ca_cert)
         self.session.cert = (str(config.client_cert), str(config.client_key))
-        self.session.verify = str(config.ca_cert)
-        self.session.headers.update({"User-Agent": USER_AGENT, "x-ats-tags": ",".join(config.tags)})
+        self.session.headers["x-ats-tags"] = ",".join(config.tags)
         self.retry_seconds = retry_seconds
 
     def set_current(self, target_name: str | None, app_names: Iterable[str]) -> None:

@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 from fioup_flow.config import Config
 from fioup_flow.durable import write_atomic
 from fioup_flow.errors import RegistrationError
-from fioup_flow.gateway import USER_AGENT, GatewayClient, GatewayError
+from fioup_flow.gateway import GatewayClient, GatewayError
+from fioup_flow.tls import USER_AGENT
 from fioup_flow.sysinfo import system_info
 
 log = logging.getLogger(__name__)

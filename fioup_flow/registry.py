@@ -18,10 +18,10 @@ from typing import Callable, Iterator
 
 import requests
 
-from fioup_flow import __version__
 from fioup_flow.errors import FetchError
 from fioup_flow.reference import PinnedRef
 from fioup_flow.retry import ServerError, describe, retrying
+from fioup_flow.tls import PinnedCASession
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -51,9 +51,7 @@ class RegistryClient:
     """Reads manifests and blobs from the factory's registry over TLS, with token auth."""
 
     def __init__(self, ca_cert: Path, credentials: Credentials, retry_seconds: float | None = None):
-        self.session = requests.Session()
-        self.session.verify = str(ca_cert)
-        self.session.headers["User-Agent"] = f"fioup-flow/{__version__}"
+        self.session = PinnedCASession(ca_cert)
         self.credentials = credentials
         self.retry_seconds = retry_seconds
         self._tokens: dict[str, tuple[str, float]] = {}
