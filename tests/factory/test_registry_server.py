@@ -1,0 +1,198 @@
+"""The factory's docker-registry with token auth, and what publish pushes into it.
+
+Runs the real `docker-registry` with the config `write_registry_config` writes. The PKI here is
+a minimal stand-in (CA, registry server cert, token signer) made with `cryptography`, because
+these tests need only the three files the registry and `issue_token` read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import hashlib
+import io
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir
+from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CONFIG_HASH_LABEL, publish_app,
+                                        sample_path)
+from fioup_flow.factory.registry import RegistryPusher, registry_argv, write_registry_config
+from fioup_flow.factory.token import issue_token, repository_access
+
+
+def _write_cert(home_key: Path, home_cert: Path, subject: str, issuer: tuple | None, san: bool) -> tuple:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_key, issuer_name = issuer or (key, name)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    home_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    home_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> FactoryHome:
+    """A factory home with a running registry (stopped at the end of the module)."""
+    home = FactoryHome(tmp_path_factory.mktemp("factory"))
+    home.pki.mkdir(parents=True)
+    ca = _write_cert(home.ca_key, home.ca_cert, "test factory CA", None, san=False)
+    _write_cert(home.server_key("registry"), home.server_cert("registry"), "registry", ca, san=True)
+    _write_cert(home.token_signer_key, home.token_signer_cert, "token signer", ca, san=False)
+    home.save_state({"factory": "factory", "ports": {"registry": _free_port(), "api": _free_port()}})
+    write_registry_config(home)
+    log = home.root / "registry.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(registry_argv(home), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_registry(home, log)
+        yield home
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _v2(home: FactoryHome, path: str = "", **kwargs) -> requests.Response:
+    port = home.load_state()["ports"]["registry"]
+    return requests.get(f"https://127.0.0.1:{port}/v2/{path}", verify=str(home.ca_cert), timeout=10, **kwargs)
+
+
+def _wait_for_registry(home: FactoryHome, log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            _v2(home)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"docker-registry did not answer; its log:\n{log.read_text()}")
+
+
+def _bearer(home: FactoryHome, repository: str, actions: list[str]) -> dict[str, str]:
+    return {"Authorization": "Bearer " + issue_token(home, "device", repository_access(repository, actions))}
+
+
+def test_the_registry_answers_401_with_a_token_challenge_without_a_token(home):
+    response = _v2(home, "factory/anything/tags/list")
+    assert response.status_code == 401
+    challenge = response.headers["WWW-Authenticate"]
+    api = home.load_state()["ports"]["api"]
+    assert challenge.startswith(f'Bearer realm="https://127.0.0.1:{api}/token",service="fioup-flow-registry"')
+
+
+def test_the_registry_serves_a_blob_to_a_pull_token_for_its_repository_only(home, tmp_path):
+    data = b"a blob for the token test\n"
+    blob = BlobDir(tmp_path).add_bytes(data, "application/octet-stream")
+    RegistryPusher(home).push_blob("factory/blobs", blob.path, blob.digest)
+
+    served = _v2(home, f"factory/blobs/blobs/{blob.digest}", headers=_bearer(home, "factory/blobs", ["pull"]))
+    assert served.status_code == 200 and served.content == data
+    other_repo = _bearer(home, "factory/other", ["pull"])
+    assert _v2(home, f"factory/blobs/blobs/{blob.digest}", headers=other_repo).status_code == 401
+
+
+# --- publish -------------------------------------------------------------------------------
+
+def _fetch(home: FactoryHome, repository: str, kind: str, digest: str, accept: str = "*/*") -> bytes:
+    response = RegistryPusher(home).get(repository, kind, digest, accept)
+    assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+    return response.content
+
+
+def _published_app(home: FactoryHome, uri: str) -> dict:
+    """Everything a device reads for an app, fetched back from the registry and checked."""
+    locator, digest = uri.split("@")
+    repository = locator.split("/", 1)[1]
+    manifest = json.loads(_fetch(home, repository, "manifests", digest, APP_MANIFEST_TYPE))
+    bundle_desc = manifest["layers"][0]
+    bundle = _fetch(home, repository, "blobs", bundle_desc["digest"])
+    index_digest = bundle_desc["annotations"]["org.foundries.app.bundle.index.digest"]
+    index_blob = _fetch(home, repository, "blobs", index_digest)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(bundle))) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    return {"manifest": manifest, "bundle_desc": bundle_desc, "files": files,
+            "index": json.loads(index_blob), "index_size": len(index_blob),
+            "compose": yaml.safe_load(files["docker-compose.yml"])}
+
+
+@pytest.fixture(scope="module")
+def published(home, tmp_path_factory) -> dict[str, dict[str, str]]:
+    """The samples shellhttpd and pair, each published in v1 and v2: {version: {app: uri}}."""
+    blobs = BlobDir(tmp_path_factory.mktemp("blobs"))
+    pusher = RegistryPusher(home)
+    return {v: {app: publish_app(pusher, blobs, app, sample_path(f"{app}/v{v}"), v) for app in ("shellhttpd", "pair")}
+            for v in (1, 2)}
+
+
+def test_published_apps_are_oci_manifests_with_the_compose_app_artifact_type(home, published):
+    for uri in [*published[1].values(), *published[2].values()]:
+        app = _published_app(home, uri)
+        manifest = app["manifest"]
+        assert manifest["mediaType"] == APP_MANIFEST_TYPE
+        assert manifest["artifactType"] == APP_ARTIFACT_TYPE
+        assert manifest["annotations"] == {"compose-app": "v1"}
+        assert manifest["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+        assert app["bundle_desc"]["mediaType"] == "application/octet-stream"
+
+
+def test_two_versions_of_a_sample_are_different_apps(published):
+    assert published[1]["shellhttpd"] != published[2]["shellhttpd"]
+    assert published[1]["pair"] != published[2]["pair"]
+
+
+def test_every_service_image_is_pinned_by_digest_to_a_docker_manifest_in_the_registry(home, published):
+    port = home.load_state()["ports"]["registry"]
+    pinned = re.compile(rf"^127\.0\.0\.1:{port}/factory/([a-z0-9-]+)@(sha256:[0-9a-f]{{64}})$")
+    app = _published_app(home, published[2]["pair"])
+    assert sorted(app["compose"]["services"]) == ["consumer", "producer"]
+    for service in app["compose"]["services"].values():
+        match = pinned.match(service["image"])
+        assert match, service["image"]
+        assert "x-fioup-build" not in service
+        assert re.fullmatch("[0-9a-f]{64}", service["labels"][CONFIG_HASH_LABEL])
+        image = json.loads(_fetch(home, f"factory/{match[1]}", "manifests", match[2], MANIFEST_TYPE))
+        assert image["mediaType"] == MANIFEST_TYPE
+
+
+def test_the_bundle_index_lists_every_regular_file_of_the_bundle_and_no_build_inputs(home, published):
+    app = _published_app(home, published[1]["shellhttpd"])
+    expected = {name: "sha256:" + hashlib.sha256(data).hexdigest() for name, data in app["files"].items()}
+    assert app["index"] == expected
+    assert not any(name.startswith("images/") for name in app["files"])
+    size = app["bundle_desc"]["annotations"]["org.foundries.app.bundle.index.size"]
+    assert int(size) == app["index_size"]
+
+
+def test_republishing_an_unchanged_app_gives_the_same_uri(home, published, tmp_path):
+    again = publish_app(RegistryPusher(home), BlobDir(tmp_path), "pair", sample_path("pair/v1"), 1)
+    assert again == published[1]["pair"]
