@@ -13,6 +13,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import os
 import re
 import socket
 import subprocess
@@ -29,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir
+from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar
 from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CONFIG_HASH_LABEL, publish_app,
-                                        sample_path)
+                                        sample_path, target_entries)
 from fioup_flow.factory.registry import RegistryPusher, registry_argv, write_registry_config
 from fioup_flow.factory.token import issue_token, repository_access
 
@@ -196,3 +197,49 @@ def test_the_bundle_index_lists_every_regular_file_of_the_bundle_and_no_build_in
 def test_republishing_an_unchanged_app_gives_the_same_uri(home, published, tmp_path):
     again = publish_app(RegistryPusher(home), BlobDir(tmp_path), "pair", sample_path("pair/v1"), 1)
     assert again == published[1]["pair"]
+
+
+@pytest.mark.docker
+def test_a_published_service_image_loads_from_the_registry_blobs_and_becomes_healthy(home, published, tmp_path):
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.skip("needs a Docker engine: DOCKER_HOST is unset (scripts/test starts a private dockerd)")
+    import docker
+
+    service = _published_app(home, published[2]["shellhttpd"])["compose"]["services"]["web"]
+    repository, digest = service["image"].split("/", 1)[1].split("@")
+    blobs = BlobDir(tmp_path)
+    manifest_bytes = _fetch(home, repository, "manifests", digest, MANIFEST_TYPE)
+    manifest = json.loads(manifest_bytes)
+    fetched = [blobs.add_bytes(_fetch(home, repository, "blobs", d["digest"]), d["mediaType"])
+               for d in [manifest["config"], *manifest["layers"]]]
+    image = BuiltImage(manifest_bytes, fetched[0], fetched[1:], [])
+    tar = io.BytesIO()
+    docker_save_tar(image, "fioup-flow-test/shellhttpd:registry-server", tar)
+
+    client = docker.from_env()
+    client.images.load(tar.getvalue())
+    container = client.containers.run("fioup-flow-test/shellhttpd:registry-server", detach=True)
+    try:
+        deadline = time.monotonic() + 30
+        while container.attrs["State"].get("Health", {}).get("Status") != "healthy":
+            assert time.monotonic() < deadline, container.logs().decode()
+            time.sleep(0.5)
+            container.reload()
+        page = container.exec_run(["wget", "-q", "-O", "-", "http://127.0.0.1/"]).output.decode()
+        assert "shellhttpd v2" in page
+    finally:
+        container.remove(force=True)
+        client.images.remove("fioup-flow-test/shellhttpd:registry-server", force=True)
+
+
+def test_a_target_per_hardware_id_lists_the_apps_by_pinned_uri():
+    uris = {"shellhttpd": "127.0.0.1:5000/factory/shellhttpd@sha256:" + "a" * 64}
+    entries = target_entries(7, uris, ["main", "beta"], ["amd64-linux", "rpi-linux"])
+    assert sorted(entries) == ["amd64-linux-lmp-7", "rpi-linux-lmp-7"]
+    custom = entries["rpi-linux-lmp-7"]["custom"]
+    assert custom["version"] == "7" and custom["hardwareIds"] == ["rpi-linux"] and custom["name"] == "rpi-linux-lmp"
+    assert custom["tags"] == ["main", "beta"] and custom["targetFormat"] == "OSTREE"
+    assert custom["docker_compose_apps"] == {"shellhttpd": {"uri": uris["shellhttpd"]}}
+    canonical = json.dumps(custom, sort_keys=True, separators=(",", ":")).encode()
+    assert entries["rpi-linux-lmp-7"]["hashes"] == {"sha256": hashlib.sha256(canonical).hexdigest()}
+    assert entries["rpi-linux-lmp-7"]["length"] == 0
