@@ -205,8 +205,8 @@ def _filler_layers(blobs: BlobDir, total_mb: int, seed: str) -> list[tuple[Blob,
         name = f"filler/{index:03d}.bin"
         stream = _PrngStream(f"{seed}/{index}", mb * _MIB)
         entries = [_entry("filler", tarfile.DIRTYPE, 0o755), _entry(name, size=mb * _MIB)]
-        # Level 1: the data does not compress anyway; this only keeps the build fast.
-        layers.append(blobs.add_layer(entries, {name: stream}, compresslevel=1))
+        # Level 0 (stored blocks): the data does not compress anyway; this keeps the build fast.
+        layers.append(blobs.add_layer(entries, {name: stream}, compresslevel=0))
         total_mb -= mb
         index += 1
     return layers
