@@ -101,12 +101,14 @@ def _config_hash(service: dict) -> str:
 def _pin_service(service: dict, image_ref: str) -> dict:
     pinned = {k: v for k, v in service.items() if k != BUILD_KEY}
     pinned["image"] = image_ref
-    labels = pinned.get("labels", {})
-    if isinstance(labels, list):
-        labels = dict(item.split("=", 1) if "=" in item else (item, "") for item in labels)
+    labels = pinned.get("labels") or {}
+    if isinstance(labels, list):  # compose allows ["key=value", ...]
+        labels = [item if "=" in item else f"{item}=" for item in labels]
+        labels = dict(item.split("=", 1) for item in labels)
+    labels = dict(labels)
     labels.pop(CONFIG_HASH_LABEL, None)
-    pinned["labels"] = labels
-    pinned["labels"] = {**labels, CONFIG_HASH_LABEL: _config_hash(pinned)}
+    pinned["labels"] = labels  # hashed with the other labels, before the hash label is added
+    labels[CONFIG_HASH_LABEL] = _config_hash(pinned)
     return pinned
 
 
