@@ -1,0 +1,96 @@
+"""The task protocol: what a node of an update graph is, and what the engine asks of each task kind.
+
+A node names *what* to do (kind + plain-data parameters); a task kind knows *how*. Keeping the
+two apart is what lets a plan be frozen as JSON before the first side effect and run later by a
+process that never saw the compiler: everything a task needs at run time is in `Node.params` or
+in the objects the task was constructed with (clients, paths).
+
+The engine guarantees at-least-once execution: a power cut between a task's effect and the
+durable "done" record runs the task again. So `run` must be idempotent, and `is_done` is how a
+task tells the engine its effect is already in place (Luigi's `complete()`): it looks at the
+world (store, disk, Docker), never only at the checkpoint, because the checkpoint is a hint and
+the world is the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+RESOURCES = ("network", "docker", "disk", "cpu")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One step of an update. `id` is stable and says what it does (`fetch:sha256:<hex>`, `stop:<app>`).
+
+    `resource` is the scheduling class that bounds how many such nodes run at once; `size` is the
+    number of bytes the node is expected to move, for progress only.
+    """
+
+    id: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    resource: str = "cpu"
+    size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "params": self.params, "resource": self.resource, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Node:
+        return cls(id=data["id"], kind=data["kind"], params=data.get("params", {}),
+                   resource=data.get("resource", "cpu"), size=int(data.get("size", 0)))
+
+
+ProgressSink = Callable[[Node, int, "int | None"], None]
+
+
+class TaskContext:
+    """What a running task may use from the engine: progress reports, the stop request, a logger.
+
+    `cancelled` is set when the update is cancelled or the runner is asked to stop; a long task
+    (a big download) may check it and return early by raising, leaving its partial work for the
+    next attempt. Ignoring it is correct too: the engine waits for the task to finish.
+    """
+
+    def __init__(self, node: Node, cancelled: threading.Event, progress_sink: ProgressSink | None = None,
+                 logger: logging.Logger | None = None):
+        self.node = node
+        self.cancelled = cancelled
+        self.logger = logger or logging.getLogger(f"fioup_flow.task.{node.kind}")
+        self._sink = progress_sink
+        self.done_bytes = 0
+
+    def progress(self, done_bytes: int, total: int | None = None) -> None:
+        """Report bytes done so far for this node (absolute, not a delta)."""
+        self.done_bytes = done_bytes
+        if self._sink:
+            self._sink(self.node, done_bytes, total if total is not None else (self.node.size or None))
+
+    def should_stop(self) -> bool:
+        return self.cancelled.is_set()
+
+
+class Task(Protocol):
+    """A task kind. Constructed with its dependencies; the engine gets a `dict[kind, Task]`."""
+
+    kind: str
+
+    def is_done(self, node: Node) -> bool:
+        """Cheaply check whether the node's effect is already in place in the world."""
+        ...
+
+    def run(self, node: Node, ctx: TaskContext) -> None:
+        """Bring the node's effect about. Idempotent; raise on failure."""
+        ...
+
+
+class TransientError(Exception):
+    """A failure that may heal on its own (network blip, 5xx): the engine retries it with backoff.
+
+    Any other exception fails the node at once. Subclass it together with a `FioupFlowError`
+    (e.g. `class Interrupted(FetchError, TransientError)`) to keep the exit code when retries run out.
+    """
