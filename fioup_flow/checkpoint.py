@@ -1,0 +1,241 @@
+"""The checkpoint store: the frozen plan of the update in progress, one record per node, history.
+
+It lives in a diskcache (SQLite) opened with durable settings (`durable.open_cache`): no
+eviction, `synchronous=FULL` so every commit survives a power cut, and every value inline in
+SQLite (diskcache writes big values to side files without fsync). Each state change is one
+small write, one transaction; the plan is written once, when it is frozen.
+
+A store that cannot be read is never guessed around: a corrupt or truncated database raises
+`CheckpointStoreError` (exit 5) naming the file and the way out, `fioup-flow cancel
+--discard-state`, which moves the folder aside (kept for inspection) and starts afresh. A
+database that vanished or was emptied is caught by a marker file written beside it when the
+store was created: the marker names a store id the database must hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import diskcache
+
+from fioup_flow.durable import DURABLE_CACHE_SETTINGS, fsync_dir, open_cache, write_atomic
+from fioup_flow.errors import CheckpointStoreError, InvalidOngoingUpdateError
+from fioup_flow.graph import Plan, dumps
+
+STATES = ("pending", "running", "done", "failed", "skipped")
+HISTORY_LIMIT = 100
+MARKER = "store.json"
+DISCARD_HINT = "fioup-flow cancel --discard-state"
+
+
+@dataclass
+class NodeRecord:
+    """Where one node stands. Absent from the store means pending, attempted never."""
+
+    state: str = "pending"
+    attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    bytes: int = 0
+    error: str | None = None
+    exit_code: int | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+
+class CheckpointStore:
+    """The durable state of fioup-flow's updates in folder `path` (normally `flow_dir/checkpoint`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db_file = self.path / diskcache.core.DBNAME
+        marker = self._read_marker()
+        if marker is not None and not self.db_file.exists():
+            raise self._error("the database file is missing")
+        with self._guard():
+            self.cache = open_cache(self.path)
+            ((check,),) = self.cache._sql("PRAGMA quick_check").fetchall()  # noqa: SLF001 - no public API
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self._check_identity(marker)
+            self._check_settings()
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _error(self, reason: str) -> CheckpointStoreError:
+        return CheckpointStoreError(
+            f"checkpoint store {self.db_file} is unreadable ({reason}); resuming from it could do the "
+            f"wrong thing. Way out: `{DISCARD_HINT}` moves {self.path} aside and forgets the update "
+            f"in progress (its effects stay; run the update again)")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn SQLite and decoding failures into CheckpointStoreError, never a silent wrong resume."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
+            raise self._error(f"{exc.__class__.__name__}: {exc}") from exc
+
+    def _read_marker(self) -> str | None:
+        try:
+            return json.loads((self.path / MARKER).read_text())["store_id"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise self._error(f"marker {MARKER} is damaged: {exc}") from exc
+
+    def _check_identity(self, marker: str | None) -> None:
+        stored = self.cache.get("store_id")
+        if marker is None:
+            if stored is None:  # a new store (or one whose marker write a crash cut short)
+                stored = uuid.uuid4().hex
+                self.cache.set("store_id", stored)
+            write_atomic(self.path / MARKER, dumps({"store_id": stored}).encode())
+        elif stored != marker:
+            raise self._error("the database was emptied or replaced: it lacks the id its marker names")
+
+    def _check_settings(self) -> None:
+        for key, value in self.settings().items():
+            if value != DURABLE_CACHE_SETTINGS[key]:
+                raise self._error(f"setting {key} is {value!r}, not {DURABLE_CACHE_SETTINGS[key]!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """The durability settings actually in force (the live pragma, not just what was asked)."""
+        ((synchronous,),) = self.cache._sql("PRAGMA synchronous").fetchall()  # noqa: SLF001
+        return {
+            "eviction_policy": self.cache.reset("eviction_policy"),
+            "sqlite_synchronous": synchronous,
+            "disk_min_file_size": self.cache.disk.min_file_size,
+        }
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def discard(path: Path) -> Path | None:
+        """Move the store folder aside (kept for inspection); the next open starts an empty store."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        aside = path.with_name(f"{path.name}.discarded-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        path.rename(aside)
+        fsync_dir(path.parent)
+        return aside
+
+    # -- the plan in progress ------------------------------------------------------------------
+
+    def current_plan_id(self) -> str | None:
+        with self._guard():
+            return self.cache.get("current")
+
+    def frozen_json(self, plan_id: str) -> str | None:
+        with self._guard():
+            return self.cache.get(f"plan:{plan_id}")
+
+    def current_plan(self) -> Plan | None:
+        plan_id = self.current_plan_id()
+        if plan_id is None:
+            return None
+        text = self.frozen_json(plan_id)
+        if text is None:
+            raise self._error(f"plan {plan_id} is in progress but its frozen plan is missing")
+        with self._guard():
+            return Plan.from_json(text)
+
+    def freeze(self, plan: Plan) -> Plan:
+        """Persist `plan` as the update in progress (one transaction) and return the frozen plan.
+
+        Freezing the plan already in progress again is a no-op if its bytes match; a different
+        plan while one is in progress is refused: the store never re-plans silently.
+        """
+        text = plan.to_json()
+        with self._guard(), self.cache.transact():
+            current = self.cache.get("current")
+            if current is not None:
+                frozen = self.cache.get(f"plan:{current}")
+                if current != plan.plan_id or frozen != text:
+                    raise InvalidOngoingUpdateError(
+                        f"update {current} is in progress (target {Plan.from_json(frozen).meta.get('target')}); "
+                        f"resume it or cancel it before starting another")
+                return Plan.from_json(frozen)
+            self.cache.set(f"plan:{plan.plan_id}", text)
+            self.cache.set(f"frozen_at:{plan.plan_id}", time.time())
+            self.cache.set("current", plan.plan_id)
+        return Plan.from_json(text)
+
+    # -- node records --------------------------------------------------------------------------
+
+    def record(self, plan_id: str, node_id: str) -> NodeRecord:
+        with self._guard():
+            raw = self.cache.get(f"node:{plan_id}:{node_id}")
+            return NodeRecord(**json.loads(raw)) if raw is not None else NodeRecord()
+
+    def records(self, plan_id: str, node_ids: Iterable[str]) -> dict[str, NodeRecord]:
+        return {node_id: self.record(plan_id, node_id) for node_id in node_ids}
+
+    def put_record(self, plan_id: str, node_id: str, record: NodeRecord) -> None:
+        """Durably write one node's record: one small SQLite transaction, synced before return."""
+        if record.state not in STATES:
+            raise ValueError(f"unknown node state {record.state!r}")
+        with self._guard():
+            self.cache.set(f"node:{plan_id}:{node_id}", dumps(asdict(record)))
+
+    # -- cancel --------------------------------------------------------------------------------
+
+    def request_cancel(self, plan_id: str) -> None:
+        with self._guard():
+            self.cache.set(f"cancel:{plan_id}", True)
+
+    def cancel_requested(self, plan_id: str) -> bool:
+        with self._guard():
+            return bool(self.cache.get(f"cancel:{plan_id}", False))
+
+    # -- finishing and history -----------------------------------------------------------------
+
+    def finish(self, plan: Plan, outcome: str) -> dict[str, Any]:
+        """Move `plan` from in-progress to history with `outcome` (completed, cancelled); one transaction."""
+        records = self.records(plan.plan_id, plan.graph.nodes)
+        counts = {state: 0 for state in STATES}
+        for record in records.values():
+            counts[record.state] += 1
+        with self._guard(), self.cache.transact():
+            entry = {
+                "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
+                "outcome": outcome, "started": self.cache.get(f"frozen_at:{plan.plan_id}"), "ended": time.time(),
+                "counts": counts, "failed": {n: r.error for n, r in records.items() if r.state == "failed"},
+            }
+            history = json.loads(self.cache.get("history", "[]"))
+            self.cache.set("history", dumps(([entry] + history)[:HISTORY_LIMIT]))
+            for node_id in plan.graph.nodes:
+                self.cache.delete(f"node:{plan.plan_id}:{node_id}")
+            for key in ("plan", "frozen_at", "cancel"):
+                self.cache.delete(f"{key}:{plan.plan_id}")
+            if self.cache.get("current") == plan.plan_id:
+                self.cache.delete("current")
+        return entry
+
+    def history(self, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
+        """Past updates, newest first."""
+        with self._guard():
+            return json.loads(self.cache.get("history", "[]"))[:limit]
+
+    def frozen_at(self, plan_id: str) -> float | None:
+        with self._guard():
+            return self.cache.get(f"frozen_at:{plan_id}")
