@@ -1,0 +1,296 @@
+"""The executor: runs a frozen plan in dependency order, checkpointing every node durably.
+
+Guarantees (documented in the README):
+- The plan is frozen in the checkpoint store before the first side effect; a resumed run
+  executes the frozen plan, never a new one.
+- At-least-once execution of idempotent effects. A node is recorded `done` only after its
+  `run` returned and the record is synced; a crash in between runs it again on resume.
+- The checkpoint is a hint, the world is the truth: before running any node, and before
+  trusting a node recorded `done`, the engine asks the task `is_done(node)`. An effect already
+  in place is recorded done without running; a `done` node whose effect vanished runs again.
+- A failed node stops its dependents (they stay `pending`); independent branches finish. The
+  update stays in progress, so a resume retries the failed node (and runs what waits on it).
+- TransientError is retried with jittered exponential backoff, bounded in attempts and time;
+  any other exception fails the node at once and is kept for the caller (exit codes).
+- SIGINT/SIGTERM: scheduling stops, running nodes are asked to stop (`ctx.cancelled`) and
+  waited for; the update stays in progress (exit 128+signal, like shells). A second signal
+  kills the process at once: running nodes are abandoned and re-checked on resume.
+- Cancel (a flag in the store, set by `fioup-flow cancel`) is seen at the next node boundary:
+  nothing new starts, running nodes finish, and the plan moves to history as cancelled.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+
+from fioup_flow.checkpoint import CheckpointStore, NodeRecord
+from fioup_flow.errors import FioupFlowError, NoUpdateInProgressError
+from fioup_flow.graph import Plan, PlanError
+from fioup_flow.task import Node, Task, TaskContext, TransientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMITS = {"network": 4, "docker": 1, "disk": 2, "cpu": 2}
+CANCELLED_EXIT_CODE = 1
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How TransientErrors are retried: at most `attempts` tries within `budget_s` seconds."""
+
+    attempts: int = 5
+    base_s: float = 0.5
+    max_wait_s: float = 30.0
+    budget_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """What the progress hook hears: a node changed state or reported bytes.
+
+    state: running | progress | retrying | done | failed. `already` is True for a done node
+    whose effect was found in place without running it.
+    """
+
+    node: Node
+    state: str
+    done_bytes: int = 0
+    total: int | None = None
+    error: BaseException | None = None
+    already: bool = False
+
+
+@dataclass
+class RunResult:
+    """How a run ended: completed, failed, interrupted (signal) or cancelled."""
+
+    plan_id: str
+    outcome: str
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    signal: int | None = None
+    ran: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 completed; failed: the first failed node's FioupFlowError code (else 1); 128+signal; cancelled 1."""
+        if self.outcome == "completed":
+            return 0
+        if self.outcome == "interrupted":
+            return 128 + (self.signal or signal.SIGTERM)
+        if self.outcome == "failed":
+            first = self.failed[min(self.failed)]
+            return first.exit_code if isinstance(first, FioupFlowError) else 1
+        return CANCELLED_EXIT_CODE
+
+
+class _Abandoned(Exception):
+    """A node not (re)started because the runner is stopping."""
+
+
+EventHook = Callable[[NodeEvent], None]
+
+
+class Executor:
+    """Runs plans with `tasks` (kind -> implementation), at most `limits[resource]` nodes at once per class."""
+
+    def __init__(self, store: CheckpointStore, tasks: dict[str, Task], limits: dict[str, int] | None = None,
+                 retry: RetryPolicy = RetryPolicy(), on_event: EventHook | None = None, poll_s: float = 0.2,
+                 handle_signals: bool = True):
+        self.store = store
+        self.tasks = tasks
+        self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
+        self.retry = retry
+        self.on_event = on_event
+        self.poll_s = poll_s
+        self.handle_signals = handle_signals
+        self._stopping = threading.Event()
+        self._signal: int | None = None
+        self._cancelled = False
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def stop(self, signum: int | None = None) -> None:
+        """Stop scheduling; running nodes are asked to stop and waited for."""
+        if signum is not None and self._signal is None:
+            self._signal = signum
+        self._stopping.set()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.warning("signal %d: stopping at the next node boundary (again to abandon running nodes)", signum)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        self.stop(signum)
+
+    def _install_signals(self) -> dict[int, object]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    # -- running a plan ------------------------------------------------------------------------
+
+    def run(self, plan: Plan | None = None) -> RunResult:
+        """Freeze `plan` (if new) and run it; with no plan, resume the frozen plan in progress."""
+        if plan is None:
+            plan = self.store.current_plan()
+            if plan is None:
+                raise NoUpdateInProgressError("no update in progress to resume")
+        else:
+            plan = self.store.freeze(plan)
+        missing = sorted({n.kind for n in plan.nodes()} - set(self.tasks))
+        if missing:
+            raise PlanError(f"plan {plan.plan_id}: no task implements kind(s) {', '.join(missing)}")
+        previous = self._install_signals()
+        try:
+            result = self._schedule(plan)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if result.outcome in ("completed", "cancelled"):
+            self.store.finish(plan, result.outcome)
+        return result
+
+    def _schedule(self, plan: Plan) -> RunResult:
+        result = RunResult(plan.plan_id, "completed")
+        order = {node_id: i for i, node_id in enumerate(plan.order())}
+        waiting = {node_id: plan.graph.in_degree(node_id) for node_id in order}
+        ready = [(i, node_id) for node_id, i in order.items() if waiting[node_id] == 0]
+        heapq.heapify(ready)
+        busy = {resource: 0 for resource in self.limits}
+        running: dict[Future, Node] = {}
+        done = 0
+        fatal: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=sum(self.limits.values()), thread_name_prefix="node") as pool:
+            while ready or running:
+                if not self._stopping.is_set() and self.store.cancel_requested(plan.plan_id):
+                    self._cancelled = True
+                    self.stop()
+                if not self._stopping.is_set():
+                    self._launch(plan, pool, ready, busy, running, result)
+                if not running:
+                    break
+                finished, _ = wait(running, timeout=self.poll_s, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    node = running.pop(future)
+                    busy[node.resource] -= 1
+                    try:
+                        outcome = future.result()
+                    except BaseException as exc:  # the store failed, not the task: stop, then raise
+                        fatal = fatal or exc
+                        self.stop()
+                        continue
+                    if isinstance(outcome, BaseException):
+                        result.failed[node.id] = outcome
+                    elif outcome == "done":
+                        done += 1
+                        for child in plan.dependents(node.id):
+                            waiting[child] -= 1
+                            if waiting[child] == 0:
+                                heapq.heappush(ready, (order[child], child))
+        if fatal is not None:
+            raise fatal
+        if self._cancelled:
+            result.outcome = "cancelled"
+        elif result.failed:
+            result.outcome = "failed"
+        elif done < len(order):
+            result.outcome, result.signal = "interrupted", self._signal
+        return result
+
+    def _launch(self, plan: Plan, pool: ThreadPoolExecutor, ready: list, busy: dict[str, int],
+                running: dict[Future, Node], result: RunResult) -> None:
+        """Start every ready node whose resource class has room, in plan order."""
+        deferred = []
+        while ready:
+            item = heapq.heappop(ready)
+            node = plan.node(item[1])
+            if busy.setdefault(node.resource, 0) >= self.limits.get(node.resource, 1):
+                deferred.append(item)
+                continue
+            busy[node.resource] += 1
+            running[pool.submit(self._visit, plan.plan_id, node, result)] = node
+        for item in deferred:
+            heapq.heappush(ready, item)
+
+    # -- one node ------------------------------------------------------------------------------
+
+    def _emit(self, event: NodeEvent) -> None:
+        if self.on_event:
+            try:
+                self.on_event(event)
+            except Exception:  # a broken progress display must not fail an update
+                log.exception("progress hook failed")
+
+    def _visit(self, plan_id: str, node: Node, result: RunResult) -> str | BaseException:
+        """Check, and if needed run, one node. Returns "done", "abandoned", or the task's exception."""
+        task = self.tasks[node.kind]
+        record = self.store.record(plan_id, node.id)
+        try:
+            if task.is_done(node):
+                if record.state != "done":
+                    now = time.time()
+                    self._save(plan_id, node, record, state="done", started=record.started or now, ended=now,
+                               bytes=node.size, error=None, exit_code=None)
+                self._emit(NodeEvent(node, "done", node.size, node.size or None, already=True))
+                return "done"
+            if self._stopping.is_set():
+                raise _Abandoned()
+            result.ran.append(node.id)
+            ctx = TaskContext(node, self._stopping, self._progress_sink)
+            record.started = time.time()
+            for attempt in self._retrying(node):
+                with attempt:
+                    if self._stopping.is_set():
+                        raise _Abandoned()
+                    self._save(plan_id, node, record, state="running", attempts=record.attempts + 1, error=None)
+                    self._emit(NodeEvent(node, "running", 0, node.size or None))
+                    task.run(node, ctx)
+        except Exception as exc:  # noqa: BLE001 - every task failure is recorded and reported
+            return self._failed(plan_id, node, record, exc)
+        self._save(plan_id, node, record, state="done", ended=time.time(), bytes=ctx.done_bytes or node.size)
+        self._emit(NodeEvent(node, "done", record.bytes, node.size or None))
+        return "done"
+
+    def _failed(self, plan_id: str, node: Node, record: NodeRecord, exc: Exception) -> str | Exception:
+        if self._stopping.is_set() and (isinstance(exc, _Abandoned) or record.state == "running"):
+            if record.state == "running":  # stopped mid-way: pending again, re-checked on resume
+                self._save(plan_id, node, record, state="pending", ended=time.time())
+            return "abandoned"
+        log.error("node %s failed: %s", node.id, exc)
+        self._save(plan_id, node, record, state="failed", ended=time.time(), error=f"{exc.__class__.__name__}: {exc}",
+                   exit_code=exc.exit_code if isinstance(exc, FioupFlowError) else None)
+        self._emit(NodeEvent(node, "failed", error=exc))
+        return exc
+
+    def _save(self, plan_id: str, node: Node, record: NodeRecord, **changes: object) -> None:
+        for key, value in changes.items():
+            setattr(record, key, value)
+        self.store.put_record(plan_id, node.id, record)
+
+    def _progress_sink(self, node: Node, done: int, total: int | None) -> None:
+        self._emit(NodeEvent(node, "progress", done, total))
+
+    def _retrying(self, node: Node) -> Retrying:
+        policy = self.retry
+
+        def before_sleep(state) -> None:
+            error = state.outcome.exception()
+            log.warning("node %s: transient failure, retrying: %s", node.id, error)
+            self._emit(NodeEvent(node, "retrying", error=error))
+
+        return Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, TransientError) and not self._stopping.is_set()),
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.budget_s),
+            wait=wait_random_exponential(multiplier=policy.base_s, max=policy.max_wait_s),
+            sleep=self._stopping.wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
