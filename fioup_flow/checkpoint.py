@@ -35,6 +35,11 @@ MARKER = "store.json"
 DISCARD_HINT = "fioup-flow cancel --discard-state"
 
 
+def store_path(flow_dir: Path) -> Path:
+    """Where the checkpoint store lives under fioup-flow's state folder (`Config.flow_dir`)."""
+    return Path(flow_dir) / "checkpoint"
+
+
 @dataclass
 class NodeRecord:
     """Where one node stands. Absent from the store means pending, attempted never."""

@@ -1,7 +1,127 @@
-"""Commands about the update in progress: graph, status, cancel (apply and resume later)."""
+"""Commands about the update in progress: graph, status, cancel (apply and resume come later).
+
+They read the checkpoint store under `config.flow_dir`; none of them runs a node. `cancel`
+takes the instance lock to tell whether a runner is active: if one is, it only raises the
+cancel flag, which the runner sees at its next node boundary.
+"""
 
 from __future__ import annotations
 
-import click
+import time
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.console import Console
+
+from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
+from fioup_flow.cli.output import emit_json
+from fioup_flow.errors import LockedError
+from fioup_flow.graph import Plan
+from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.render import FORMATS, render_dot, render_json, render_mermaid, render_table, rows
+
+
+def _open_store(ctx: click.Context) -> CheckpointStore | None:
+    """The checkpoint store, or None if fioup-flow never ran here (nothing to show, nothing created)."""
+    path = store_path(ctx.obj.config.flow_dir)
+    return CheckpointStore(path) if path.exists() else None
+
+
+def _in_progress(store: CheckpointStore | None) -> tuple[Plan | None, dict]:
+    plan = store.current_plan() if store else None
+    return plan, (store.records(plan.plan_id, plan.graph.nodes) if plan else {})
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.pass_context
+def graph(ctx: click.Context, fmt: str) -> None:
+    """Show the plan of the update in progress and where each node stands."""
+    plan, records = _in_progress(_open_store(ctx))
+    if plan is None:
+        if fmt == "json":
+            emit_json({"plan_id": None, "meta": {}, "nodes": [], "edges": []})
+        else:
+            click.echo("No update in progress")
+        return
+    if fmt == "text":
+        Console().print(render_table(plan, records))
+    else:
+        render = {"json": render_json, "dot": render_dot, "mermaid": render_mermaid}[fmt]
+        click.echo(render(plan, records), nl=False)
+
+
+def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
+    plan, records = _in_progress(store)
+    current = None
+    if plan is not None:
+        table = rows(plan, records)
+        current = {
+            "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
+            "started": store.frozen_at(plan.plan_id), "cancel_requested": store.cancel_requested(plan.plan_id),
+            "counts": {state: sum(1 for r in table if r["state"] == state) for state in STATES},
+            "failed": [{"id": r["id"], "error": r["error"], "exit_code": records[r["id"]].exit_code}
+                       for r in table if r["state"] == "failed"],
+        }
+    return {"in_progress": current, "history": store.history(history) if store else []}
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "?"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one line of JSON.")
+@click.option("--history", "history", default=5, show_default=True, help="How many past updates to list.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, history: int) -> None:
+    """Show the update in progress (node counts, failures) and the last updates."""
+    data = _status(_open_store(ctx), history)
+    if as_json:
+        emit_json(data)
+        return
+    current = data["in_progress"]
+    if current is None:
+        click.echo("No update in progress")
+    else:
+        click.echo(f"Update in progress: {current['plan_id']} (target {current['target']}, "
+                   f"version {current['version']}, started {_when(current['started'])})")
+        click.echo("  " + ", ".join(f"{state} {n}" for state, n in current["counts"].items() if n))
+        if current["cancel_requested"]:
+            click.echo("  cancel requested: the runner stops at the next node boundary")
+        for failed in current["failed"]:
+            click.secho(f"  failed {failed['id']}: {failed['error']}", fg="red")
+    if data["history"]:
+        click.echo("Recent updates:")
+        for entry in data["history"]:
+            counts = ", ".join(f"{s} {n}" for s, n in entry["counts"].items() if n)
+            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
+
+
+@click.command()
+@click.option("--discard-state", is_flag=True,
+              help="Move the checkpoint store aside (e.g. when it is corrupt) and forget the update in progress.")
+@click.pass_context
+def cancel(ctx: click.Context, discard_state: bool) -> None:
+    """Abandon the update in progress at a node boundary."""
+    flow_dir = ctx.obj.config.flow_dir
+    if discard_state:
+        with InstanceLock(flow_dir / LOCK_NAME):
+            aside = CheckpointStore.discard(store_path(flow_dir))
+        click.echo(f"Moved the checkpoint store aside to {aside}" if aside else "No checkpoint store to discard")
+        return
+    store = _open_store(ctx)
+    plan = store.current_plan() if store else None
+    if plan is None:
+        click.echo("No update in progress to cancel")
+        return
+    try:
+        with InstanceLock(flow_dir / LOCK_NAME):
+            store.finish(plan, "cancelled")
+        click.echo(f"Cancelled update {plan.plan_id}")
+    except LockedError:
+        store.request_cancel(plan.plan_id)
+        click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at the next node boundary")
+
+
+COMMANDS: list[click.Command] = [graph, status, cancel]

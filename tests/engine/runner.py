@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fioup_flow.checkpoint import CheckpointStore  # noqa: E402
+from fioup_flow.checkpoint import CheckpointStore, store_path  # noqa: E402
 from fioup_flow.engine import Executor, RetryPolicy  # noqa: E402
 from fioup_flow.errors import FioupFlowError  # noqa: E402
 from fioup_flow.graph import Plan  # noqa: E402
@@ -24,7 +24,7 @@ FAST_RETRY = RetryPolicy(attempts=4, base_s=0.01, max_wait_s=0.05, budget_s=5)
 
 
 def main(flow_dir: Path, work: Path, plan_file: Path | None) -> int:
-    with InstanceLock(flow_dir / LOCK_NAME), CheckpointStore(flow_dir / "checkpoint") as store:
+    with InstanceLock(flow_dir / LOCK_NAME), CheckpointStore(store_path(flow_dir)) as store:
         plan = Plan.from_json(plan_file.read_text()) if plan_file else None
         result = Executor(store, all_kinds(work), limits={"disk": 1}, retry=FAST_RETRY, poll_s=0.05).run(plan)
     print(json.dumps({"outcome": result.outcome, "ran": result.ran,
