@@ -1,0 +1,185 @@
+"""The executor, in process: order, resource limits, retries, failures, re-checks, cancel, progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fioup_flow.checkpoint import CheckpointStore
+from fioup_flow.engine import Executor, NodeEvent, RetryPolicy
+from fioup_flow.errors import FetchError, InvalidOngoingUpdateError, NoUpdateInProgressError
+from fioup_flow.graph import Plan, PlanError
+from fioup_flow.task import Node, TaskContext
+from tests.engine.conftest import diamond_plan, failing_plan
+from tests.engine.kinds import WriteFile, all_kinds, write_node
+
+FAST = RetryPolicy(attempts=3, base_s=0.001, max_wait_s=0.01, budget_s=5)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with CheckpointStore(tmp_path / "checkpoint") as store:
+        yield store
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    return tmp_path / "work"
+
+
+def executor(store, work, **kwargs) -> Executor:
+    return Executor(store, all_kinds(work), retry=FAST, poll_s=0.02, handle_signals=False, **kwargs)
+
+
+def runs(work: Path) -> list[str]:
+    return (work / "runs.log").read_text().splitlines()
+
+
+def test_nodes_run_after_their_dependencies_and_a_completed_plan_moves_to_history(store, work):
+    plan = diamond_plan()
+    result = executor(store, work).run(plan)
+    assert (result.outcome, result.exit_code) == ("completed", 0)
+    order = runs(work)
+    assert sorted(order) == sorted(n.id for n in plan.nodes())
+    for u, v in plan.edges():
+        assert order.index(u) < order.index(v)
+    assert store.current_plan_id() is None
+    assert store.history()[0]["outcome"] == "completed"
+
+
+class Concurrency(WriteFile):
+    """Counts how many of its nodes run at once, per resource class."""
+
+    kind = "write"
+
+    def __init__(self, work: Path):
+        super().__init__(work)
+        self.lock = threading.Lock()
+        self.now: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    def run(self, node: Node, ctx: TaskContext) -> None:
+        with self.lock:
+            self.now[node.resource] = self.now.get(node.resource, 0) + 1
+            self.peak[node.resource] = max(self.peak.get(node.resource, 0), self.now[node.resource])
+        time.sleep(0.03)
+        super().run(node, ctx)
+        with self.lock:
+            self.now[node.resource] -= 1
+
+
+def test_no_more_nodes_of_a_resource_class_run_at_once_than_its_limit(store, work):
+    plan = Plan()
+    for i in range(8):
+        for resource in ("network", "docker"):
+            n = write_node(f"write:{resource}{i}")
+            plan.add(Node(n.id, n.kind, n.params, resource=resource))
+    task = Concurrency(work)
+    result = Executor(store, {"write": task}, limits={"network": 3, "docker": 1}, handle_signals=False).run(plan)
+    assert result.outcome == "completed"
+    assert task.peak == {"network": 3, "docker": 1}
+
+
+def flaky_plan(fails: int) -> Plan:
+    plan = Plan()
+    plan.add(Node("fetch:flaky", "flaky", {"name": "flaky", "content": "ok\n", "fails": fails}, resource="network"))
+    return plan
+
+
+def test_a_transient_error_is_retried_with_backoff_until_the_node_succeeds(store, work):
+    events: list[NodeEvent] = []
+    plan = flaky_plan(fails=2)
+    result = executor(store, work, on_event=events.append).run(plan)
+    assert result.outcome == "completed"
+    assert [e.state for e in events if e.state in ("retrying", "done")] == ["retrying", "retrying", "done"]
+    assert store.history()[0]["counts"]["done"] == 1
+
+
+def test_a_transient_error_that_persists_fails_the_node_after_a_bounded_number_of_attempts(store, work):
+    plan = flaky_plan(fails=10)
+    result = executor(store, work).run(plan)
+    assert result.outcome == "failed"
+    assert store.record(plan.plan_id, "fetch:flaky").attempts == FAST.attempts
+    assert len((work / "flaky.tries").read_text().splitlines()) == FAST.attempts
+
+
+def test_a_failing_node_stops_its_dependents_and_independent_branches_finish(store, work):
+    plan = failing_plan()
+    result = executor(store, work).run(plan)
+    assert result.outcome == "failed"
+    assert isinstance(result.failed["fetch:bad"], FetchError)  # the original exception, for the exit code
+    assert result.exit_code == 40
+    assert sorted(runs(work)) == ["write:x", "write:y"]
+    records = store.records(plan.plan_id, plan.graph.nodes)
+    assert records["fetch:bad"].state == "failed"
+    assert records["fetch:bad"].error == "FetchError: registry said no"
+    assert records["fetch:bad"].exit_code == 40
+    assert records["write:after-bad"].state == "pending"
+    assert store.current_plan_id() == plan.plan_id  # still in progress: resume retries the failed node
+
+
+def test_a_done_node_whose_effect_vanished_runs_again_on_resume_and_others_do_not(store, work):
+    plan = failing_plan()
+    executor(store, work).run(plan)
+    (work / "out" / "write_x").unlink()  # the world changed behind the checkpoint's back
+    result = executor(store, work).run()
+    assert "write:x" in result.ran and "write:y" not in result.ran
+    assert (work / "out" / "write_x").exists()
+
+
+def test_an_effect_already_in_place_is_recorded_done_without_running_the_node(store, work):
+    plan = diamond_plan()
+    WriteFile(work).run(plan.node("write:a"), TaskContext(plan.node("write:a"), threading.Event()))
+    result = executor(store, work).run(plan)
+    assert "write:a" not in result.ran
+    assert runs(work).count("write:a") == 1
+    assert store.history()[0]["counts"]["done"] == len(plan)
+
+
+def test_a_different_plan_is_refused_while_one_is_in_progress(store, work):
+    executor(store, work).run(failing_plan())
+    with pytest.raises(InvalidOngoingUpdateError):
+        executor(store, work).run(diamond_plan())
+
+
+def test_resuming_with_no_update_in_progress_is_an_error(store, work):
+    with pytest.raises(NoUpdateInProgressError):
+        executor(store, work).run()
+
+
+def test_a_plan_naming_a_kind_no_task_implements_is_refused_before_any_side_effect(store, work):
+    plan = diamond_plan()
+    plan.add(Node("mystery:1", "mystery"))
+    with pytest.raises(PlanError, match="mystery"):
+        executor(store, work).run(plan)
+    assert not (work / "runs.log").exists()
+
+
+def test_a_cancel_request_stops_the_runner_at_the_next_node_boundary(store, work):
+    plan = diamond_plan(sleep=0.05)
+    cancelled = []
+
+    def cancel_after_first(event: NodeEvent) -> None:
+        if event.state == "done" and not cancelled:
+            cancelled.append(event.node.id)
+            store.request_cancel(plan.plan_id)
+
+    result = executor(store, work, on_event=cancel_after_first, limits={"disk": 1}).run(plan)
+    assert result.outcome == "cancelled"
+    assert len(runs(work)) <= 2  # the first node, and at most one that started before the flag was seen
+    assert store.current_plan_id() is None
+    assert store.history()[0]["outcome"] == "cancelled"
+
+
+def test_the_progress_hook_hears_each_node_run_report_bytes_and_finish(store, work):
+    events: list[NodeEvent] = []
+    plan = diamond_plan()
+    executor(store, work, on_event=events.append).run(plan)
+    for node in plan.nodes():
+        states = [e.state for e in events if e.node.id == node.id]
+        assert states == ["running", "progress", "done"]
+    progress = next(e for e in events if e.state == "progress")
+    assert progress.done_bytes == len(progress.node.params["content"])
