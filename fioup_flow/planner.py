@@ -129,8 +129,8 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
 
     stops = {name: b.add(stop.node(name, [i.image_id for i in trees[name].images()] if name in trees else []),
                          [applied]) for name in diff.to_stop}
-    starts = [b.add(start.node(name, trees[name].uri, {s: i.image_id for s, i in trees[name].services.items()}),
-                    [applied] + ([stops[name]] if name in stops else [])) for name in diff.to_install]
+    starts = [b.add(start.node_for(trees[name]), [applied] + ([stops[name]] if name in stops else []))
+              for name in diff.to_install]
     committed = b.add(commit.node(target), starts + [s for n, s in stops.items() if n in diff.remove] or [applied])
     completed = b.event("EcuInstallationCompleted", target, [committed], True)
     pruned = b.add(prune.node(target.name, {a.name: a.uri for a in target.apps}, prune_all_images), [completed])

@@ -162,6 +162,11 @@ class TufClient:
             return []
         return parse_targets(Metadata[Targets].from_file(str(path)).signed, self.hardware_id)
 
+    def targets_version(self) -> int | None:
+        """The version of the trusted targets metadata (None before the first refresh)."""
+        path = self.metadata_dir / "targets.json"
+        return Metadata[Targets].from_file(str(path)).signed.version if path.exists() else None
+
     def _sync(self) -> None:
         """ngclient renames without fsync; make what it persisted durable before we act on it."""
         if not self.metadata_dir.is_dir():

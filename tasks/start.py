@@ -12,6 +12,7 @@ from pathlib import Path
 
 import docker
 
+from fioup_flow.composeapp import AppTree
 from fioup_flow.errors import StartError
 from fioup_flow.task import Node, TaskContext
 from tasks import appstate, compose
@@ -28,6 +29,11 @@ def node(app: str, uri: str, service_images: dict[str, str], timeout_s: float = 
                 params={"app": app, "uri": uri, "services": dict(sorted(service_images.items())),
                         "timeout_s": timeout_s},
                 resource="docker")
+
+
+def node_for(tree: AppTree) -> Node:
+    """The start node of an app version: what "this version runs" means, for every caller."""
+    return node(tree.name, tree.uri, {service: image.image_id for service, image in tree.services.items()})
 
 
 class StartApp:

@@ -63,9 +63,9 @@ def main(ctx: click.Context, verbose: bool, cfg_dirs: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from fioup_flow.cli import device, update
+    from fioup_flow.cli import apply, device, update
 
-    for module in (device, update):
+    for module in (device, apply, update):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,186 @@
+"""The device agent: wires the config, clients and tasks, and runs an update end to end.
+
+`Agent` is the one place that knows every part: it refreshes the Targets (TUF), observes what
+runs, walks the app trees, asks the planner for a plan, and hands the plan to the executor with
+the task implementations. The commands in `cli/` only parse flags and print; the planner and
+the engine know nothing of each other; the tasks know nothing of scheduling.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from functools import cached_property
+
+from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.composeapp import AppTree, AppTreeLoader
+from fioup_flow.config import Config
+from fioup_flow.diskspace import storage_stat
+from fioup_flow.engine import EventHook, Executor, RunResult
+from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError
+from fioup_flow.events import make_event
+from fioup_flow.gateway import GatewayClient, GatewayError
+from fioup_flow.graph import Plan, new_plan_id
+from fioup_flow.installed import current_target
+from fioup_flow.outbox import EVENTS, Outbox
+from fioup_flow.planner import Observed, compile_update, diff_apps
+from fioup_flow.registry import RegistryClient
+from fioup_flow.store import BlobStore
+from fioup_flow.targets import Target, TufClient, select_target
+from fioup_flow.task import Task
+from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
+from tasks.apps_states import apps_states_payload
+
+log = logging.getLogger(__name__)
+
+FAILURE_EVENT_NS = uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff")
+
+
+class Agent:
+    def __init__(self, config: Config, on_event: EventHook | None = None):
+        self.config = config
+        self.on_event = on_event
+
+    # --- the parts, made when first needed ------------------------------------------------
+    @cached_property
+    def gateway(self) -> GatewayClient:
+        return GatewayClient(self.config)
+
+    @cached_property
+    def store(self) -> BlobStore:
+        return BlobStore(self.config.reset_apps_root)
+
+    @cached_property
+    def registry(self) -> RegistryClient:
+        return RegistryClient(self.config.ca_cert, self._registry_credentials)
+
+    @cached_property
+    def engine(self):
+        return appstate.client()
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.config.flow_dir / "outbox")
+
+    @cached_property
+    def checkpoint(self) -> CheckpointStore:
+        return CheckpointStore(store_path(self.config.flow_dir))
+
+    def _registry_credentials(self) -> tuple[str, str]:
+        """The device's registry credentials, from the gateway (what `docker-credential-fioup` does)."""
+        try:
+            creds = self.gateway.get_json("hub-creds/")
+        except GatewayError as exc:
+            raise FetchError(f"cannot get registry credentials from the gateway: {exc}") from exc
+        return creds["Username"], creds["Secret"]
+
+    def tasks(self) -> dict[str, Task]:
+        root = self.config.compose_apps_root
+        implementations: list[Task] = [
+            fetch.FetchBlob(self.store, self.registry),
+            space.SpaceCheck(self.store),
+            install.InstallApp(self.store, root, self.engine),
+            stop.StopApp(self.engine),
+            start.StartApp(root, self.engine),
+            commit.CommitTarget(self.config.flow_dir),
+            prune.Prune(self.store, root, self.engine),
+            report.ReportEvent(self.outbox, self.gateway, self._live_details),
+            report.ReportAppsStates(self.outbox, self.gateway, self.apps_states),
+        ]
+        return {task.kind: task for task in implementations}
+
+    def _live_details(self, event_type: str) -> dict:
+        """Details known only when an event is sent: storage figures, the apps' states."""
+        if event_type in ("EcuDownloadStarted", "EcuDownloadCompleted", "EcuInstallationCompleted"):
+            stat = storage_stat(self.store.root, self.config.storage_watermark, [])
+            return {"storage_stat": stat.as_json()}
+        return {}
+
+    def apps_states(self) -> dict:
+        return apps_states_payload(self.engine, current_target(self.config.flow_dir))
+
+    # --- metadata -------------------------------------------------------------------------
+    def tuf(self) -> TufClient:
+        return TufClient(self.config.tuf_dir, self.gateway, self.config.hardware_id)
+
+    def refresh_targets(self) -> list[Target]:
+        """Refresh and verify the metadata; report `MetadataUpdateCompleted` when it changed or failed."""
+        tuf = self.tuf()
+        before = tuf.targets_version()
+        try:
+            targets = tuf.refresh()
+        except MetadataUpdateError as exc:
+            self._report_metadata(False, {"current_version": before, "error": str(exc)})
+            raise
+        after = tuf.targets_version()
+        if after != before:
+            self._report_metadata(True, {"from_version": before, "to_version": after})
+        return targets
+
+    def _report_metadata(self, success: bool, details: dict) -> None:
+        event_id = str(uuid.uuid4())
+        current = current_target(self.config.flow_dir)
+        event = make_event(event_id, "MetadataUpdateCompleted", f"meta-{new_plan_id()}",
+                           current.name if current else "", current.version if current else 0, success, details)
+        self.outbox.put(event_id, EVENTS, event)
+
+    def flush_outbox(self) -> int:
+        return self.outbox.flush(self.gateway)
+
+    # --- planning ---------------------------------------------------------------------------
+    def observe(self) -> Observed:
+        """What runs now: the committed Target and, per app of it, whether its version is up."""
+        current = current_target(self.config.flow_dir)
+        if current is None:
+            return Observed(None, {})
+        loader = AppTreeLoader(self.store, registry=None)
+        starter = start.StartApp(self.config.compose_apps_root, self.engine)
+        up = {}
+        for app in current.apps:
+            try:
+                tree = loader.load(app)
+            except FioupFlowError:
+                up[app.name] = False
+                continue
+            up[app.name] = starter.is_done(start.node_for(tree))
+        return Observed(current, up)
+
+    def load_trees(self, target: Target) -> dict[str, AppTree]:
+        """Walk every app of the Target (fetching the small metadata blobs it lacks)."""
+        loader = AppTreeLoader(self.store, self.registry)
+        return {app.name: loader.load(app) for app in target.apps}
+
+    def choose_target(self, version: int | None) -> Target:
+        return select_target(self.refresh_targets(), version).narrowed(self.config.compose_apps)
+
+    def plan(self, target: Target) -> Plan | None:
+        """The plan from what runs to `target`, or None when the device already runs it."""
+        observed = self.observe()
+        diff = diff_apps(observed.current, target, observed.apps_up)
+        nothing_to_do = not (diff.add or diff.remove or diff.update or diff.repair)
+        if nothing_to_do and observed.current is not None and observed.current.name == target.name:
+            return None
+        return compile_update(observed, target, self.load_trees(target), watermark=self.config.storage_watermark,
+                              prune_all_images=self.config.prune_unused_images)
+
+    # --- running --------------------------------------------------------------------------
+    def run(self, plan: Plan | None = None) -> RunResult:
+        """Freeze and run `plan`, or resume the plan in progress (plan None)."""
+        executor = Executor(self.checkpoint, self.tasks(), on_event=self.on_event)
+        result = executor.run(plan)
+        if result.outcome == "failed":
+            self._report_failure(plan or self.checkpoint.current_plan(), result)
+        return result
+
+    def _report_failure(self, plan: Plan, result: RunResult) -> None:
+        """fioup's failure events: download failed, or installation completed unsuccessfully."""
+        node_id, exc = min(result.failed.items())
+        kind = plan.node(node_id).kind
+        event_type = "EcuDownloadCompleted" if kind in (fetch.KIND, space.KIND) else "EcuInstallationCompleted"
+        attempts = self.checkpoint.record(plan.plan_id, node_id).attempts
+        event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{node_id}:{attempts}"))
+        details = dict(self._live_details(event_type), error=f"{node_id}: {exc}")
+        event = make_event(event_id, event_type, plan.plan_id, plan.meta["target"], plan.meta["version"], False,
+                           details)
+        self.outbox.put(event_id, EVENTS, event)
+

@@ -1,0 +1,111 @@
+"""Commands that change what runs: apply (check, plan, freeze, run) and resume (at boot)."""
+
+from __future__ import annotations
+
+import click
+
+from fioup_flow.agent import Agent
+from fioup_flow.cli.output import emit_json
+from fioup_flow.cli.progress import NodeLog, human_bytes
+from fioup_flow.engine import RunResult
+from fioup_flow.errors import FioupFlowError, InvalidStateError
+from fioup_flow.graph import Plan
+from fioup_flow.lock import LOCK_NAME, InstanceLock
+
+
+def finish(agent: Agent, result: RunResult) -> None:
+    """Deliver what reports can be delivered, then say how the run ended (raising for the exit code)."""
+    left = agent.flush_outbox()
+    if left:
+        click.echo(f"{left} report(s) wait in the outbox for the gateway; they go out with the next command",
+                   err=True)
+    if result.outcome == "completed":
+        click.echo(f"Update {result.plan_id} completed")
+        return
+    if result.outcome == "failed":
+        node_id, exc = min(result.failed.items())
+        if isinstance(exc, FioupFlowError):
+            raise exc
+        raise FioupFlowError(f"node {node_id} failed: {exc}") from exc
+    if result.outcome == "interrupted":
+        click.echo(f"Update {result.plan_id} interrupted; `fioup-flow resume` continues it", err=True)
+    else:
+        click.echo(f"Update {result.plan_id} cancelled", err=True)
+    raise SystemExit(result.exit_code)
+
+
+def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
+    agent.on_event = NodeLog(total)
+    finish(agent, agent.run(plan))
+
+
+def describe_plan(agent: Agent, plan: Plan) -> dict:
+    fetches = [n for n in plan.nodes() if n.kind == "fetch"]
+    missing = [n for n in fetches if not agent.store.has(n.params["uri"].rsplit("@", 1)[1], n.size)]
+    to_download = sum(n.size - agent.store.partial_size(n.params["uri"].rsplit("@", 1)[1]) for n in missing)
+    return {"plan_id": plan.plan_id, "target": plan.meta["target"], "version": plan.meta["version"],
+            "diff": plan.meta["diff"], "nodes": len(plan), "blobs": len(fetches), "blobs_to_download": len(missing),
+            "bytes_to_download": to_download}
+
+
+@click.command("apply")
+@click.argument("version", type=int, required=False)
+@click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
+@click.pass_obj
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> None:
+    """Update to Target VERSION (default: the latest), or go on with the update in progress."""
+    config = obj.config
+    with InstanceLock(config.flow_dir / LOCK_NAME):
+        agent = Agent(config)
+        agent.flush_outbox()
+        ongoing = agent.checkpoint.current_plan()
+        if ongoing is not None:
+            if version is not None and version != ongoing.meta.get("version"):
+                raise InvalidStateError(
+                    f"update {ongoing.plan_id} to version {ongoing.meta.get('version')} is in progress; "
+                    "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
+            click.echo(f"Continuing update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
+            run_plan(agent, None, len(ongoing))
+            return
+        target = agent.choose_target(version)
+        plan = agent.plan(target)
+        if plan is None:
+            click.echo(f"Already running {target.name} (version {target.version}); nothing to do")
+            agent.flush_outbox()
+            return
+        if dry_run:
+            summary = describe_plan(agent, plan)
+            if as_json:
+                emit_json(summary)
+            else:
+                click.echo(f"Plan {plan.plan_id}: {summary['nodes']} nodes to {target.name} "
+                           f"(version {target.version}); apps {summary['diff']}")
+                click.echo(f"To download: {summary['blobs_to_download']} of {summary['blobs']} blobs, "
+                           f"{human_bytes(summary['bytes_to_download'])}")
+            agent.flush_outbox()
+            return
+        click.echo(f"Updating to {target.name} (version {target.version}): {len(plan)} nodes", err=True)
+        run_plan(agent, plan, len(plan))
+
+
+@click.command("resume")
+@click.pass_obj
+def resume_command(obj) -> None:
+    """Go on with the update in progress, if any (meant to run at boot). Nothing to do: exit 0."""
+    config = obj.config
+    with InstanceLock(config.flow_dir / LOCK_NAME):
+        agent = Agent(config)
+        ongoing = agent.checkpoint.current_plan()
+        if ongoing is None:
+            click.echo("No update in progress")
+            try:
+                agent.flush_outbox()
+            except FioupFlowError as exc:  # not registered yet, say: nothing to deliver anyway
+                click.echo(f"reports not delivered: {exc}", err=True)
+            return
+        click.echo(f"Resuming update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
+        run_plan(agent, None, len(ongoing))
+
+
+COMMANDS: list[click.Command] = [apply_command, resume_command]
