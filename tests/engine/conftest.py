@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fioup_flow.checkpoint import CheckpointStore, store_path  # noqa: E402
+from fioup_flow.cli import main  # noqa: E402
 from fioup_flow.graph import Plan  # noqa: E402
 from fioup_flow.task import Node  # noqa: E402
 from tests.engine.kinds import write_node  # noqa: E402
@@ -66,8 +68,12 @@ class Device:
         out, err = proc.communicate(timeout=30)
         return proc.returncode, (json.loads(out) if out.strip() else {}), err
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        """The real `fioup-flow` command, as a process."""
+    def cli(self, *args: str) -> Result:
+        """The real `fioup-flow` command, run in this process by click's CliRunner (fast)."""
+        return CliRunner().invoke(main, ["-c", str(self.config), *args], catch_exceptions=False)
+
+    def cli_process(self, *args: str) -> subprocess.CompletedProcess:
+        """The installed `fioup-flow` command, as a process."""
         return subprocess.run([str(FIOUP_FLOW), "-c", str(self.config), *args],
                               capture_output=True, text=True, timeout=30)
 

@@ -75,13 +75,13 @@ def test_a_damaged_database_is_exit_5_naming_the_file_and_discard_state_is_the_w
     damage(device.store_dir / "cache.db")
     for args in (["status"], ["graph"], ["cancel"]):
         broken = device.cli(*args)
-        assert broken.returncode == 5, broken.stderr
+        assert broken.exit_code == 5, broken.stderr
         assert str(device.store_dir / "cache.db") in broken.stderr
         assert "fioup-flow cancel --discard-state" in broken.stderr
     with pytest.raises(CheckpointStoreError):
         device.store()
     way_out = device.cli("cancel", "--discard-state")
-    assert way_out.returncode == 0, way_out.stderr
+    assert way_out.exit_code == 0, way_out.stderr
     assert "aside" in way_out.stdout
     assert any(p.name.startswith("checkpoint.discarded-") for p in device.flow_dir.iterdir())
     assert device.cli("status").stdout.strip() == "No update in progress"
@@ -90,7 +90,7 @@ def test_a_damaged_database_is_exit_5_naming_the_file_and_discard_state_is_the_w
 
 
 def test_a_second_runner_is_refused_while_one_holds_the_lock(device: Device):
-    first = device.runner(diamond_plan(sleep=0.3))
+    first = device.runner(diamond_plan(sleep=0.1))
     while not device.runs():
         assert first.poll() is None
     code, _, err = device.run()
