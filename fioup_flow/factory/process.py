@@ -1,0 +1,141 @@
+"""The factory's background processes: started detached, tracked by pid files, stopped by pid.
+
+`up` returns while the factory keeps running, so each service (factory-server, registry) runs in
+its own session with its output in `home.log_file(service)` and its pid in
+`home.pid_file(service)`. A later `down`/`status` (another process) finds it again only
+through that pid file, so the file is written atomically and a stale one (the process died,
+or is a zombie) counts as not running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+from fioup_flow.durable import write_atomic
+from fioup_flow.errors import FioupFlowError
+from fioup_flow.factory.home import FactoryHome
+
+STOP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.05
+
+
+class ServiceStartError(FioupFlowError):
+    """A factory service did not come up (its log says why)."""
+
+
+def start_process(home: FactoryHome, service: str, argv: list[str], env: dict | None = None) -> int:
+    """Start `argv` in the background as `service` unless it runs already; returns its pid.
+
+    `env` adds to (overrides) this process's environment.
+    """
+    running = _pid(home, service)
+    if running is not None:
+        return running
+    log_path = home.log_file(service)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    home.pid_file(service).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        child = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **(env or {})}, cwd=home.root, start_new_session=True)
+    write_atomic(home.pid_file(service), f"{child.pid}\n".encode(), mode=0o644)
+    return child.pid
+
+
+def stop_process(home: FactoryHome, service: str, timeout: float = STOP_TIMEOUT) -> bool:
+    """SIGTERM the service (SIGKILL after `timeout`); True if it was running."""
+    pid = _pid(home, service)
+    if pid is not None:
+        _signal(pid, signal.SIGTERM)
+        if not _wait(lambda: not _alive(pid), timeout):
+            _signal(pid, signal.SIGKILL)
+            _wait(lambda: not _alive(pid), timeout)
+    home.pid_file(service).unlink(missing_ok=True)
+    return pid is not None
+
+
+def process_running(home: FactoryHome, service: str) -> bool:
+    return _pid(home, service) is not None
+
+
+def service_pid(home: FactoryHome, service: str) -> int | None:
+    """The pid of the running service, or None."""
+    return _pid(home, service)
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, timeout: float, home: FactoryHome | None = None, service: str | None = None) -> None:
+    """Return once 127.0.0.1:`port` accepts connections; raise ServiceStartError after `timeout`.
+
+    Given `home` and `service`, fail at once (with the log's tail) if that process has died.
+    """
+    deadline = time.monotonic() + timeout
+    while not port_open(port):
+        if home is not None and service is not None and not process_running(home, service):
+            raise ServiceStartError(f"{service} exited while starting:\n{log_tail(home, service)}")
+        if time.monotonic() > deadline:
+            raise ServiceStartError(f"{service or 'a service'} does not answer on port {port} after {timeout:g}s")
+        time.sleep(POLL_INTERVAL)
+
+
+def log_tail(home: FactoryHome, service: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(home.log_file(service).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _pid(home: FactoryHome, service: str) -> int | None:
+    try:
+        pid = int(home.pid_file(service).read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (a dead child not yet reaped still has a pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    if state in ("Z", "X"):
+        _reap(pid)
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
