@@ -1,17 +1,14 @@
 """The factory's docker-registry with token auth, and what publish pushes into it.
 
-Runs the real `docker-registry` with the config `write_registry_config` writes. The PKI here is
-a minimal stand-in (CA, registry server cert, token signer) made with `cryptography`, because
-these tests need only the three files the registry and `issue_token` read.
+Runs the real `docker-registry` with the config `write_registry_config` writes and the factory's
+PKI, without the factory server: publish mints its own tokens, so the registry is all it needs.
 """
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import hashlib
 import io
-import ipaddress
 import json
 import os
 import re
@@ -25,36 +22,14 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar
+from fioup_flow.factory.pki import ensure_pki
 from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CONFIG_HASH_LABEL, publish_app,
                                         sample_path, target_entries)
 from fioup_flow.factory.registry import RegistryPusher, registry_argv, write_registry_config
 from fioup_flow.factory.token import issue_token, repository_access
-
-
-def _write_cert(home_key: Path, home_cert: Path, subject: str, issuer: tuple | None, san: bool) -> tuple:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_key, issuer_name = issuer or (key, name)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    home_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    home_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, name
 
 
 def _free_port() -> int:
@@ -67,11 +42,8 @@ def _free_port() -> int:
 def home(tmp_path_factory) -> FactoryHome:
     """A factory home with a running registry (stopped at the end of the module)."""
     home = FactoryHome(tmp_path_factory.mktemp("factory"))
-    home.pki.mkdir(parents=True)
-    ca = _write_cert(home.ca_key, home.ca_cert, "test factory CA", None, san=False)
-    _write_cert(home.server_key("registry"), home.server_cert("registry"), "registry", ca, san=True)
-    _write_cert(home.token_signer_key, home.token_signer_cert, "token signer", ca, san=False)
     home.save_state({"factory": "factory", "ports": {"registry": _free_port(), "api": _free_port()}})
+    ensure_pki(home)
     write_registry_config(home)
     log = home.root / "registry.log"
     with log.open("wb") as out:
