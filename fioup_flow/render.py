@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -77,14 +78,15 @@ def render_mermaid(plan: Plan, records: dict[str, NodeRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_table(plan: Plan, records: dict[str, NodeRecord]) -> Table:
-    """A rich table in plan order, each state in its colour."""
+def render_table(plan: Plan, records: dict[str, NodeRecord]) -> Group:
+    """A rich table in plan order, each state in its colour, then the errors of failed nodes in full."""
     target = plan.meta.get("target")
     table = Table(title=f"plan {plan.plan_id}" + (f" — target {target}" if target else ""), title_justify="left")
-    for column in ("state", "node", "after", "tries", "time", "error"):
+    for column in ("state", "node", "after", "tries", "time"):
         table.add_column(column, overflow="fold")
-    for row in rows(plan, records):
+    table_rows = rows(plan, records)
+    for row in table_rows:
         table.add_row(Text(row["state"], style=COLOURS[row["state"]][0]), row["id"], "\n".join(row["after"]),
-                      str(row["attempts"] or ""), f"{row['duration_s']:.2f}s" if row["duration_s"] is not None else "",
-                      Text(row["error"] or "", style="red"))
-    return table
+                      str(row["attempts"] or ""), f"{row['duration_s']:.2f}s" if row["duration_s"] is not None else "")
+    errors = [Text(f"failed {row['id']}: {row['error']}", style="red") for row in table_rows if row["state"] == "failed"]
+    return Group(table, *errors)
