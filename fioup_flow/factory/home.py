@@ -68,6 +68,25 @@ class FactoryHome:
     def tuf_keys(self) -> Path:
         return self.tuf / "keys"
 
+    @property
+    def tuf_roots(self) -> Path:
+        """Every root version ever signed, `<N>.root.json` (devices walk them in order)."""
+        return self.tuf / "root"
+
+    @property
+    def tuf_targets_db(self) -> Path:
+        """The unsigned master list of targets and the repository's version counter."""
+        return self.tuf / "targets.json"
+
+    @property
+    def tuf_views(self) -> Path:
+        """Signed targets/snapshot/timestamp per (hardware id, tags) view, served as files."""
+        return self.tuf / "views"
+
+    @property
+    def tuf_lock(self) -> Path:
+        return self.tuf / "lock"
+
     # --- registry ------------------------------------------------------------------------
     @property
     def registry(self) -> Path:
@@ -88,6 +107,11 @@ class FactoryHome:
 
     def device_dir(self, uuid: str) -> Path:
         return self.devices / uuid
+
+    @property
+    def devices_lock(self) -> Path:
+        """Held while registering, so two devices cannot take the same name."""
+        return self.devices / ".lock"
 
     # --- processes -----------------------------------------------------------------------
     @property
