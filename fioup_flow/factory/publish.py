@@ -38,6 +38,7 @@ from fioup_flow.errors import UsageError
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.images import BlobDir, BuiltImage, ImageSpec, build_image, host_arch
 from fioup_flow.factory.registry import RegistryPusher, registry_host
+from fioup_flow.factory.tufrepo import TufRepository
 
 APP_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 APP_ARTIFACT_TYPE = "application/vnd.fio+compose-app"
@@ -222,8 +223,6 @@ def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: l
     they are shared across versions unless a different `layer_seed` is given.
     Returns the Targets added (name -> TUF target file info).
     """
-    from fioup_flow.factory.tufrepo import TufRepository
-
     pusher = RegistryPusher(home)
     home.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="publish-", dir=home.root) as work:

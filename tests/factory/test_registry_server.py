@@ -22,14 +22,16 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from click.testing import CliRunner
 
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar
 from fioup_flow.factory.pki import ensure_pki
 from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CONFIG_HASH_LABEL, publish_app,
-                                        sample_path, target_entries)
+                                        publish_command, sample_path, target_entries)
 from fioup_flow.factory.registry import RegistryPusher, registry_argv, write_registry_config
 from fioup_flow.factory.token import issue_token, repository_access
+from fioup_flow.factory.tufrepo import TufRepository
 
 
 def _free_port() -> int:
@@ -228,3 +230,47 @@ def test_the_published_compose_file_is_valid_for_docker_compose(home, published,
         check = subprocess.run([str(compose_bin), "-p", app_name, "config", "-q"], cwd=tmp_path / app_name,
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_publish_command_adds_a_target_per_version_listing_both_sample_apps(home):
+    TufRepository(home).init()
+    for version in (1, 2):
+        result = CliRunner().invoke(publish_command, [
+            "--home", str(home.root), "--version", str(version), "--hwid", "test-hwid", "--tag", "main",
+            "--app", f"shellhttpd=sample:shellhttpd/v{version}", "--app", f"pair=sample:pair/v{version}"])
+        assert result.exit_code == 0, result.output
+        assert list(json.loads(result.output)) == [f"test-hwid-lmp-{version}"]
+
+    targets = TufRepository(home).targets()
+    assert {"test-hwid-lmp-1", "test-hwid-lmp-2"} <= set(targets)
+    v2 = targets["test-hwid-lmp-2"]["custom"]
+    assert v2["version"] == "2" and v2["hardwareIds"] == ["test-hwid"] and v2["tags"] == ["main"]
+    assert sorted(v2["docker_compose_apps"]) == ["pair", "shellhttpd"]
+    for app in v2["docker_compose_apps"].values():
+        assert _published_app(home, app["uri"])["manifest"]["artifactType"] == APP_ARTIFACT_TYPE
+
+    signed = json.loads(TufRepository(home).view_file("test-hwid", ["main"], "targets.json").read_text())
+    assert {"test-hwid-lmp-1", "test-hwid-lmp-2"} <= set(signed["signed"]["targets"])
+    assert signed["signed"]["targets"]["test-hwid-lmp-2"]["custom"] == v2
+    other = json.loads(TufRepository(home).view_file("other-hwid", ["main"], "targets.json").read_text())
+    assert not other["signed"]["targets"]
+
+
+def test_publish_command_adds_filler_layers_to_the_named_app_only(home):
+    TufRepository(home).init()
+    result = CliRunner().invoke(publish_command, [
+        "--home", str(home.root), "--version", "3", "--hwid", "test-hwid", "--layer-mb", "ticker=2",
+        "--app", "ticker=sample:ticker/v1", "--app", "shellhttpd=sample:shellhttpd/v1"])
+    assert result.exit_code == 0, result.output
+    apps = json.loads(result.output)["test-hwid-lmp-3"]["custom"]["docker_compose_apps"]
+
+    def image_sizes(app_name: str) -> int:
+        services = _published_app(home, apps[app_name]["uri"])["compose"]["services"]
+        total = 0
+        for service in services.values():
+            repository, digest = service["image"].split("/", 1)[1].split("@")
+            manifest = json.loads(_fetch(home, repository, "manifests", digest, MANIFEST_TYPE))
+            total += sum(layer["size"] for layer in manifest["layers"])
+        return total
+
+    assert image_sizes("ticker") > 2 * 1024 * 1024 > image_sizes("shellhttpd")
