@@ -34,7 +34,7 @@ from pathlib import Path
 import click
 import yaml
 
-from fioup_flow.errors import UsageError
+from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.images import BlobDir, BuiltImage, ImageSpec, build_image, host_arch
 from fioup_flow.factory.registry import RegistryPusher, registry_host
@@ -223,8 +223,9 @@ def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: l
     they are shared across versions unless a different `layer_seed` is given.
     Returns the Targets added (name -> TUF target file info).
     """
+    if not home.state_file.exists() or not TufRepository(home).initialized():
+        raise NotConfiguredError(f"no factory in {home.root}: run `fioup-flow-factory up --home {home.root}` first")
     pusher = RegistryPusher(home)
-    home.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="publish-", dir=home.root) as work:
         blobs = BlobDir(Path(work))
         uris = {}

@@ -85,8 +85,11 @@ class RegistryPusher:
     def _send(self, method: str, url: str, repository: str, headers: dict[str, str] | None = None,
               **kwargs) -> requests.Response:
         # `verify` per request: a Session's own `verify` loses to REQUESTS_CA_BUNDLE.
-        return self.session.request(method, url, headers=self._headers(repository, headers),
-                                    verify=str(self.home.ca_cert), timeout=kwargs.pop("timeout", 60), **kwargs)
+        try:
+            return self.session.request(method, url, headers=self._headers(repository, headers),
+                                        verify=str(self.home.ca_cert), timeout=kwargs.pop("timeout", 60), **kwargs)
+        except requests.ConnectionError as error:
+            raise RegistryPushError(f"cannot reach the registry at {self.base} (is the factory up?): {error}") from error
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         if not response.ok:

@@ -24,6 +24,7 @@ import requests
 import yaml
 from click.testing import CliRunner
 
+from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar
 from fioup_flow.factory.pki import ensure_pki
@@ -274,3 +275,16 @@ def test_publish_command_adds_filler_layers_to_the_named_app_only(home):
         return total
 
     assert image_sizes("ticker") > 2 * 1024 * 1024 > image_sizes("shellhttpd")
+
+
+def test_publish_into_a_folder_without_a_factory_says_to_run_up_first(tmp_path):
+    result = CliRunner().invoke(publish_command, ["--home", str(tmp_path), "--version", "1",
+                                                  "--app", "shellhttpd=sample:shellhttpd/v1"])
+    assert isinstance(result.exception, NotConfiguredError)
+    assert "fioup-flow-factory up" in str(result.exception)
+
+
+def test_publish_refuses_an_unknown_sample_or_a_folder_without_compose_file(home, tmp_path):
+    for spec in ("x=sample:nothing/v1", f"x={tmp_path}", "no-equals-sign"):
+        result = CliRunner().invoke(publish_command, ["--home", str(home.root), "--version", "1", "--app", spec])
+        assert isinstance(result.exception, UsageError), spec
