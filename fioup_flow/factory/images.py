@@ -144,8 +144,9 @@ class BuiltImage:
         return [self.config, *self.layers]
 
 
-def _entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, size: int = 0,
-           linkname: str = "") -> tarfile.TarInfo:
+def tar_entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, size: int = 0,
+              linkname: str = "") -> tarfile.TarInfo:
+    """A tar header with nothing that varies between builds (owner root, mtime 0)."""
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.size, info.linkname = kind, mode, size, linkname
     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -154,13 +155,13 @@ def _entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, size: in
 
 def _busybox_layer(blobs: BlobDir) -> tuple[Blob, str]:
     data = BUSYBOX.read_bytes()
-    entries = [_entry("bin", tarfile.DIRTYPE, 0o755), _entry("tmp", tarfile.DIRTYPE, 0o1777),
-               _entry("etc", tarfile.DIRTYPE, 0o755),
-               _entry("bin/busybox", mode=0o755, size=len(data))]
-    entries += [_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, linkname="busybox") for applet in APPLETS]
+    entries = [tar_entry("bin", tarfile.DIRTYPE, 0o755), tar_entry("tmp", tarfile.DIRTYPE, 0o1777),
+               tar_entry("etc", tarfile.DIRTYPE, 0o755),
+               tar_entry("bin/busybox", mode=0o755, size=len(data))]
+    entries += [tar_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, linkname="busybox") for applet in APPLETS]
     passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
     group = b"root:x:0:\nnogroup:x:65534:\n"
-    entries += [_entry("etc/passwd", size=len(passwd)), _entry("etc/group", size=len(group))]
+    entries += [tar_entry("etc/passwd", size=len(passwd)), tar_entry("etc/group", size=len(group))]
     contents = {"bin/busybox": io.BytesIO(data), "etc/passwd": io.BytesIO(passwd), "etc/group": io.BytesIO(group)}
     return blobs.add_layer(entries, contents, compresslevel=6)
 
@@ -171,13 +172,13 @@ def _files_layer(blobs: BlobDir, root: Path) -> tuple[Blob, str]:
     for path in root.rglob("*"):
         name = path.relative_to(root).as_posix()
         if path.is_symlink():
-            entries.append(_entry(name, tarfile.SYMTYPE, 0o777, linkname=str(path.readlink())))
+            entries.append(tar_entry(name, tarfile.SYMTYPE, 0o777, linkname=str(path.readlink())))
         elif path.is_dir():
-            entries.append(_entry(name, tarfile.DIRTYPE, 0o755))
+            entries.append(tar_entry(name, tarfile.DIRTYPE, 0o755))
         else:
             data = path.read_bytes()
             mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            entries.append(_entry(name, mode=mode, size=len(data)))
+            entries.append(tar_entry(name, mode=mode, size=len(data)))
             contents[name] = io.BytesIO(data)
     return blobs.add_layer(entries, contents, compresslevel=6)
 
@@ -204,7 +205,7 @@ def _filler_layers(blobs: BlobDir, total_mb: int, seed: str) -> list[tuple[Blob,
         mb = min(total_mb, FILLER_LAYER_MAX_MB)
         name = f"filler/{index:03d}.bin"
         stream = _PrngStream(f"{seed}/{index}", mb * _MIB)
-        entries = [_entry("filler", tarfile.DIRTYPE, 0o755), _entry(name, size=mb * _MIB)]
+        entries = [tar_entry("filler", tarfile.DIRTYPE, 0o755), tar_entry(name, size=mb * _MIB)]
         # Level 0 (stored blocks): the data does not compress anyway; this keeps the build fast.
         layers.append(blobs.add_layer(entries, {name: stream}, compresslevel=0))
         total_mb -= mb
@@ -281,8 +282,8 @@ def docker_save_tar(image: BuiltImage, repo_tag: str, out: BinaryIO) -> None:
                  "Layers": [layer.digest.split(":")[1] for layer in image.layers]}]
     data = json.dumps(manifest).encode()
     with tarfile.open(fileobj=out, mode="w|") as tar:
-        tar.addfile(_entry("manifest.json", size=len(data)), io.BytesIO(data))
+        tar.addfile(tar_entry("manifest.json", size=len(data)), io.BytesIO(data))
         for blob in image.blobs:
             name = blob.digest.split(":")[1]
             with blob.path.open("rb") as f:
-                tar.addfile(_entry(name, size=blob.size), f)
+                tar.addfile(tar_entry(name, size=blob.size), f)

@@ -36,7 +36,7 @@ import yaml
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.images import BlobDir, BuiltImage, ImageSpec, build_image, host_arch
+from fioup_flow.factory.images import BlobDir, BuiltImage, ImageSpec, build_image, host_arch, tar_entry
 from fioup_flow.factory.registry import RegistryPusher, registry_host
 from fioup_flow.factory.tufrepo import TufRepository
 
@@ -103,21 +103,13 @@ def _pin_service(service: dict, image_ref: str) -> dict:
     pinned = {k: v for k, v in service.items() if k != BUILD_KEY}
     pinned["image"] = image_ref
     labels = pinned.get("labels") or {}
-    if isinstance(labels, list):  # compose allows ["key=value", ...]
-        labels = [item if "=" in item else f"{item}=" for item in labels]
-        labels = dict(item.split("=", 1) for item in labels)
+    if isinstance(labels, list):  # compose also allows ["key=value", "key"]
+        labels = [item.partition("=")[::2] for item in labels]
     labels = dict(labels)
     labels.pop(CONFIG_HASH_LABEL, None)
     pinned["labels"] = labels  # hashed with the other labels, before the hash label is added
     labels[CONFIG_HASH_LABEL] = _config_hash(pinned)
     return pinned
-
-
-def _tar_entry(name: str, size: int = 0, directory: bool = False, mode: int = 0o644) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    info.mode, info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = mode, size, 0, 0, 0, "", ""
-    return info
 
 
 def build_bundle(app_dir: Path, compose: bytes) -> tuple[bytes, dict[str, str]]:
@@ -136,9 +128,9 @@ def build_bundle(app_dir: Path, compose: bytes) -> tuple[bytes, dict[str, str]]:
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w|") as tar:
         for rel in dirs:
-            tar.addfile(_tar_entry(rel, directory=True, mode=0o755))
+            tar.addfile(tar_entry(rel, tarfile.DIRTYPE, 0o755))
         for rel in sorted(contents):
-            tar.addfile(_tar_entry(rel, len(contents[rel])), io.BytesIO(contents[rel]))
+            tar.addfile(tar_entry(rel, size=len(contents[rel])), io.BytesIO(contents[rel]))
     index = {rel: "sha256:" + hashlib.sha256(data).hexdigest() for rel, data in sorted(contents.items())}
     return raw.getvalue(), index
 
