@@ -1,8 +1,212 @@
-"""The `fioup-flow-factory` command (filled in by the factory work)."""
+"""The `fioup-flow-factory` command: bring a local factory up and down, inspect it, sign its repo.
+
+`up` creates what a factory needs once (factory.json with its name, ports and secrets, the PKI,
+the TUF repository), then starts factory-server and docker-registry in the background and
+returns once all three listeners answer. Ports are chosen on the first `up` and kept, so the
+devices registered against a factory keep reaching it after `down` and `up`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import click
 
+from fioup_flow.errors import FioupFlowError, NotConfiguredError, UsageError
+from fioup_flow.factory.devices import LOGS, DeviceRecords
+from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.pki import ensure_pki
+from fioup_flow.factory.process import process_running, service_pid, start_process, stop_process, wait_for_port
+from fioup_flow.factory.publish import publish_command
+from fioup_flow.factory.registry import registry_argv, write_registry_config
+from fioup_flow.factory.tufrepo import TufRepository
 
-@click.group()
+DEFAULT_FACTORY = "factory"
+SERVER = "factory-server"
+REGISTRY = "registry"
+SERVICES = (SERVER, REGISTRY)
+START_TIMEOUT = 30.0
+# Which listener each service answers on (factory-server has two).
+SERVICE_PORTS = {SERVER: ("gateway", "api"), REGISTRY: ("registry",)}
+
+
+class FactoryGroup(click.Group):
+    """Turns fioup-flow's errors into `error: <message>` and their exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FioupFlowError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+
+
+home_option = click.option("--home", "home_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                           help="The factory's folder (all its state).")
+
+
+@click.group(cls=FactoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """A local FoundriesFactory stand-in: gateway, TUF repository and registry on loopback."""
+
+
+def _home(home_dir: Path) -> FactoryHome:
+    return FactoryHome(home_dir.resolve())
+
+
+def _configured(home_dir: Path) -> FactoryHome:
+    home = _home(home_dir)
+    if not home.state_file.exists():
+        raise NotConfiguredError(f"no factory in {home.root}: run `fioup-flow-factory up --home {home.root}` first")
+    return home
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (held open together so none is picked twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def ensure_state(home: FactoryHome, factory: str | None) -> dict:
+    """factory.json, created on the first `up` (name, ports, registration token, publisher)."""
+    if home.state_file.exists():
+        state = home.load_state()
+        if factory is not None and factory != state["factory"]:
+            raise UsageError(f"{home.root} is the factory {state['factory']!r}, not {factory!r}")
+        return state
+    gateway, api, registry = _free_ports(3)
+    state = {
+        "factory": factory or DEFAULT_FACTORY,
+        "registration_token": secrets.token_urlsafe(24),
+        "ports": {"gateway": gateway, "api": api, "registry": registry},
+        "registry_host": f"127.0.0.1:{registry}",
+        "publisher": {"username": "publisher", "secret": secrets.token_urlsafe(24)},
+    }
+    home.root.mkdir(parents=True, exist_ok=True)
+    home.save_state(state)
+    return state
+
+
+def up_info(home: FactoryHome) -> dict:
+    """The JSON `up` prints: where the factory answers and how devices register."""
+    state = home.load_state()
+    ports = state["ports"]
+    return {"home": str(home.root), "factory": state["factory"],
+            "gateway": f"https://127.0.0.1:{ports['gateway']}", "api": f"https://127.0.0.1:{ports['api']}",
+            "registry": state["registry_host"], "registration_token": state["registration_token"],
+            "ca": str(home.ca_cert)}
+
+
+def bring_up(home: FactoryHome, factory: str | None = None) -> dict:
+    """Create what is missing, start what is not running, wait for every listener; the up JSON."""
+    state = ensure_state(home, factory)
+    ensure_pki(home)
+    TufRepository(home).init()
+    write_registry_config(home)
+    start_process(home, REGISTRY, registry_argv(home))
+    start_process(home, SERVER, [sys.executable, "-m", "fioup_flow.factory.server", "--home", str(home.root)])
+    for service, listeners in SERVICE_PORTS.items():
+        for listener in listeners:
+            wait_for_port(state["ports"][listener], START_TIMEOUT, home, service)
+    return up_info(home)
+
+
+def bring_down(home: FactoryHome) -> list[str]:
+    """Stop every service; the names of those that were running."""
+    return [service for service in SERVICES if stop_process(home, service)]
+
+
+@main.command()
+@home_option
+@click.option("--factory", default=None, help=f"Factory name (first `up` only; default {DEFAULT_FACTORY!r}).")
+def up(home_dir: Path, factory: str | None) -> None:
+    """Start the factory (creating it on first use); print its URLs and token as JSON."""
+    click.echo(json.dumps(bring_up(_home(home_dir), factory)))
+
+
+@main.command()
+@home_option
+def down(home_dir: Path) -> None:
+    """Stop the factory's processes."""
+    stopped = bring_down(_home(home_dir))
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(home_dir: Path, as_json: bool) -> None:
+    """Say which of the factory's processes run."""
+    home = _home(home_dir)
+    services = {s: {"running": process_running(home, s), "pid": service_pid(home, s)} for s in SERVICES}
+    report = {"home": str(home.root), "configured": home.state_file.exists(), "services": services,
+              "up": all(s["running"] for s in services.values())}
+    if report["configured"]:
+        report["info"] = up_info(home)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, service in services.items():
+        click.echo(f"{name}: " + (f"running (pid {service['pid']})" if service["running"] else "stopped"))
+    if report["configured"] and report["up"]:
+        info = report["info"]
+        click.echo(f"gateway {info['gateway']}  api {info['api']}  registry {info['registry']}")
+
+
+@main.command()
+@home_option
+@click.option("--device", required=True, help="Device name or uuid.")
+@click.option("--kind", type=click.Choice(sorted(LOGS)), default="events", show_default=True)
+def events(home_dir: Path, device: str, kind: str) -> None:
+    """Print what a device reported (events or app states), one JSON object a line."""
+    records = DeviceRecords(_configured(home_dir))
+    record = records.find(device)
+    if record is None:
+        raise UsageError(f"no device {device!r}")
+    for item in records.log(record["uuid"], kind):
+        click.echo(json.dumps(item, sort_keys=True))
+
+
+@main.command()
+@home_option
+@click.option("--timestamp-expires-in", type=int, default=None, metavar="SECONDS",
+              help="Expiry of the new timestamps from now (negative: already expired).")
+def resign(home_dir: Path, timestamp_expires_in: int | None) -> None:
+    """Re-sign the repository's views at a new version."""
+    repo = _repository(home_dir)
+    expires = (datetime.now(timezone.utc) + timedelta(seconds=timestamp_expires_in)
+               if timestamp_expires_in is not None else None)
+    repo.resign(expires)
+    click.echo(json.dumps({"version": repo.version()}))
+
+
+@main.command("rotate-root")
+@home_option
+@click.option("--role", "roles", multiple=True, type=click.Choice(["root", "targets", "snapshot", "timestamp"]),
+              help="Role whose key is replaced (repeatable; default: root).")
+def rotate_root(home_dir: Path, roles: tuple[str, ...]) -> None:
+    """Sign a new root version (new keys for the roles named), trusted through the old one."""
+    repo = _repository(home_dir)
+    version = repo.rotate_root(roles or ("root",))
+    click.echo(json.dumps({"root_version": version, "version": repo.version()}))
+
+
+def _repository(home_dir: Path) -> TufRepository:
+    repo = TufRepository(_configured(home_dir))
+    if not repo.initialized():
+        raise NotConfiguredError(f"the factory in {home_dir} has no TUF repository yet: run `up`")
+    return repo
+
+
+main.add_command(publish_command)

@@ -1,0 +1,51 @@
+"""What the factory's two HTTPS listeners share: the request a route sees and the reply it gives.
+
+Routes (gateway.py, api.py) are plain functions of a `Call` returning a `Reply`, so they know
+nothing of sockets or TLS; server.py turns HTTP requests into Calls. `HttpError` lets a route
+stop with a status from anywhere below it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    # The subject CN of the client certificate (gateway only): the device uuid.
+    peer_cn: str | None = None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise HttpError(400, f"body is not JSON: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, payload: Any, status: int = 200) -> Reply:
+        return cls(status, json.dumps(payload).encode())
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+    def reply(self) -> Reply:
+        return Reply(self.status, json.dumps({"error": str(self)}).encode(), headers=self.headers)

@@ -1,0 +1,158 @@
+"""The factory-server process: the gateway (mutual TLS) and api (server TLS) HTTPS listeners.
+
+Run as `python -m fioup_flow.factory.server --home DIR` (by `up`, through process.py). Both
+listeners live in one process, each in its own thread, one thread per connection. The TLS
+handshake runs in the connection's thread, not in the accepting one, so a client that stalls
+mid-handshake cannot block the listener. A gateway client without a certificate signed by the
+factory CA fails the handshake; routes see the peer's CN in `Call.peer_cn`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import ssl
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from fioup_flow.factory.api import ApiApp
+from fioup_flow.factory.gateway import GatewayApp
+from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.http import Call, HttpError, Reply
+
+log = logging.getLogger("factory-server")
+
+CONNECTION_TIMEOUT = 30.0
+MAX_BODY = 64 << 20
+
+
+class App(Protocol):
+    def handle(self, call: Call) -> Reply: ...
+
+
+def tls_context(home: FactoryHome, name: str, require_client_cert: bool) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(home.server_cert(name), home.server_key(name))
+    if require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(home.ca_cert))
+    return context
+
+
+class TlsListener(ThreadingHTTPServer):
+    """A threading HTTP server that wraps each accepted connection in TLS (handshake deferred)."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str, port: int, context: ssl.SSLContext, app: App):
+        self.name, self.context, self.app = name, context, app
+        super().__init__(("127.0.0.1", port), Handler)
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        sock, address = self.socket.accept()
+        sock.settimeout(CONNECTION_TIMEOUT)
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request, client_address) -> None:
+        log.info("%s: connection from %s failed: %s", self.name, client_address[0], sys.exc_info()[1])
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: TlsListener
+
+    def setup(self) -> None:
+        self.request.do_handshake()  # a refused client certificate raises here: logged, closed
+        super().setup()
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET
+
+    def _serve(self) -> None:
+        try:
+            reply = self.server.app.handle(self._call())
+        except HttpError as exc:
+            reply = exc.reply()
+        except Exception:
+            log.exception("%s: %s %s failed", self.server.name, self.command, self.path)
+            reply = HttpError(500, "internal error").reply()
+        self._send(reply)
+
+    def _call(self) -> Call:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise HttpError(413, "body too large")
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        return Call(method=self.command, path=url.path, query=parse_qs(url.query),
+                    headers={k.lower(): v for k, v in self.headers.items()}, body=body, peer_cn=self._peer_cn())
+
+    def _peer_cn(self) -> str | None:
+        cert = self.request.getpeercert()
+        for rdn in (cert or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
+
+    def _send(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        if reply.content_type and reply.status != 204:
+            self.send_header("Content-Type", reply.content_type)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        if reply.status != 204:
+            self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if self.command != "HEAD" and reply.status != 204:
+            self.wfile.write(reply.body)
+
+    def log_message(self, format: str, *args) -> None:
+        log.info("%s %s %s", self.server.name, self._peer_cn() or self.client_address[0], format % args)
+
+
+def listeners(home: FactoryHome) -> list[TlsListener]:
+    ports = home.load_state()["ports"]
+    return [
+        TlsListener("gateway", ports["gateway"], tls_context(home, "gateway", True), GatewayApp(home)),
+        TlsListener("api", ports["api"], tls_context(home, "api", False), ApiApp(home)),
+    ]
+
+
+def serve(home: FactoryHome) -> None:
+    """Serve both listeners until SIGTERM or SIGINT."""
+    servers = listeners(home)
+    threads = [threading.Thread(target=s.serve_forever, name=s.name, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    log.info("listening: %s", ", ".join(f"{s.name} 127.0.0.1:{s.server_address[1]}" for s in servers))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="factory-server")
+    parser.add_argument("--home", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    serve(FactoryHome(args.home.resolve()))
+
+
+if __name__ == "__main__":
+    main()
