@@ -107,6 +107,7 @@ class CheckpointStore:
                 stored = uuid.uuid4().hex
                 self.cache.set("store_id", stored)
             write_atomic(self.path / MARKER, dumps({"store_id": stored}).encode())
+            fsync_dir(self.path.parent)  # the store's own folder entry must survive a power cut too
         elif stored != marker:
             raise self._error("the database was emptied or replaced: it lacks the id its marker names")
 

@@ -148,6 +148,8 @@ class Executor:
         missing = sorted({n.kind for n in plan.nodes()} - set(self.tasks))
         if missing:
             raise PlanError(f"plan {plan.plan_id}: no task implements kind(s) {', '.join(missing)}")
+        self._stopping.clear()
+        self._signal, self._cancelled = None, False
         previous = self._install_signals()
         try:
             result = self._schedule(plan)
