@@ -1,1 +1,63 @@
-"""Fixtures shared by every test."""
+"""Fixtures shared by every test: devices registered against the session's local factory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import docker
+import pytest
+
+from support import Device, new_device, publish
+
+# version -> the sample apps of that Target, published under the tag `updates`
+RELEASES = {
+    1: {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"},
+    2: {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"},
+    3: {"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"},
+}
+RELEASE_TAG = "updates"
+
+
+@pytest.fixture
+def make_device(factory, tmp_path: Path):
+    """Register a new device (tags, hardware ID as asked) and return it."""
+    count = iter(range(1000))
+
+    def make(*extra: str) -> Device:
+        return new_device(factory.info, tmp_path / f"device{next(count)}", *extra)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.skip("needs a Docker engine: scripts/test starts a private one and sets DOCKER_HOST")
+    return docker.from_env()
+
+
+@pytest.fixture(scope="session")
+def releases(factory) -> str:
+    """The sample releases, published once per session; returns their tag."""
+    for version, apps in RELEASES.items():
+        publish(factory.home.root, version, apps, RELEASE_TAG)
+    return RELEASE_TAG
+
+
+def clean_engine(engine: docker.DockerClient) -> None:
+    """Leave the engine as a fresh device's: no containers, networks, volumes or images."""
+    for container in engine.containers.list(all=True):
+        container.remove(force=True)
+    engine.networks.prune()
+    engine.volumes.prune()
+    for image in engine.images.list():
+        engine.images.remove(image.id, force=True)
+
+
+@pytest.fixture
+def device(factory, releases, engine, tmp_path) -> Device:
+    """A freshly registered device following the sample releases, on an engine with nothing on it."""
+    clean_engine(engine)
+    yield new_device(factory.info, tmp_path / "sota", "--tag", releases)
+    clean_engine(engine)

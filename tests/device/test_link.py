@@ -18,7 +18,7 @@ from fioup_flow.config import Config
 from fioup_flow.gateway import GatewayClient
 from fioup_flow.factory.tufrepo import TufRepository
 
-from .conftest import register
+from support import register
 
 pytestmark = pytest.mark.factory
 
@@ -56,10 +56,10 @@ def test_check_lists_exactly_the_targets_for_this_hardware_id_and_tag(factory, m
 def test_registering_twice_without_force_fails_cleanly_and_keeps_the_first(factory, make_device, tag) -> None:
     device = make_device("--tag", tag)
     before = device.cfg.read_bytes()
-    again = register(factory, device.sota_dir)
+    again = register(factory.info, device.sota_dir)
     assert again.returncode == 6 and "--force" in again.stderr
     assert device.cfg.read_bytes() == before
-    forced = register(factory, device.sota_dir, None, "--force", "--tag", tag)
+    forced = register(factory.info, device.sota_dir, None, "--force", "--tag", tag)
     assert forced.returncode == 0, forced.stderr
 
 
@@ -73,7 +73,7 @@ def test_registration_writes_the_key_private_and_proves_the_link(factory, make_d
 
 
 def test_a_wrong_registration_token_is_refused(factory, tmp_path) -> None:
-    done = register(type("F", (), {"info": dict(factory.info, registration_token="wrong")})(), tmp_path / "d")
+    done = register(dict(factory.info, registration_token="wrong"), tmp_path / "d")
     assert done.returncode == 6 and "401" in done.stderr
     assert not (tmp_path / "d" / "sota.toml").exists()
 

@@ -1,0 +1,71 @@
+"""Helpers the tests share: run the real commands, register devices, publish releases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def fioup_flow(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `fioup-flow` as a person would, with network retries kept short for tests."""
+    full_env = dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3", **(env or {}))
+    return subprocess.run([str(BIN / "fioup-flow"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, stdin=subprocess.DEVNULL)
+
+
+def last_json(done: subprocess.CompletedProcess) -> Any:
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Device:
+    """A registered device: its sota dir, and `run(...)` to call `fioup-flow` on it."""
+
+    name: str
+    sota_dir: Path
+    drop_ins: list[Path] = field(default_factory=list)  # more config files or folders, like /etc/sota/conf.d
+
+    @property
+    def cfg(self) -> Path:
+        return self.sota_dir / "sota.toml"
+
+    def run(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        cfg_dirs = ",".join(str(p) for p in [self.cfg, *self.drop_ins])
+        return fioup_flow(["-c", cfg_dirs, *args], timeout=timeout, env=env)
+
+    def json(self, *args: str) -> Any:
+        return last_json(self.run(*args))
+
+
+def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str) -> subprocess.CompletedProcess:
+    """`fioup-flow register` against a factory whose `up` printed `info`."""
+    return fioup_flow(["register", "--server", info["api"], "--token", info["registration_token"],
+                       "--ca", info["ca"], "--name", name or f"dev-{uuid.uuid4().hex[:8]}",
+                       "--sota-dir", str(sota_dir), *extra])
+
+
+def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
+    name = f"dev-{uuid.uuid4().hex[:8]}"
+    done = register(info, sota_dir, name, *extra)
+    assert done.returncode == 0, done.stderr
+    return Device(name, sota_dir)
+
+
+def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: str) -> Any:
+    """`fioup-flow-factory publish` of sample apps ({name: "shellhttpd/v1"}) as Target `version`."""
+    args = [str(BIN / "fioup-flow-factory"), "publish", "--home", str(home), "--version", str(version),
+            "--tag", tag, *extra]
+    for name, sample in apps.items():
+        args += ["--app", f"{name}=sample:{sample}"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -1,0 +1,98 @@
+"""A device goes from whatever it runs to a chosen Target, on a real engine, from a real registry.
+
+Each test starts from a freshly registered device on an empty engine; the sample releases are:
+v1 = shellhttpd v1 + pair v1, v2 = shellhttpd v2 + pair v1, v3 = shellhttpd v2 + ticker v1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import docker
+import pytest
+import requests
+
+from fioup_flow.factory.devices import DeviceRecords
+
+pytestmark = [pytest.mark.factory, pytest.mark.docker]
+
+UPDATE_EVENTS = ["UpdateInitStarted", "UpdateInitCompleted", "EcuDownloadStarted", "EcuDownloadCompleted",
+                 "EcuInstallationStarted", "EcuInstallationApplied", "EcuInstallationCompleted"]
+
+
+def containers(engine: docker.DockerClient) -> dict[str, tuple[str, str]]:
+    """service container name -> (id, start time), for every running container."""
+    return {c.name: (c.id, c.attrs["State"]["StartedAt"]) for c in engine.containers.list()}
+
+
+def projects(engine: docker.DockerClient) -> set[str]:
+    return {c.labels.get("com.docker.compose.project") for c in engine.containers.list()}
+
+
+def page() -> str:
+    return requests.get("http://127.0.0.1:18080/", timeout=5).text
+
+
+def apply(device, *args: str) -> None:
+    done = device.run("apply", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def events(factory, device) -> list[dict]:
+    records = DeviceRecords(factory.home)
+    return records.events(records.find(device.name)["uuid"])
+
+
+def test_a_fresh_device_gets_the_latest_target_with_every_app_running(device, engine, factory) -> None:
+    apply(device, "1")
+    assert projects(engine) == {"shellhttpd", "pair"}
+    assert "v1" in page()
+    status = device.json("status", "--json")
+    assert status["current"]["version"] == 1
+    assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
+    sent = events(factory, device)
+    assert [e["eventType"]["id"] for e in sent] == UPDATE_EVENTS
+    assert len({e["id"] for e in sent}) == len(sent)
+    assert all(e["event"]["success"] is not False for e in sent)
+
+
+def test_an_app_that_does_not_change_is_not_touched(device, engine) -> None:
+    apply(device, "1")
+    before = {name: c for name, c in containers(engine).items() if name.startswith("pair")}
+    apply(device, "2")
+    assert "v2" in page()
+    after = {name: c for name, c in containers(engine).items() if name.startswith("pair")}
+    assert after == before and len(before) == 2
+
+
+def test_an_app_dropped_by_the_target_goes_and_a_new_one_comes(device, engine) -> None:
+    apply(device, "2")
+    apply(device, "3")
+    assert projects(engine) == {"shellhttpd", "ticker"}
+    assert not (device.sota_dir / "compose-apps" / "pair").exists()
+
+
+def test_an_app_disabled_in_the_config_is_stopped_and_removed(device, engine) -> None:
+    apply(device, "3")
+    conf_d = device.sota_dir / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "z-50-fioctl.toml").write_text('[pacman]\ncompose_apps = "shellhttpd"\n')
+    device.drop_ins.append(conf_d)
+    apply(device)
+    assert projects(engine) == {"shellhttpd"}
+    assert [a["name"] for a in device.json("status", "--json")["apps"]] == ["shellhttpd"]
+
+
+def test_a_downgrade_goes_back_to_the_older_target(device, engine) -> None:
+    apply(device, "2")
+    apply(device, "1")
+    assert "v1" in page()
+    assert device.json("status", "--json")["current"]["version"] == 1
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(device, engine) -> None:
+    summary = device.json("apply", "1", "--dry-run", "--json")
+    assert summary["bytes_to_download"] > 0 and summary["diff"]["add"] == ["pair", "shellhttpd"]
+    assert projects(engine) == set()
+    assert device.run("resume").stdout.strip() == "No update in progress"
