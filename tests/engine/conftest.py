@@ -94,15 +94,18 @@ def device(tmp_path: Path) -> Device:
     return dev
 
 
-def diamond_plan(sleep: float = 0.0) -> Plan:
+def diamond_plan(sleep: float = 0.0, slow: str = "abcdefghi") -> Plan:
     """Nine write nodes: a diamond, a chain after it, and an independent branch.
 
         a -> b, a -> c, (b, c) -> d -> e ;  f -> g -> h ; i
+
+    Each node named in `slow` sleeps `sleep` seconds while it runs.
     """
     plan = Plan(meta={"target": "test-target", "version": 7})
     after = {"b": "a", "c": "a", "d": "bc", "e": "d", "g": "f", "h": "g"}
     for name in "abcdefghi":
-        plan.add(write_node(f"write:{name}", sleep=sleep), [f"write:{d}" for d in after.get(name, "")])
+        plan.add(write_node(f"write:{name}", sleep=sleep if name in slow else 0.0),
+                 [f"write:{d}" for d in after.get(name, "")])
     return plan
 
 

@@ -93,7 +93,7 @@ def test_kills_at_random_points_inside_nodes_resume_to_the_uninterrupted_result(
 
 
 def test_sigterm_stops_cleanly_at_a_node_boundary_and_resume_finishes(device, reference):
-    plan = diamond_plan(sleep=0.15)
+    plan = diamond_plan(sleep=0.3, slow="a")
     proc = device.runner(plan)
     while "write:a" not in device.runs():
         time.sleep(0.01)
@@ -105,3 +105,19 @@ def test_sigterm_stops_cleanly_at_a_node_boundary_and_resume_finishes(device, re
     done_before = done_in_store(device, plan.plan_id)
     assert done_before == {"write:a"}
     resume_and_check(device, plan.plan_id, done_before, reference)
+
+
+def test_a_second_signal_abandons_the_running_node_and_resume_re_checks_and_reruns_it(device, reference):
+    plan = diamond_plan(sleep=1.0, slow="a")
+    proc = device.runner(plan)
+    while "write:a" not in device.runs():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGINT  # killed at once, mid-node
+    with device.store() as store:
+        assert store.record(plan.plan_id, "write:a").state == "running"
+    resume_and_check(device, plan.plan_id, set(), reference)
+    assert device.runs().count("write:a") == 2
