@@ -210,3 +210,7 @@ def _repository(home_dir: Path) -> TufRepository:
 
 
 main.add_command(publish_command)
+
+
+if __name__ == "__main__":
+    main()
