@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
 from fioup_flow.config import split_list
 from fioup_flow.errors import MetadataUpdateError, NoMatchingTargetError
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.installed import current_target
 from fioup_flow.register import Registration, default_hardware_id, register
-from fioup_flow.targets import Target, TufClient, select_target
+from fioup_flow.targets import Target, select_target
 
 
 @click.command("register")
@@ -76,11 +76,14 @@ def print_check(report: dict) -> None:
 def check_command(obj, as_json: bool) -> None:
     """Refresh the TUF metadata and list the Targets for this device."""
     config = obj.config
-    gateway = GatewayClient(config)
+    agent = Agent(config)
     current = current_target(config.flow_dir)
     if current:
-        gateway.set_current(current.name, (a.name for a in current.apps))
-    targets = TufClient(config.tuf_dir, gateway, config.hardware_id).refresh()
+        agent.gateway.set_current(current.name, (a.name for a in current.apps))
+    try:
+        targets = agent.refresh_targets()
+    finally:
+        agent.flush_outbox()
     if not targets:
         raise NoMatchingTargetError(f"no Target lists hardware ID {config.hardware_id!r} for tags {','.join(config.tags)}")
     report = check_report(targets, current, select_target(targets).narrowed(config.compose_apps))

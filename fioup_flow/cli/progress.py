@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 
 from fioup_flow.engine import NodeEvent
@@ -15,11 +17,17 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def short_id(node_id: str) -> str:
+    """Node ids with digests and uuids cut to 12 characters, for one-line output."""
+    return re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]{52}|([0-9a-f]{8})-[0-9a-f-]{27}", lambda m: (m[1] or m[2]) + "…",
+                  node_id)
+
+
 class NodeLog:
     """An executor event hook printing to stderr (colours on a terminal, plain text otherwise)."""
 
     def __init__(self, total: int, quiet: bool = False):
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.total = total
         self.finished = 0
         self.quiet = quiet
@@ -30,8 +38,8 @@ class NodeLog:
             if self.quiet or event.already:
                 return
             size = f" ({human_bytes(event.done_bytes)})" if event.node.kind == "fetch" else ""
-            self.console.print(f"[green]done[/]    [{self.finished}/{self.total}] {event.node.id}{size}")
+            self.console.print(f"[green]done[/]    [{self.finished}/{self.total}] {short_id(event.node.id)}{size}")
         elif event.state == "failed":
-            self.console.print(f"[red]failed[/]  {event.node.id}: {event.error}")
+            self.console.print(f"[red]failed[/]  {short_id(event.node.id)}: {event.error}")
         elif event.state == "retrying":
-            self.console.print(f"[yellow]retry[/]   {event.node.id}: {event.error}")
+            self.console.print(f"[yellow]retry[/]   {short_id(event.node.id)}: {event.error}")
