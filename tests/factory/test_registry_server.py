@@ -1,7 +1,7 @@
 """The factory's docker-registry with token auth, and what publish pushes into it.
 
-Runs the real `docker-registry` with the config `write_registry_config` writes and the factory's
-PKI, without the factory server: publish mints its own tokens, so the registry is all it needs.
+Runs against the shared test factory (`factory` fixture: `fioup-flow-factory up`), so the
+registry is the real `docker-registry` started with the config `write_registry_config` writes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
@@ -23,56 +22,27 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
+from core_factory import factory_cli
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar
-from fioup_flow.factory.pki import ensure_pki
 from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CONFIG_HASH_LABEL, publish_app,
                                         publish_command, sample_path, target_entries)
-from fioup_flow.factory.registry import RegistryPusher, registry_argv, write_registry_config
+from fioup_flow.factory.registry import RegistryPusher
 from fioup_flow.factory.token import issue_token, repository_access
 from fioup_flow.factory.tufrepo import TufRepository
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> FactoryHome:
-    """A factory home with a running registry (stopped at the end of the module)."""
-    home = FactoryHome(tmp_path_factory.mktemp("factory"))
-    home.save_state({"factory": "factory", "ports": {"registry": _free_port(), "api": _free_port()}})
-    ensure_pki(home)
-    write_registry_config(home)
-    log = home.root / "registry.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(registry_argv(home), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_registry(home, log)
-        yield home
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def home(factory) -> FactoryHome:
+    """The shared test factory's home: `up` ran there (PKI, TUF repository, registry)."""
+    return factory.home
 
 
 def _v2(home: FactoryHome, path: str = "", **kwargs) -> requests.Response:
     port = home.load_state()["ports"]["registry"]
     return requests.get(f"https://127.0.0.1:{port}/v2/{path}", verify=str(home.ca_cert), timeout=10, **kwargs)
-
-
-def _wait_for_registry(home: FactoryHome, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            _v2(home)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError(f"docker-registry did not answer; its log:\n{log.read_text()}")
 
 
 def _bearer(home: FactoryHome, repository: str, actions: list[str]) -> dict[str, str]:
@@ -233,14 +203,12 @@ def test_the_published_compose_file_is_valid_for_docker_compose(home, published,
         assert check.returncode == 0, check.stderr
 
 
-def test_publish_command_adds_a_target_per_version_listing_both_sample_apps(home):
-    TufRepository(home).init()
+def test_fioup_flow_factory_publish_adds_a_target_per_version_listing_both_sample_apps(home):
     for version in (1, 2):
-        result = CliRunner().invoke(publish_command, [
-            "--home", str(home.root), "--version", str(version), "--hwid", "test-hwid", "--tag", "main",
-            "--app", f"shellhttpd=sample:shellhttpd/v{version}", "--app", f"pair=sample:pair/v{version}"])
-        assert result.exit_code == 0, result.output
-        assert list(json.loads(result.output)) == [f"test-hwid-lmp-{version}"]
+        result = factory_cli("publish", "--home", str(home.root), "--version", str(version), "--hwid", "test-hwid",
+                             "--tag", "main", "--app", f"shellhttpd=sample:shellhttpd/v{version}",
+                             "--app", f"pair=sample:pair/v{version}")
+        assert list(json.loads(result.stdout)) == [f"test-hwid-lmp-{version}"]
 
     targets = TufRepository(home).targets()
     assert {"test-hwid-lmp-1", "test-hwid-lmp-2"} <= set(targets)
@@ -258,7 +226,6 @@ def test_publish_command_adds_a_target_per_version_listing_both_sample_apps(home
 
 
 def test_publish_command_adds_filler_layers_to_the_named_app_only(home):
-    TufRepository(home).init()
     result = CliRunner().invoke(publish_command, [
         "--home", str(home.root), "--version", "3", "--hwid", "test-hwid", "--layer-mb", "ticker=2",
         "--app", "ticker=sample:ticker/v1", "--app", "shellhttpd=sample:shellhttpd/v1"])
