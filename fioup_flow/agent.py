@@ -28,6 +28,7 @@ from fioup_flow.registry import RegistryClient
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import Target, TufClient, select_target
 from fioup_flow.task import Task
+from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
 from tasks.apps_states import apps_states_payload
 
@@ -77,7 +78,7 @@ class Agent:
     def tasks(self) -> dict[str, Task]:
         root = self.config.compose_apps_root
         implementations: list[Task] = [
-            fetch.FetchBlob(self.store, self.registry),
+            fetch.FetchBlob(self.store, self.registry, self._bucket()),
             space.SpaceCheck(self.store),
             install.InstallApp(self.store, root, self.engine),
             stop.StopApp(self.engine),
@@ -88,6 +89,10 @@ class Agent:
             report.ReportAppsStates(self.outbox, self.gateway, self.apps_states),
         ]
         return {task.kind: task for task in implementations}
+
+    def _bucket(self) -> TokenBucket | None:
+        rate = self.config.download_rate
+        return TokenBucket(rate) if rate else None
 
     def _live_details(self, event_type: str) -> dict:
         """Details known only when an event is sent: storage figures, the apps' states."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fioup_flow.errors import NotConfiguredError, UsageError
+from fioup_flow.throttle import parse_rate
 
 DEFAULT_CFG_DIRS: tuple[str, ...] = ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
 CFG_DIRS_ENV = ("FIOUP_FLOW_CFG_DIRS", "FIOUP_CFG_DIRS")
@@ -158,6 +159,15 @@ class Config:
     @property
     def polling_seconds(self) -> int:
         return int(str(self.get("uptane", "polling_seconds", "300")))
+
+    @property
+    def download_rate(self) -> float | None:
+        """`pacman.download_rate_limit` in bytes per second ("20M", "500k"), None for no limit."""
+        raw = self.get("pacman", "download_rate_limit", "")
+        try:
+            return parse_rate(str(raw)) if str(raw).strip() else None
+        except ValueError as exc:
+            raise UsageError(f"pacman.download_rate_limit: {exc}") from exc
 
     @property
     def tuf_dir(self) -> Path:

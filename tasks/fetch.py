@@ -7,6 +7,8 @@ the ingest area kept; a resumed download that fails to verify starts once more f
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import requests
 
 from fioup_flow.errors import FetchError
@@ -14,6 +16,7 @@ from fioup_flow.reference import PinnedRef
 from fioup_flow.registry import RegistryClient
 from fioup_flow.store import BlobStore, PartialCorruptError
 from fioup_flow.task import Node, TaskContext, TransientError
+from fioup_flow.throttle import TokenBucket
 
 KIND = "fetch"
 
@@ -31,9 +34,14 @@ def node(uri: str, size: int, blob_kind: str) -> Node:
 class FetchBlob:
     kind = KIND
 
-    def __init__(self, store: BlobStore, registry: RegistryClient):
+    def __init__(self, store: BlobStore, registry: RegistryClient, bucket: TokenBucket | None = None):
         self.store = store
         self.registry = registry
+        self.bucket = bucket
+
+    def _open(self, ref: PinnedRef, offset: int) -> Iterable[bytes]:
+        chunks = self.registry.open_blob(ref, offset)
+        return self.bucket.limit(chunks) if self.bucket else chunks
 
     def is_done(self, node: Node) -> bool:
         ref = PinnedRef.parse(node.params["uri"])
@@ -44,7 +52,7 @@ class FetchBlob:
         size = int(node.params["size"])
 
         def download() -> None:
-            self.store.ingest(ref.digest, size, lambda offset: self.registry.open_blob(ref, offset),
+            self.store.ingest(ref.digest, size, lambda offset: self._open(ref, offset),
                               progress=lambda done: ctx.progress(done, size))
 
         try:

@@ -35,3 +35,9 @@ def test_relative_paths_are_under_storage_path(tmp_path: Path) -> None:
 def test_environment_overrides_the_search_path() -> None:
     assert cfg_dirs_from_env({"FIOUP_FLOW_CFG_DIRS": "/x.toml, /y"}) == ("/x.toml", "/y")
     assert cfg_dirs_from_env({}) == ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
+
+
+def test_a_download_rate_limit_reads_like_a_person_writes_it(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "sota.toml", '[pacman]\ndownload_rate_limit = "20M"\n')
+    assert Config.load((str(cfg),)).download_rate == 20_000_000
+    assert Config.load((str(write(tmp_path / "b.toml", "")),)).download_rate is None
