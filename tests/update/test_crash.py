@@ -1,0 +1,122 @@
+"""An update killed with SIGKILL at the worst moments resumes to exactly where it should be.
+
+(A kill -9 keeps what the kernel already holds; the power-cut harness, which drops unsynced
+writes too, is a separate suite.) Bytes are counted at the registry, from its own log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+
+from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.store import SYNC_EVERY
+from support import BIN, Device, new_device, publish
+
+pytestmark = [pytest.mark.factory, pytest.mark.docker]
+
+BIG_TAG = "big"
+BIG_MB = 48
+_WRITTEN = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
+                      r'http.response.written=(\d+)')
+
+
+def registry_blob_gets(factory) -> list[tuple[str, int]]:
+    """(digest, bytes the registry wrote) for every blob GET it answered so far."""
+    text = factory.home.log_file("registry").read_text(errors="replace")
+    return [(m[1], int(m[2])) for m in _WRITTEN.finditer(text)]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def start_apply(device: Device, *args: str) -> subprocess.Popen:
+    cfg_dirs = ",".join(str(p) for p in [device.cfg, *device.drop_ins])
+    return subprocess.Popen([str(BIN / "fioup-flow"), "-c", cfg_dirs, "apply", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3"))
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def node_state(device: Device, node_prefix: str) -> str | None:
+    path = store_path(device.sota_dir / "flow")
+    if not path.exists():
+        return None
+    store = CheckpointStore(path)
+    try:
+        plan = store.current_plan()
+        if plan is None:
+            return None
+        node_id = next((n for n in plan.graph.nodes if n.startswith(node_prefix)), None)
+        return store.record(plan.plan_id, node_id).state if node_id else None
+    finally:
+        store.close()
+
+
+def resume(device: Device) -> None:
+    done = device.run("resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="session")
+def big_release(factory) -> str:
+    publish(factory.home.root, 1, {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}, BIG_TAG,
+            "--layer-mb", str(BIG_MB))
+    return BIG_TAG
+
+
+def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(factory, big_release, engine,
+                                                                              tmp_path: Path) -> None:
+    device = new_device(factory.info, tmp_path / "sota", "--tag", big_release)
+    (tmp_path / "rate.toml").write_text('[pacman]\ndownload_rate_limit = "24M"\n')
+    device.drop_ins.append(tmp_path / "rate.toml")
+    before = len(registry_blob_gets(factory))
+    ingest = device.sota_dir / "reset-apps" / "ingest"
+
+    def partial() -> int:
+        sizes = [p.stat().st_size for p in ingest.glob("*/data")] if ingest.exists() else []
+        return max(sizes, default=0)
+
+    process = start_apply(device)
+    wait_for(lambda: partial() > 2 * SYNC_EVERY, 120, "a large blob half fetched")
+    kill(process)
+    kept = partial()
+    resume(device)
+    assert "v1" in requests.get("http://127.0.0.1:18080/", timeout=5).text
+
+    gets = registry_blob_gets(factory)[before:]
+    per_blob = Counter(digest for digest, _ in gets)
+    big = max(per_blob, key=lambda d: sum(w for x, w in gets if x == d))
+    assert {d: n for d, n in per_blob.items() if n > 1} == {big: 2}, "only the interrupted blob is asked twice"
+    first, second = [w for d, w in gets if d == big]
+    size = BIG_MB * 1024 * 1024
+    assert second <= size + 1024 * 1024 - kept, "the resume asks only for the bytes the device did not keep"
+    print(f"\nkill mid-blob: kept {kept} bytes; registry sent {first} + {second} for a ~{size} byte blob")
+
+
+def test_a_kill_between_stopping_the_old_version_and_starting_the_new_one(device, engine) -> None:
+    assert device.run("apply", "1").returncode == 0
+    process = start_apply(device, "2")
+    wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
+    kill(process)
+    resume(device)
+    assert "v2" in requests.get("http://127.0.0.1:18080/", timeout=5).text
+    assert device.json("status", "--json")["current"]["version"] == 2
