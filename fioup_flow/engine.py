@@ -143,11 +143,10 @@ class Executor:
             plan = self.store.current_plan()
             if plan is None:
                 raise NoUpdateInProgressError("no update in progress to resume")
-        else:
-            plan = self.store.freeze(plan)
         missing = sorted({n.kind for n in plan.nodes()} - set(self.tasks))
-        if missing:
+        if missing:  # refused before freezing: a plan nobody can run must not block the device
             raise PlanError(f"plan {plan.plan_id}: no task implements kind(s) {', '.join(missing)}")
+        plan = self.store.freeze(plan)
         self._stopping.clear()
         self._signal, self._cancelled = None, False
         previous = self._install_signals()

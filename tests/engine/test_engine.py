@@ -156,6 +156,7 @@ def test_a_plan_naming_a_kind_no_task_implements_is_refused_before_any_side_effe
     with pytest.raises(PlanError, match="mystery"):
         executor(store, work).run(plan)
     assert not (work / "runs.log").exists()
+    assert store.current_plan_id() is None  # not frozen: nothing blocks the next update
 
 
 def test_a_cancel_request_stops_the_runner_at_the_next_node_boundary(store, work):
