@@ -38,6 +38,7 @@ CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 FILLER_LAYER_MAX_MB = 64
+FS_BLOCK_SIZE = 4096
 _MIB = 1024 * 1024
 _NANOS = 1_000_000_000
 
@@ -79,8 +80,8 @@ class BlobDir:
         return Blob(digest, len(data), path, media_type)
 
     def add_layer(self, entries: list[tarfile.TarInfo], contents: dict[str, BinaryIO],
-                  compresslevel: int) -> tuple[Blob, str]:
-        """Write a gzip tar of `entries`; returns the blob and the diff_id (uncompressed digest)."""
+                  compresslevel: int) -> Layer:
+        """Write a gzip tar of `entries`; returns it with its diff_id and unpacked footprint."""
         tmp = self.root / "layer.tmp"
         with tmp.open("wb") as raw:
             compressed = _HashingWriter(raw)
@@ -92,7 +93,28 @@ class BlobDir:
         digest = "sha256:" + compressed.sha.hexdigest()
         tmp.replace(self.path(digest))
         blob = Blob(digest, compressed.size, self.path(digest), LAYER_TYPE)
-        return blob, "sha256:" + uncompressed.sha.hexdigest()
+        return Layer(blob, "sha256:" + uncompressed.sha.hexdigest(), *_footprint(entries))
+
+
+def _footprint(entries: list[tarfile.TarInfo]) -> tuple[int, int]:
+    """(bytes of file data, estimated disk usage once unpacked: whole blocks, a block per dir)."""
+    size = sum(info.size for info in entries if info.isfile())
+    usage = sum(-(-info.size // FS_BLOCK_SIZE) * FS_BLOCK_SIZE for info in entries if info.isfile())
+    return size, usage + FS_BLOCK_SIZE * sum(1 for info in entries if info.isdir())
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer blob with what the engine will see: its diff_id, its data size and disk usage
+    (the last two are what composeapp's "layers meta" tells a device for its space check)."""
+
+    blob: Blob
+    diff_id: str
+    size: int
+    usage: int
+
+    def meta(self) -> dict[str, int]:
+        return {"size": self.size, "usage": self.usage, "archive_size": self.blob.size}
 
 
 class _HashingWriter:
@@ -133,7 +155,7 @@ class BuiltImage:
     manifest: bytes
     config: Blob
     layers: list[Blob]
-    diff_ids: list[str]
+    layers_meta: dict[str, dict[str, int]] = field(default_factory=dict)  # layer digest -> Layer.meta()
 
     @property
     def digest(self) -> str:
@@ -153,7 +175,7 @@ def tar_entry(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, size:
     return info
 
 
-def _busybox_layer(blobs: BlobDir) -> tuple[Blob, str]:
+def _busybox_layer(blobs: BlobDir) -> Layer:
     data = BUSYBOX.read_bytes()
     entries = [tar_entry("bin", tarfile.DIRTYPE, 0o755), tar_entry("tmp", tarfile.DIRTYPE, 0o1777),
                tar_entry("etc", tarfile.DIRTYPE, 0o755),
@@ -166,7 +188,7 @@ def _busybox_layer(blobs: BlobDir) -> tuple[Blob, str]:
     return blobs.add_layer(entries, contents, compresslevel=6)
 
 
-def _files_layer(blobs: BlobDir, root: Path) -> tuple[Blob, str]:
+def _files_layer(blobs: BlobDir, root: Path) -> Layer:
     """The service's folder copied to `/` (directories, regular files and symlinks)."""
     entries, contents = [], {}
     for path in root.rglob("*"):
@@ -199,7 +221,7 @@ class _PrngStream(io.RawIOBase):
         return self.rng.randbytes(n)
 
 
-def _filler_layers(blobs: BlobDir, total_mb: int, seed: str) -> list[tuple[Blob, str]]:
+def _filler_layers(blobs: BlobDir, total_mb: int, seed: str) -> list[Layer]:
     layers, index = [], 0
     while total_mb > 0:
         mb = min(total_mb, FILLER_LAYER_MAX_MB)
@@ -261,15 +283,16 @@ def build_image(spec: ImageSpec, blobs: BlobDir) -> BuiltImage:
     if spec.files is not None:
         layers.append(_files_layer(blobs, spec.files))
     layers += _filler_layers(blobs, spec.filler_mb, f"{spec.name}/{spec.filler_seed}")
-    diff_ids = [diff_id for _, diff_id in layers]
-    config = blobs.add_bytes(json.dumps(_config(spec, diff_ids), sort_keys=True).encode(), CONFIG_TYPE)
+    config = blobs.add_bytes(json.dumps(_config(spec, [layer.diff_id for layer in layers]), sort_keys=True).encode(),
+                             CONFIG_TYPE)
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
         "config": config.descriptor(),
-        "layers": [blob.descriptor() for blob, _ in layers],
+        "layers": [layer.blob.descriptor() for layer in layers],
     }
-    return BuiltImage(json.dumps(manifest, indent=3).encode(), config, [b for b, _ in layers], diff_ids)
+    return BuiltImage(json.dumps(manifest, indent=3).encode(), config, [layer.blob for layer in layers],
+                      {layer.blob.digest: layer.meta() for layer in layers})
 
 
 def docker_save_tar(image: BuiltImage, repo_tag: str, out: BinaryIO) -> None:

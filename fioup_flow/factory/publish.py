@@ -36,7 +36,8 @@ import yaml
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.images import BlobDir, BuiltImage, ImageSpec, build_image, host_arch, tar_entry
+from fioup_flow.factory.images import (FS_BLOCK_SIZE, BlobDir, BuiltImage, ImageSpec, build_image, host_arch,
+                                       tar_entry)
 from fioup_flow.factory.registry import RegistryPusher, registry_host
 from fioup_flow.factory.tufrepo import TufRepository
 
@@ -45,6 +46,7 @@ APP_ARTIFACT_TYPE = "application/vnd.fio+compose-app"
 EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
 BUNDLE_TYPE = "application/octet-stream"
 INDEX_TYPE = "application/json"
+LAYERS_META_TYPE = "application/json"
 CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
 BUILD_KEY = "x-fioup-build"
 BUILD_INPUTS = "images"
@@ -146,12 +148,14 @@ def publish_app(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path
     """Build and push one app's images and the app itself; returns the app's pinned URI.
 
     Filler layers (`filler_mb`) go into the image of the app's first service (by name), so the
-    app as a whole grows by that much.
+    app as a whole grows by that much. The app manifest's layers[1] is composeapp's "layers
+    meta" (per layer: data size, disk usage once unpacked, blob size) for the images built here.
     """
     factory = pusher.home.load_state()["factory"]
     host = registry_host(pusher.home)
     compose = yaml.safe_load((app_dir / "docker-compose.yml").read_text())
     services = compose.get("services") or {}
+    layers_meta: dict[str, dict[str, int]] = {}
     for index, service_name in enumerate(sorted(services)):
         service = services[service_name]
         recipe = service.get(BUILD_KEY)
@@ -162,27 +166,39 @@ def publish_app(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path
         image_name = service["image"]
         spec = _image_spec(app_dir, image_name, recipe, filler_mb if index == 0 else 0, filler_seed)
         image = build_image(spec, blobs)
+        layers_meta.update(image.layers_meta)
         repository = f"{factory}/{image_name}"
         _push_image(pusher, repository, image, str(version))
         services[service_name] = _pin_service(service, f"{host}/{repository}@{image.digest}")
-
-    bundle, index = build_bundle(app_dir, yaml.safe_dump(compose, sort_keys=False).encode())
     repository = f"{factory}/{name}"
+    bundle = build_bundle(app_dir, yaml.safe_dump(compose, sort_keys=False).encode())
+    digest = _push_app(pusher, blobs, repository, version, bundle, layers_meta)
+    return f"{host}/{repository}@{digest}"
+
+
+def _push_app(pusher: RegistryPusher, blobs: BlobDir, repository: str, version: int,
+              bundle_and_index: tuple[bytes, dict[str, str]], layers_meta: dict[str, dict[str, int]]) -> str:
+    """Push the bundle, its index, the layers meta and the app manifest (composeapp.md §1.2)."""
+    bundle, index = bundle_and_index
     index_bytes = json.dumps(index, indent=2, sort_keys=True).encode()
     index_desc = _push_bytes(pusher, blobs, repository, index_bytes, INDEX_TYPE)
     bundle_desc = _push_bytes(pusher, blobs, repository, bundle, BUNDLE_TYPE)
     bundle_desc["annotations"] = {"org.foundries.app.bundle.index.digest": index_desc["digest"],
                                   "org.foundries.app.bundle.index.size": str(index_desc["size"])}
+    layers = [bundle_desc]
+    if layers_meta:
+        meta = {host_arch(): {"fs_block_size": FS_BLOCK_SIZE, "layers": dict(sorted(layers_meta.items()))}}
+        meta_desc = _push_bytes(pusher, blobs, repository, json.dumps(meta).encode(), LAYERS_META_TYPE)
+        layers.append({**meta_desc, "annotations": {"layers-meta": "v1"}})
     manifest = {
         "schemaVersion": 2,
         "mediaType": APP_MANIFEST_TYPE,
         "config": _push_bytes(pusher, blobs, repository, b"{}", EMPTY_CONFIG_TYPE),
-        "layers": [bundle_desc],
+        "layers": layers,
         "annotations": {"compose-app": "v1"},
         "artifactType": APP_ARTIFACT_TYPE,
     }
-    digest = pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(), APP_MANIFEST_TYPE)
-    return f"{host}/{repository}@{digest}"
+    return pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(), APP_MANIFEST_TYPE)
 
 
 def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict[str, dict]:

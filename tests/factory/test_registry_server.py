@@ -26,7 +26,7 @@ from core_factory import factory_cli
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar
+from fioup_flow.factory.images import MANIFEST_TYPE, BlobDir, BuiltImage, docker_save_tar, host_arch
 from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CONFIG_HASH_LABEL, publish_app,
                                         publish_command, sample_path, target_entries)
 from fioup_flow.factory.registry import RegistryPusher
@@ -158,7 +158,7 @@ def test_a_published_service_image_loads_from_the_registry_blobs_and_becomes_hea
     manifest = json.loads(manifest_bytes)
     fetched = [blobs.add_bytes(_fetch(home, repository, "blobs", d["digest"]), d["mediaType"])
                for d in [manifest["config"], *manifest["layers"]]]
-    image = BuiltImage(manifest_bytes, fetched[0], fetched[1:], [])
+    image = BuiltImage(manifest_bytes, fetched[0], fetched[1:])
     tar = io.BytesIO()
     docker_save_tar(image, "fioup-flow-test/shellhttpd:registry-server", tar)
 
@@ -255,3 +255,21 @@ def test_publish_refuses_an_unknown_sample_or_a_folder_without_compose_file(home
     for spec in ("x=sample:nothing/v1", f"x={tmp_path}", "no-equals-sign"):
         result = CliRunner().invoke(publish_command, ["--home", str(home.root), "--version", "1", "--app", spec])
         assert isinstance(result.exception, UsageError), spec
+
+
+def test_the_layers_meta_gives_size_usage_and_blob_size_of_every_image_layer(home, published):
+    app = _published_app(home, published[1]["pair"])
+    meta_desc = app["manifest"]["layers"][1]
+    assert meta_desc["annotations"] == {"layers-meta": "v1"} and meta_desc["mediaType"] == "application/json"
+    repository = published[1]["pair"].split("@")[0].split("/", 1)[1]
+    (arch, meta), = json.loads(_fetch(home, repository, "blobs", meta_desc["digest"])).items()
+    assert arch == host_arch() and meta["fs_block_size"] == 4096
+    image_layers = {}
+    for service in app["compose"]["services"].values():
+        image_repo, digest = service["image"].split("/", 1)[1].split("@")
+        manifest = json.loads(_fetch(home, image_repo, "manifests", digest, MANIFEST_TYPE))
+        image_layers.update({layer["digest"]: layer["size"] for layer in manifest["layers"]})
+    assert set(meta["layers"]) == set(image_layers)
+    for digest, layer in meta["layers"].items():
+        assert layer["archive_size"] == image_layers[digest]
+        assert layer["usage"] >= layer["size"] > 0
