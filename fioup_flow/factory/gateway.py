@@ -60,7 +60,8 @@ class GatewayApp:
         name = call.path.removeprefix("/repo/")
         if name not in VIEW_FILES:
             raise HttpError(404, f"no repository file {name}")
-        return Reply(200, self.repo.view_file(device["hardware_id"], device_tags(call, device), name).read_bytes())
+        return Reply(200, self.repo.view_file(device["hardware_id"], device_tags(call, device), name,
+                                                  device=device["uuid"]).read_bytes())
 
     def _events(self, call: Call, device: dict) -> Reply:
         events = call.json()

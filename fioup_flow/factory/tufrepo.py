@@ -143,19 +143,36 @@ class TufRepository:
             return root.version
 
     # --- views ---------------------------------------------------------------------------
-    def view_file(self, hardware_id: str, tags: list[str] | tuple[str, ...], name: str) -> Path:
-        """The file `name` (targets/snapshot/timestamp.json) of the view, signed if stale."""
+    def view_file(self, hardware_id: str, tags: list[str] | tuple[str, ...], name: str,
+                  device: str | None = None) -> Path:
+        """The file `name` (targets/snapshot/timestamp.json) of the view, signed if stale.
+
+        `device` (its uuid) lets the repository notice a device switching views (its tags
+        changed): the version is bumped then, because a client that holds version V of one view
+        would keep it rather than accept V of another (equal versions are not an update).
+        """
         if name not in VIEW_FILES:
             raise ValueError(f"not a view file: {name}")
-        folder = self.home.tuf_views / view_key(hardware_id, tags)
+        key = view_key(hardware_id, tags)
+        folder = self.home.tuf_views / key
         with exclusive(self.home.tuf_lock):
             db = self._load_db()
             meta = self._view_meta(folder)
-            if meta is not None and self._timestamp_due(db, meta):
+            if device is not None and self._switches_view(db, device, key):
+                self._bump(db, pinned_timestamp_expires=db.get("pinned_timestamp_expires"))
+            elif meta is not None and self._timestamp_due(db, meta):
                 self._bump(db, pinned_timestamp_expires=None)
             if meta is None or meta["version"] != db["version"]:
                 self._sign_view(folder, hardware_id, sorted(set(tags)), db)
         return folder / name
+
+    def _switches_view(self, db: dict, device: str, key: str) -> bool:
+        """Record the view `device` now reads; True if it read another before (the caller bumps)."""
+        views = db.setdefault("device_views", {})
+        previous, views[device] = views.get(device), key
+        if previous is None:
+            self._save_db(db)
+        return previous not in (None, key)
 
     def _timestamp_due(self, db: dict, meta: dict) -> bool:
         if db.get("pinned_timestamp_expires"):

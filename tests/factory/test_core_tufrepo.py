@@ -120,3 +120,13 @@ def test_rotate_root_signs_the_new_root_with_old_and_new_keys(repo):
     timestamp = _load(repo, "amd64-linux", ["main"], "timestamp.json")
     new.signed.verify_delegate("timestamp", timestamp.signed_bytes, timestamp.signatures)
     assert repo.root_json(1) == old.to_bytes() and repo.root_json(3) is None
+
+
+def test_a_device_switching_tags_gets_a_newer_version_so_its_client_takes_the_new_view(repo):
+    main = _load(repo, "amd64-linux", ["main"], "timestamp.json").signed.version
+    repo.view_file("amd64-linux", ["main"], "timestamp.json", device="d1")
+    assert repo.version() == main  # first look: nothing to bump
+    switched = Metadata.from_bytes(repo.view_file("amd64-linux", ["devel"], "timestamp.json", device="d1").read_bytes())
+    assert switched.signed.version > main
+    again = repo.view_file("amd64-linux", ["devel"], "targets.json", device="d1")
+    assert Metadata.from_bytes(again.read_bytes()).signed.version == switched.signed.version

@@ -1,0 +1,365 @@
+"""The factory-server against real clients: mTLS gateway, registration, reports, registry tokens, TUF.
+
+Everything goes over HTTPS on loopback to a factory started with `fioup-flow-factory up`. The
+TUF views are verified with python-tuf's own client (ngclient) through an mTLS fetcher.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tomllib
+import uuid as uuidlib
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tuf.api.exceptions import ExpiredMetadataError, RepositoryError
+from tuf.api.metadata import Metadata, Root
+from tuf.ngclient import Updater
+from tuf.ngclient.fetcher import FetcherInterface
+from tuf.api.exceptions import DownloadHTTPError
+
+from fioup_flow.factory.devices import DeviceRecords
+from fioup_flow.factory.pki import issue_client_cert
+from fioup_flow.factory.token import SERVICE
+from fioup_flow.factory.tufrepo import TufRepository
+from fioup_flow.register import make_key_and_csr
+
+from core_factory import Device, Factory, factory_cli, register_device, registration_body, start_factory, stop_factory
+
+REFUSED = (requests.exceptions.SSLError, requests.exceptions.ConnectionError)
+
+
+def _get(factory: Factory, device: Device, path: str, **kwargs) -> requests.Response:
+    return requests.get(f"{factory.gateway}{path}", cert=device.cert, verify=factory.info["ca"], timeout=30, **kwargs)
+
+
+def _send(factory: Factory, device: Device, method: str, path: str, **kwargs) -> requests.Response:
+    return requests.request(method, f"{factory.gateway}{path}", cert=device.cert, verify=factory.info["ca"],
+                            timeout=30, **kwargs)
+
+
+@pytest.fixture()
+def device(factory, tmp_path) -> Device:
+    return register_device(factory, tmp_path / "sota")
+
+
+# --- the gateway's mutual TLS ----------------------------------------------------------------
+
+def test_the_gateway_refuses_a_client_without_a_certificate(factory):
+    with pytest.raises(REFUSED):
+        requests.get(f"{factory.gateway}/device", verify=factory.info["ca"], timeout=10)
+
+
+def _foreign_client_cert(folder: Path, cn: str) -> tuple[str, str]:
+    """A client certificate from a CA the factory has never seen."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(ca_key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "foreign.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "foreign.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    return str(folder / "foreign.pem"), str(folder / "foreign.key")
+
+
+def test_the_gateway_refuses_a_certificate_from_another_ca(factory, device, tmp_path):
+    with pytest.raises(REFUSED):
+        requests.get(f"{factory.gateway}/device", cert=_foreign_client_cert(tmp_path / "x", device.uuid),
+                     verify=factory.info["ca"], timeout=10)
+
+
+def test_the_gateway_answers_401_to_a_valid_certificate_of_an_unregistered_device(factory, tmp_path):
+    key, csr = make_key_and_csr(str(uuidlib.uuid4()))
+    (tmp_path / "c.pem").write_bytes(issue_client_cert(factory.home, csr))
+    (tmp_path / "k.pem").write_bytes(key)
+    response = requests.get(f"{factory.gateway}/device", cert=(str(tmp_path / "c.pem"), str(tmp_path / "k.pem")),
+                            verify=factory.info["ca"], timeout=10)
+    assert response.status_code == 401
+
+
+def test_the_gateway_tells_a_device_who_it_is_and_records_when_it_was_last_seen(factory, device):
+    before = DeviceRecords(factory.home).get(device.uuid)["last_seen"]
+    whoami = _get(factory, device, "/device").json()
+    assert whoami["uuid"] == device.uuid and whoami["name"] == device.name
+    assert whoami["factory"] == factory.info["factory"] and whoami["tag"] == "main"
+    assert "PUBLIC KEY" in whoami["pubkey"] and whoami["last_seen"] >= whoami["created_at"]
+    assert DeviceRecords(factory.home).get(device.uuid)["last_seen"] > before
+
+
+# --- registration ------------------------------------------------------------------------------
+
+def _register(factory: Factory, body: dict, token: str | None) -> requests.Response:
+    headers = {"OSF-TOKEN": token} if token is not None else {}
+    return requests.post(f"{factory.api}/ota/devices/", json=body, headers=headers, verify=factory.info["ca"],
+                         timeout=30)
+
+
+def _body(tmp_path: Path, name: str | None = None, device_uuid: str | None = None, **kwargs) -> dict:
+    device_uuid = device_uuid or str(uuidlib.uuid4())
+    _, csr = make_key_and_csr(device_uuid)
+    return registration_body(name or f"n-{device_uuid[:8]}", device_uuid, csr, tmp_path, **kwargs)
+
+
+def test_registration_with_a_wrong_or_missing_token_is_refused_with_401(factory, tmp_path):
+    assert _register(factory, _body(tmp_path), "wrong").status_code == 401
+    assert _register(factory, _body(tmp_path), None).status_code == 401
+
+
+def test_registration_returns_the_device_files_and_records_the_device(factory, tmp_path):
+    body = _body(tmp_path, hardware_id="rpi4-linux", tags="main,devel", apps="shellhttpd,pair")
+    response = _register(factory, body, factory.info["registration_token"])
+    assert response.status_code == 201
+    files = response.json()
+    assert set(files) == {"sota.toml", "client.pem", "root.crt", "tuf/root.json"}
+    sota = tomllib.loads(files["sota.toml"])
+    port = factory.home.load_state()["ports"]["gateway"]
+    assert sota["tls"] == {"server": f"https://127.0.0.1:{port}", "ca_source": "file", "pkey_source": "file",
+                           "cert_source": "file"}
+    assert sota["provision"] == {"primary_ecu_hardware_id": "rpi4-linux"}
+    assert sota["uptane"] == {"repo_server": f"https://127.0.0.1:{port}/repo", "polling_seconds": "300"}
+    assert sota["pacman"] == {"type": "ostree+compose_apps", "tags": "main,devel", "compose_apps": "shellhttpd,pair",
+                              "reset_apps_root": f"{tmp_path}/reset-apps",
+                              "compose_apps_root": f"{tmp_path}/compose-apps"}
+    assert sota["storage"] == {"path": str(tmp_path)}
+    assert sota["import"]["tls_clientcert_path"] == f"{tmp_path}/client.pem"
+    assert files["root.crt"] == factory.home.ca_cert.read_text()
+    assert files["tuf/root.json"].encode() == TufRepository(factory.home).trusted_root_json()
+    cert = x509.load_pem_x509_certificate(files["client.pem"].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == body["uuid"]
+    record = DeviceRecords(factory.home).find(body["name"])
+    assert record["uuid"] == body["uuid"] and record["hardware_id"] == "rpi4-linux"
+    assert record["tags"] == ["main", "devel"]
+
+
+def test_registration_without_compose_apps_leaves_them_out_of_sota_toml(factory, tmp_path):
+    response = _register(factory, _body(tmp_path), factory.info["registration_token"])
+    assert "compose_apps" not in tomllib.loads(response.json()["sota.toml"])["pacman"]
+
+
+def test_registering_a_taken_name_or_uuid_is_refused_with_409(factory, device, tmp_path):
+    token = factory.info["registration_token"]
+    assert _register(factory, _body(tmp_path, name=device.name), token).status_code == 409
+    assert _register(factory, _body(tmp_path, device_uuid=device.uuid), token).status_code == 409
+
+
+def test_a_malformed_registration_is_refused_with_400(factory, tmp_path):
+    token = factory.info["registration_token"]
+    body = _body(tmp_path)
+    assert _register(factory, {k: v for k, v in body.items() if k != "csr"}, token).status_code == 400
+    assert _register(factory, body | {"csr": "garbage"}, token).status_code == 400
+    assert _register(factory, body | {"uuid": str(uuidlib.uuid4())}, token).status_code == 400  # CN != uuid
+    response = requests.post(f"{factory.api}/ota/devices/", data=b"{", headers={"OSF-TOKEN": token},
+                             verify=factory.info["ca"], timeout=30)
+    assert response.status_code == 400
+
+
+# --- what devices report ----------------------------------------------------------------------
+
+def _event(event_id: str, kind: str) -> dict:
+    return {"id": event_id, "deviceTime": "2026-01-01T00:00:00Z", "eventType": {"id": kind, "version": 2},
+            "event": {"correlationId": "c1", "success": True, "targetName": "t", "version": "1", "details": ""}}
+
+
+def test_events_are_recorded_once_each_even_when_a_batch_is_sent_again(factory, device):
+    first, second, third = _event("e1", "UpdateInitStarted"), _event("e2", "UpdateInitCompleted"), _event("e3", "X")
+    assert _send(factory, device, "POST", "/events", json=[first, second]).status_code == 200
+    assert _send(factory, device, "POST", "/events", json=[second, third]).status_code == 200
+    assert _send(factory, device, "POST", "/events", json=[first]).status_code == 200
+    assert [e["id"] for e in DeviceRecords(factory.home).events(device.uuid)] == ["e1", "e2", "e3"]
+    printed = factory_cli("events", "--home", str(factory.home.root), "--device", device.name).stdout
+    assert [json.loads(line)["id"] for line in printed.splitlines()] == ["e1", "e2", "e3"]
+
+
+def test_events_that_are_not_a_list_are_refused_with_400(factory, device):
+    assert _send(factory, device, "POST", "/events", json={"id": "e1"}).status_code == 400
+
+
+def test_app_states_are_appended_and_readable_back(factory, device):
+    states = [{"ostree": "x", "deviceTime": "t1", "apps": {}}, {"ostree": "x", "deviceTime": "t2", "apps": {"a": {}}}]
+    for state in states:
+        assert _send(factory, device, "POST", "/apps-states", json=state).status_code == 200
+    assert DeviceRecords(factory.home).apps_states(device.uuid) == states
+    printed = factory_cli("events", "--home", str(factory.home.root), "--device", device.uuid,
+                          "--kind", "apps-states").stdout
+    assert [json.loads(line) for line in printed.splitlines()] == states
+
+
+def test_system_info_keeps_the_latest_of_each_kind(factory, device):
+    records = DeviceRecords(factory.home)
+    for path, kind, body in (("/system_info", "", b'{"a": 1}'), ("/system_info/network", "network", b'{"h": 1}'),
+                             ("/system_info/config", "config", b"[pacman]\n")):
+        assert _send(factory, device, "PUT", path, data=b"old").status_code == 200
+        assert _send(factory, device, "PUT", path, data=body).status_code == 200
+        assert records.system_info(device.uuid, kind) == body
+
+
+def test_config_has_nothing_for_the_device(factory, device):
+    assert _get(factory, device, "/config").status_code == 204
+
+
+def test_unknown_gateway_paths_are_404(factory, device):
+    assert _get(factory, device, "/nothing").status_code == 404
+    assert _get(factory, device, "/repo/99.root.json").status_code == 404
+
+
+# --- registry credentials and tokens ----------------------------------------------------------
+
+def _token(factory: Factory, auth: tuple[str, str] | None, scope: str) -> requests.Response:
+    return requests.get(f"{factory.api}/token", params={"service": SERVICE, "scope": scope}, auth=auth,
+                        verify=factory.info["ca"], timeout=30)
+
+
+def _claims(factory: Factory, response: requests.Response) -> dict:
+    assert response.status_code == 200, response.text
+    token = response.json()["token"]
+    signer = x509.load_pem_x509_certificate(factory.home.token_signer_cert.read_bytes())
+    return jwt.decode(token, signer.public_key(), algorithms=["ES256"], audience=SERVICE)
+
+
+def test_hub_creds_are_the_device_s_registry_credentials(factory, device):
+    creds = _get(factory, device, "/hub-creds/").json()
+    assert creds == {"ServerURL": factory.info["registry"], "Username": device.uuid,
+                     "Secret": DeviceRecords(factory.home).get(device.uuid)["registry_secret"]}
+
+
+def test_a_device_gets_pull_but_never_push(factory, device):
+    creds = _get(factory, device, "/hub-creds/").json()
+    scope = f"repository:{factory.info['factory']}/app:pull,push"
+    claims = _claims(factory, _token(factory, (creds["Username"], creds["Secret"]), scope))
+    assert claims["sub"] == device.uuid
+    assert claims["access"] == [{"type": "repository", "name": f"{factory.info['factory']}/app", "actions": ["pull"]}]
+
+
+def test_the_publisher_gets_pull_and_push(factory):
+    publisher = factory.home.load_state()["publisher"]
+    scope = f"repository:{factory.info['factory']}/app:pull,push"
+    claims = _claims(factory, _token(factory, (publisher["username"], publisher["secret"]), scope))
+    assert claims["access"][0]["actions"] == ["pull", "push"]
+
+
+def test_nobody_gets_access_outside_the_factory_s_repositories(factory):
+    publisher = factory.home.load_state()["publisher"]
+    claims = _claims(factory, _token(factory, (publisher["username"], publisher["secret"]), "repository:other/app:pull"))
+    assert claims["access"] == [{"type": "repository", "name": "other/app", "actions": []}]
+
+
+def test_wrong_or_missing_credentials_get_401(factory, device):
+    scope = f"repository:{factory.info['factory']}/app:pull"
+    assert _token(factory, (device.uuid, "wrong"), scope).status_code == 401
+    assert _token(factory, ("publisher", "wrong"), scope).status_code == 401
+    assert _token(factory, None, scope).status_code == 401
+
+
+def test_the_registry_accepts_a_device_token_from_the_token_endpoint(factory, device):
+    creds = _get(factory, device, "/hub-creds/").json()
+    repository = f"{factory.info['factory']}/nothing-here"
+    token = _token(factory, (creds["Username"], creds["Secret"]), f"repository:{repository}:pull").json()["token"]
+    url = f"https://{factory.info['registry']}/v2/{repository}/tags/list"
+    assert requests.get(url, verify=factory.info["ca"], timeout=30).status_code == 401
+    authorized = requests.get(url, headers={"Authorization": f"Bearer {token}"}, verify=factory.info["ca"], timeout=30)
+    assert authorized.status_code == 404 and authorized.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
+# --- the TUF repository, through python-tuf's client ------------------------------------------
+
+class MtlsFetcher(FetcherInterface):
+    """ngclient's downloads over the gateway's mutual TLS, with the device's tags header."""
+
+    def __init__(self, factory: Factory, device: Device, tags: str | None = None):
+        self.factory, self.device = factory, device
+        self.headers = {"x-ats-tags": tags} if tags else {}
+
+    def _fetch(self, url: str):
+        response = requests.get(url, cert=self.device.cert, verify=self.factory.info["ca"], headers=self.headers,
+                                timeout=30)
+        if response.status_code != 200:
+            raise DownloadHTTPError(f"GET {url}: {response.status_code}", response.status_code)
+        return iter([response.content])
+
+
+def _updater(factory: Factory, device: Device, metadata_dir: Path, tags: str | None = None) -> Updater:
+    metadata_dir.mkdir(parents=True, exist_ok=True)
+    bootstrap = None if (metadata_dir / "root.json").exists() else device.files["tuf/root.json"].encode()
+    return Updater(str(metadata_dir), f"{factory.gateway}/repo/", fetcher=MtlsFetcher(factory, device, tags),
+                   bootstrap=bootstrap)
+
+
+def _entry(version: int, hwid: str, tags: list[str]) -> dict:
+    custom = {"version": str(version), "hardwareIds": [hwid], "tags": tags, "name": f"{hwid}-lmp",
+              "targetFormat": "OSTREE", "arch": "x86_64", "docker_compose_apps": {}}
+    return {f"{hwid}-lmp-{version}": {"length": 0, "hashes": {"sha256": "cd" * 32}, "custom": custom}}
+
+
+def test_ngclient_verifies_a_device_s_view_with_only_its_hardware_id_and_tags(factory, tmp_path):
+    hwid = f"core-{uuidlib.uuid4().hex[:8]}"  # this test's own hardware id in the shared factory
+    device = register_device(factory, tmp_path / "sota", hardware_id=hwid, tags="main")
+    TufRepository(factory.home).add_targets(_entry(1, hwid, ["main"]) | _entry(2, hwid, ["devel"])
+                                            | _entry(3, "other-hwid", ["main"]))
+    updater = _updater(factory, device, tmp_path / "tuf")
+    updater.refresh()
+    assert updater.get_targetinfo(f"{hwid}-lmp-1") is not None
+    assert updater.get_targetinfo(f"{hwid}-lmp-2") is None
+    assert updater.get_targetinfo("other-hwid-lmp-3") is None
+    # The x-ats-tags header chooses the view; versions keep growing so the switch verifies.
+    devel = _updater(factory, device, tmp_path / "tuf", tags="devel")
+    devel.refresh()
+    assert devel.get_targetinfo(f"{hwid}-lmp-2") is not None and devel.get_targetinfo(f"{hwid}-lmp-1") is None
+
+
+@pytest.fixture(scope="module")
+def own_factory(tmp_path_factory):
+    """A factory for tests that re-key or expire its repository (the shared one must stay valid)."""
+    running = start_factory(tmp_path_factory.mktemp("own-factory") / "home")
+    TufRepository(running.home).add_targets(_entry(1, "amd64-linux", ["main"]))
+    try:
+        yield running
+    finally:
+        stop_factory(running)
+
+
+def test_ngclient_refuses_an_expired_timestamp_after_resign_with_a_past_expiry(own_factory, tmp_path):
+    device = register_device(own_factory, tmp_path / "sota")
+    home = str(own_factory.home.root)
+    factory_cli("resign", "--home", home, "--timestamp-expires-in", "-3600")
+    try:
+        with pytest.raises(ExpiredMetadataError):
+            _updater(own_factory, device, tmp_path / "tuf").refresh()
+    finally:
+        factory_cli("resign", "--home", home)
+    _updater(own_factory, device, tmp_path / "tuf").refresh()
+
+
+def test_ngclient_refuses_a_tampered_targets_file_on_the_server(own_factory, tmp_path):
+    device = register_device(own_factory, tmp_path / "sota")
+    served = TufRepository(own_factory.home).view_file("amd64-linux", ["main"], "targets.json")
+    tampered = json.loads(served.read_bytes())
+    tampered["signed"]["targets"]["amd64-linux-lmp-1"]["custom"]["docker_compose_apps"] = {"evil": {"uri": "x"}}
+    served.write_text(json.dumps(tampered))
+    try:
+        with pytest.raises(RepositoryError):
+            _updater(own_factory, device, tmp_path / "tuf").refresh()
+    finally:
+        factory_cli("resign", "--home", str(own_factory.home.root))
+
+
+def test_ngclient_follows_rotate_root_to_new_keys(own_factory, tmp_path):
+    device = register_device(own_factory, tmp_path / "sota")
+    _updater(own_factory, device, tmp_path / "tuf").refresh()
+    before = Metadata[Root].from_file(str(tmp_path / "tuf" / "root.json")).signed.version
+    out = factory_cli("rotate-root", "--home", str(own_factory.home.root), "--role", "root", "--role", "timestamp")
+    assert json.loads(out.stdout)["root_version"] == before + 1
+    updater = _updater(own_factory, device, tmp_path / "tuf")
+    updater.refresh()
+    assert Metadata[Root].from_file(str(tmp_path / "tuf" / "root.json")).signed.version == before + 1
+    assert updater.get_targetinfo("amd64-linux-lmp-1") is not None
