@@ -139,14 +139,16 @@ class Executor:
 
     def run(self, plan: Plan | None = None) -> RunResult:
         """Freeze `plan` (if new) and run it; with no plan, resume the frozen plan in progress."""
-        if plan is None:
+        resuming = plan is None
+        if resuming:
             plan = self.store.current_plan()
             if plan is None:
                 raise NoUpdateInProgressError("no update in progress to resume")
         missing = sorted({n.kind for n in plan.nodes()} - set(self.tasks))
         if missing:  # refused before freezing: a plan nobody can run must not block the device
             raise PlanError(f"plan {plan.plan_id}: no task implements kind(s) {', '.join(missing)}")
-        plan = self.store.freeze(plan)
+        if not resuming:
+            plan = self.store.freeze(plan)
         self._stopping.clear()
         self._signal, self._cancelled = None, False
         previous = self._install_signals()
