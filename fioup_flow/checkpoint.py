@@ -9,12 +9,14 @@ A store that cannot be read is never guessed around: a corrupt or truncated data
 `CheckpointStoreError` (exit 5) naming the file and the way out, `fioup-flow cancel
 --discard-state`, which moves the folder aside (kept for inspection) and starts afresh. A
 database that vanished or was emptied is caught by a marker file written beside it when the
-store was created: the marker names a store id the database must hold.
+store was created: the marker names a store id the database must hold. The frozen plan carries
+a SHA-256, checked whenever it is read, since SQLite has no checksums of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sqlite3
 import time
@@ -163,6 +165,8 @@ class CheckpointStore:
         if text is None:
             raise self._error(f"plan {plan_id} is in progress but its frozen plan is missing")
         with self._guard():
+            if hashlib.sha256(text.encode()).hexdigest() != self.cache.get(f"plan_sha256:{plan_id}"):
+                raise self._error(f"the frozen plan {plan_id} does not match its checksum")
             return Plan.from_json(text)
 
     def freeze(self, plan: Plan) -> Plan:
@@ -182,6 +186,7 @@ class CheckpointStore:
                         f"resume it or cancel it before starting another")
                 return Plan.from_json(frozen)
             self.cache.set(f"plan:{plan.plan_id}", text)
+            self.cache.set(f"plan_sha256:{plan.plan_id}", hashlib.sha256(text.encode()).hexdigest())
             self.cache.set(f"frozen_at:{plan.plan_id}", time.time())
             self.cache.set("current", plan.plan_id)
         return Plan.from_json(text)
@@ -231,7 +236,7 @@ class CheckpointStore:
             self.cache.set("history", dumps(([entry] + history)[:HISTORY_LIMIT]))
             for node_id in plan.graph.nodes:
                 self.cache.delete(f"node:{plan.plan_id}:{node_id}")
-            for key in ("plan", "frozen_at", "cancel"):
+            for key in ("plan", "plan_sha256", "frozen_at", "cancel"):
                 self.cache.delete(f"{key}:{plan.plan_id}")
             if self.cache.get("current") == plan.plan_id:
                 self.cache.delete("current")

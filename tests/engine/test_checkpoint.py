@@ -89,6 +89,16 @@ def test_a_damaged_database_is_exit_5_naming_the_file_and_discard_state_is_the_w
     assert device.run(diamond_plan())[0] == 0  # a fresh update runs
 
 
+def test_a_frozen_plan_altered_in_the_database_is_refused_not_resumed(device: Device):
+    plan = diamond_plan()
+    device.run(plan, env={KILL_ENV: "write:b@begin"})
+    with device.store() as store:
+        store.cache.set(f"plan:{plan.plan_id}", store.frozen_json(plan.plan_id).replace("write:e", "write:E"))
+    code, _, err = device.run()
+    assert code == 5 and "checksum" in err and "--discard-state" in err
+    assert device.runs() == ["write:a"]
+
+
 def test_a_second_runner_is_refused_while_one_holds_the_lock(device: Device):
     first = device.runner(diamond_plan(sleep=0.1))
     while not device.runs():
