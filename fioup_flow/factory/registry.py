@@ -89,7 +89,8 @@ class RegistryPusher:
             return self.session.request(method, url, headers=self._headers(repository, headers),
                                         verify=str(self.home.ca_cert), timeout=kwargs.pop("timeout", 60), **kwargs)
         except requests.ConnectionError as error:
-            raise RegistryPushError(f"cannot reach the registry at {self.base} (is the factory up?): {error}") from error
+            raise RegistryPushError(f"cannot reach the registry at {self.base} (is the factory up?): {error}") \
+                from error
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         if not response.ok:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from pathlib import Path
 
 import jwt
 from cryptography import x509
@@ -26,7 +27,7 @@ TOKEN_TTL_SECONDS = 300
 NOT_BEFORE_SLACK_SECONDS = 10
 
 
-def _der_b64(pem_path) -> str:
+def _der_b64(pem_path: Path) -> str:
     cert = x509.load_pem_x509_certificate(pem_path.read_bytes())
     return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
 

