@@ -302,15 +302,15 @@ def _entry(version: int, hwid: str, tags: list[str]) -> dict:
 
 
 def test_ngclient_verifies_a_device_s_view_with_only_its_hardware_id_and_tags(factory, tmp_path):
-    hwid = f"core-{uuidlib.uuid4().hex[:8]}"  # this test's own hardware id in the shared factory
+    hwid, other = (f"core-{uuidlib.uuid4().hex[:8]}" for _ in range(2))  # this test's own, in the shared factory
     device = register_device(factory, tmp_path / "sota", hardware_id=hwid, tags="main")
     TufRepository(factory.home).add_targets(_entry(1, hwid, ["main"]) | _entry(2, hwid, ["devel"])
-                                            | _entry(3, "other-hwid", ["main"]))
+                                            | _entry(3, other, ["main"]))
     updater = _updater(factory, device, tmp_path / "tuf")
     updater.refresh()
     assert updater.get_targetinfo(f"{hwid}-lmp-1") is not None
     assert updater.get_targetinfo(f"{hwid}-lmp-2") is None
-    assert updater.get_targetinfo("other-hwid-lmp-3") is None
+    assert updater.get_targetinfo(f"{other}-lmp-3") is None
     # The x-ats-tags header chooses the view; versions keep growing so the switch verifies.
     devel = _updater(factory, device, tmp_path / "tuf", tags="devel")
     devel.refresh()
