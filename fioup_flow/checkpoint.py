@@ -27,7 +27,12 @@ from typing import Any, Iterable, Iterator
 
 import diskcache
 
-from fioup_flow.durable import DURABLE_CACHE_SETTINGS, fsync_dir, open_cache, write_atomic
+from fioup_flow.durable import (
+    DURABLE_CACHE_SETTINGS,
+    fsync_dir,
+    open_cache,
+    write_atomic,
+)
 from fioup_flow.errors import CheckpointStoreError, InvalidOngoingUpdateError
 from fioup_flow.graph import Plan, dumps
 

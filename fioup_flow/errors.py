@@ -43,6 +43,12 @@ class RegistrationError(FioupFlowError):
     exit_code = 6
 
 
+class EngineUnavailableError(FioupFlowError):
+    """The Docker engine does not answer (not running, or DOCKER_HOST points elsewhere)."""
+
+    exit_code = 7
+
+
 class InvalidStateError(FioupFlowError):
     """The action is not allowed in the current update state."""
 

@@ -25,8 +25,8 @@ from fioup_flow.config import Config
 from fioup_flow.durable import write_atomic
 from fioup_flow.errors import RegistrationError
 from fioup_flow.gateway import GatewayClient, GatewayError
-from fioup_flow.tls import USER_AGENT
 from fioup_flow.sysinfo import system_info
+from fioup_flow.tls import USER_AGENT
 
 log = logging.getLogger(__name__)
 

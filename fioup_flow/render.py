@@ -6,6 +6,7 @@ One row model (`rows`) feeds every view, so they cannot disagree about a node's 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from rich.console import Group
@@ -78,15 +79,26 @@ def render_mermaid(plan: Plan, records: dict[str, NodeRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def short_id(node_id: str) -> str:
+    """A node id with digests and uuids cut to 12 characters, for a terminal."""
+    return re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]{52}|([0-9a-f]{8})-[0-9a-f-]{27}", lambda m: (m[1] or m[2]) + "…",
+                  node_id)
+
+
+def _after(ids: list[str]) -> str:
+    return ", ".join(short_id(i) for i in ids) if len(ids) <= 2 else f"{len(ids)} nodes"
+
+
 def render_table(plan: Plan, records: dict[str, NodeRecord]) -> Group:
     """A rich table in plan order, each state in its colour, then the errors of failed nodes in full."""
     target = plan.meta.get("target")
-    table = Table(title=f"plan {plan.plan_id}" + (f" — target {target}" if target else ""), title_justify="left")
+    table = Table(title=f"plan {plan.plan_id}" + (f" — target {target}" if target else ""), title_justify="left",
+                  box=None, header_style="bold", pad_edge=False)
     for column in ("state", "node", "after", "tries", "time"):
         table.add_column(column, overflow="fold")
     table_rows = rows(plan, records)
     for row in table_rows:
-        table.add_row(Text(row["state"], style=COLOURS[row["state"]][0]), row["id"], "\n".join(row["after"]),
+        table.add_row(Text(row["state"], style=COLOURS[row["state"]][0]), short_id(row["id"]), _after(row["after"]),
                       str(row["attempts"] or ""), f"{row['duration_s']:.2f}s" if row["duration_s"] is not None else "")
     errors = [Text(f"failed {row['id']}: {row['error']}", style="red") for row in table_rows if row["state"] == "failed"]
     return Group(table, *errors)

@@ -10,7 +10,13 @@ from __future__ import annotations
 import os
 
 import requests
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 RETRY_SECONDS_ENV = "FIOUP_FLOW_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0

@@ -22,7 +22,11 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from fioup_flow.durable import fsync_dir
-from fioup_flow.errors import MetadataUpdateError, NoMatchingTargetError, TargetNotFoundError
+from fioup_flow.errors import (
+    MetadataUpdateError,
+    NoMatchingTargetError,
+    TargetNotFoundError,
+)
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.reference import PinnedRef, ReferenceError
 

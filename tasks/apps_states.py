@@ -18,16 +18,35 @@ from tasks import appstate
 EMPTY_OSTREE = hashlib.sha256(b"").hexdigest()
 
 
-def apps_states_payload(engine: docker.DockerClient, current: Target | None) -> dict[str, Any]:
-    apps = {}
+def service_json(s: appstate.ServiceState) -> dict[str, Any]:
+    return {"name": s.name, "hash": s.container_id[:12], "state": s.state, "status": s.status,
+            "health": s.health, "image": s.image_id}
+
+
+def app_state(services: list[appstate.ServiceState]) -> str:
+    """running (every service up), stopped (containers, not all up) or missing (no container)."""
+    if not services:
+        return "missing"
+    return "running" if all(s.up for s in services) else "stopped"
+
+
+def apps_status(engine: docker.DockerClient, current: Target | None) -> list[dict[str, Any]]:
+    """Each app of the current Target with its state and services, for `status`."""
+    out = []
     for app in current.apps if current else ():
         services = appstate.services(engine, app.name)
-        apps[app.name] = {
-            "uri": app.uri,
-            "state": "healthy" if services and all(s.up for s in services) else "unhealthy",
-            "services": [{"name": s.name, "hash": s.container_id[:12], "state": s.state, "status": s.status,
-                          "health": s.health or ("healthy" if s.up else "unhealthy"), "image": s.image_id,
-                          "logs": ""} for s in services],
-        }
+        out.append({"name": app.name, "uri": app.uri, "state": app_state(services),
+                    "services": [service_json(s) for s in services]})
+    return out
+
+
+def apps_states_payload(engine: docker.DockerClient, current: Target | None) -> dict[str, Any]:
+    """The `/apps-states` report, in fioup's shape."""
+    apps = {
+        app["name"]: {"uri": app["uri"], "state": "healthy" if app["state"] == "running" else "unhealthy",
+                      "services": [dict(s, health=s["health"] or ("healthy" if s["state"] == "running" else "unhealthy"),
+                                        logs="") for s in app["services"]]}
+        for app in apps_status(engine, current)
+    }
     return {"ostree": EMPTY_OSTREE, "deviceTime": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "apps": apps}

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import docker
 import docker.errors
+
+from fioup_flow.errors import EngineUnavailableError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -33,7 +37,11 @@ class ServiceState:
 
 def client() -> docker.DockerClient:
     """A client for the engine `DOCKER_HOST` names (the system one by default)."""
-    return docker.from_env(timeout=120)
+    try:
+        return docker.from_env(timeout=120)
+    except docker.errors.DockerException as exc:
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineUnavailableError(f"the Docker engine at {where} does not answer: {exc}") from exc
 
 
 def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:

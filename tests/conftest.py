@@ -7,7 +7,6 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from support import Device, new_device, publish
 
 # version -> the sample apps of that Target, published under the tag `updates`

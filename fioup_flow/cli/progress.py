@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from rich.console import Console
 
 from fioup_flow.engine import NodeEvent
+from fioup_flow.render import short_id
 
 
 def human_bytes(n: int) -> str:
@@ -15,12 +14,6 @@ def human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
-
-
-def short_id(node_id: str) -> str:
-    """Node ids with digests and uuids cut to 12 characters, for one-line output."""
-    return re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]{52}|([0-9a-f]{8})-[0-9a-f-]{27}", lambda m: (m[1] or m[2]) + "…",
-                  node_id)
 
 
 class NodeLog:

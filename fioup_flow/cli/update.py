@@ -1,8 +1,9 @@
-"""Commands about the update in progress: graph, status, cancel (apply and resume come later).
+"""Commands that show and steer the update: graph, status, cancel.
 
-They read the checkpoint store under `config.flow_dir`; none of them runs a node. `cancel`
-takes the instance lock to tell whether a runner is active: if one is, it only raises the
-cancel flag, which the runner sees at its next node boundary.
+They read the checkpoint store under `config.flow_dir`; none of them runs a node. `graph` with
+no update in progress shows the plan `apply` would run (which needs the gateway and registry).
+`cancel` takes the instance lock to tell whether a runner is active: if one is, it only raises
+the cancel flag, which the runner sees at its next node boundary.
 """
 
 from __future__ import annotations
@@ -11,14 +12,26 @@ import time
 from typing import Any
 
 import click
+import docker.errors
 from rich.console import Console
 
+from fioup_flow.agent import Agent
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
-from fioup_flow.errors import LockedError
+from fioup_flow.errors import EngineUnavailableError, LockedError
 from fioup_flow.graph import Plan
+from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
-from fioup_flow.render import FORMATS, render_dot, render_json, render_mermaid, render_table, rows
+from fioup_flow.render import (
+    FORMATS,
+    render_dot,
+    render_json,
+    render_mermaid,
+    render_table,
+    rows,
+)
+from tasks import appstate
+from tasks.apps_states import apps_status
 
 
 def _open_store(ctx: click.Context) -> CheckpointStore | None:
@@ -39,16 +52,44 @@ def graph(ctx: click.Context, fmt: str) -> None:
     """Show the plan of the update in progress and where each node stands."""
     plan, records = _in_progress(_open_store(ctx))
     if plan is None:
-        if fmt == "json":
-            emit_json({"plan_id": None, "meta": {}, "nodes": [], "edges": []})
-        else:
-            click.echo("No update in progress")
-        return
+        plan = _preview(ctx.obj.config)
+        if plan is None:
+            if fmt == "json":
+                emit_json({"plan_id": None, "meta": {}, "nodes": [], "edges": []})
+            else:
+                click.echo("No update in progress, and the device runs the latest Target: nothing to do")
+            return
+        if fmt == "text":
+            click.echo("No update in progress; this is the plan `fioup-flow apply` would run now:")
     if fmt == "text":
-        Console().print(render_table(plan, records))
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)  # a pipe or a log file: no folding at 80 columns
+        console.print(render_table(plan, records))
     else:
         render = {"json": render_json, "dot": render_dot, "mermaid": render_mermaid}[fmt]
         click.echo(render(plan, records), nl=False)
+
+
+def _device(config) -> dict[str, Any]:
+    """What runs: the current Target and each of its apps as the engine sees them."""
+    current = current_target(config.flow_dir)
+    try:
+        apps = apps_status(appstate.client(), current)
+    except (docker.errors.DockerException, EngineUnavailableError) as exc:
+        apps = [{"name": a.name, "uri": a.uri, "state": "unknown", "services": [], "error": str(exc)}
+                for a in (current.apps if current else ())]
+    return {"current": {"target": current.name, "version": current.version} if current else None, "apps": apps}
+
+
+def _preview(config) -> Plan | None:
+    """The plan `apply` would run (to the latest Target), or None when there is nothing to do."""
+    with InstanceLock(config.flow_dir / LOCK_NAME):
+        agent = Agent(config)
+        try:
+            return agent.plan(agent.choose_target(None))
+        finally:
+            agent.flush_outbox()
 
 
 def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
@@ -70,16 +111,28 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "?"
 
 
+def _print_device(data: dict[str, Any]) -> None:
+    current = data["current"]
+    click.echo(f"Current: {current['target']} (version {current['version']})" if current else "Current: none")
+    colours = {"running": "green", "stopped": "red", "missing": "red", "unknown": "yellow"}
+    for app in data["apps"]:
+        services = ", ".join(f"{s['name']} {s['state']}" + (f" ({s['health']})" if s["health"] else "")
+                             for s in app["services"]) or "no containers"
+        click.echo(f"  {app['name']:<16} " + click.style(f"{app['state']:<8}", fg=colours[app["state"]])
+                   + f" {services}")
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one line of JSON.")
 @click.option("--history", "history", default=5, show_default=True, help="How many past updates to list.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, history: int) -> None:
     """Show the update in progress (node counts, failures) and the last updates."""
-    data = _status(_open_store(ctx), history)
+    data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history))
     if as_json:
         emit_json(data)
         return
+    _print_device(data)
     current = data["in_progress"]
     if current is None:
         click.echo("No update in progress")

@@ -21,7 +21,13 @@ from fioup_flow.errors import FioupFlowError, NotConfiguredError, UsageError
 from fioup_flow.factory.devices import LOGS, DeviceRecords
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.pki import ensure_pki
-from fioup_flow.factory.process import process_running, service_pid, start_process, stop_process, wait_for_port
+from fioup_flow.factory.process import (
+    process_running,
+    service_pid,
+    start_process,
+    stop_process,
+    wait_for_url,
+)
 from fioup_flow.factory.publish import publish_command
 from fioup_flow.factory.registry import registry_argv, write_registry_config
 from fioup_flow.factory.tufrepo import TufRepository
@@ -31,8 +37,6 @@ SERVER = "factory-server"
 REGISTRY = "registry"
 SERVICES = (SERVER, REGISTRY)
 START_TIMEOUT = 30.0
-# Which listener each service answers on (factory-server has two).
-SERVICE_PORTS = {SERVER: ("gateway", "api"), REGISTRY: ("registry",)}
 
 
 class FactoryGroup(click.Group):
@@ -110,16 +114,17 @@ def up_info(home: FactoryHome) -> dict:
 
 def bring_up(home: FactoryHome, factory: str | None = None) -> dict:
     """Create what is missing, start what is not running, wait for every listener; the up JSON."""
-    state = ensure_state(home, factory)
+    ensure_state(home, factory)
     ensure_pki(home)
     TufRepository(home).init()
     write_registry_config(home)
     start_process(home, REGISTRY, registry_argv(home))
     start_process(home, SERVER, [sys.executable, "-m", "fioup_flow.factory.server", "--home", str(home.root)])
-    for service, listeners in SERVICE_PORTS.items():
-        for listener in listeners:
-            wait_for_port(state["ports"][listener], START_TIMEOUT, home, service)
-    return up_info(home)
+    info = up_info(home)
+    # api and gateway are bound by one process before it serves either: api answering is enough.
+    wait_for_url(f"{info['api']}/ota/devices/", START_TIMEOUT, home.ca_cert, home, SERVER)
+    wait_for_url(f"https://{info['registry']}/v2/", START_TIMEOUT, home.ca_cert, home, REGISTRY)
+    return info
 
 
 def bring_down(home: FactoryHome) -> list[str]:

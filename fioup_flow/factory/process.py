@@ -3,8 +3,9 @@
 `up` returns while the factory keeps running, so each service (factory-server, registry) runs in
 its own session with its output in `home.log_file(service)` and its pid in
 `home.pid_file(service)`. A later `down`/`status` (another process) finds it again only
-through that pid file, so the file is written atomically and a stale one (the process died,
-or is a zombie) counts as not running.
+through that pid file, so the file is written atomically and a stale one counts as not running:
+the process died, is a zombie, or the pid now belongs to another process (pids are reused,
+after a reboot above all), which the process's start time, kept beside the pid, tells apart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import requests
 
 from fioup_flow.durable import write_atomic
 from fioup_flow.errors import FioupFlowError
@@ -42,7 +46,7 @@ def start_process(home: FactoryHome, service: str, argv: list[str], env: dict | 
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
         child = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
                                  env={**os.environ, **(env or {})}, cwd=home.root, start_new_session=True)
-    write_atomic(home.pid_file(service), f"{child.pid}\n".encode(), mode=0o644)
+    write_atomic(home.pid_file(service), f"{child.pid} {_start_time(child.pid)}\n".encode(), mode=0o644)
     return child.pid
 
 
@@ -90,6 +94,27 @@ def wait_for_port(port: int, timeout: float, home: FactoryHome | None = None, se
         time.sleep(POLL_INTERVAL)
 
 
+def wait_for_url(url: str, timeout: float, ca: Path, home: FactoryHome | None = None,
+                 service: str | None = None) -> None:
+    """Return once `url` gives any HTTP answer over TLS verified with `ca` (so it is ours).
+
+    A port that merely accepts connections could belong to some other program; a TLS server
+    whose certificate chains to the factory CA is this factory's. Fails like `wait_for_port`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url, verify=str(ca), timeout=5)
+            return
+        except requests.RequestException as exc:
+            problem = exc
+        if home is not None and service is not None and not process_running(home, service):
+            raise ServiceStartError(f"{service} exited while starting:\n{log_tail(home, service)}")
+        if time.monotonic() > deadline:
+            raise ServiceStartError(f"{service or url} does not answer at {url} after {timeout:g}s: {problem}")
+        time.sleep(POLL_INTERVAL)
+
+
 def log_tail(home: FactoryHome, service: str, lines: int = 20) -> str:
     try:
         return "\n".join(home.log_file(service).read_text(errors="replace").splitlines()[-lines:])
@@ -99,20 +124,34 @@ def log_tail(home: FactoryHome, service: str, lines: int = 20) -> str:
 
 def _pid(home: FactoryHome, service: str) -> int | None:
     try:
-        pid = int(home.pid_file(service).read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
+        pid_text, started = home.pid_file(service).read_text().split()[:2]
+        pid = int(pid_text)
+    except (FileNotFoundError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if _alive(pid) and _start_time(pid) == started else None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (field 3 onwards), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): a pid plus this names one process."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
 
 
 def _alive(pid: int) -> bool:
     """Alive and not a zombie (a dead child not yet reaped still has a pid)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    fields = _proc_stat(pid)
+    if fields is None:
         return False
-    if state in ("Z", "X"):
+    if fields[0] in ("Z", "X"):
         _reap(pid)
         return False
     return True

@@ -36,8 +36,15 @@ import yaml
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.images import (FS_BLOCK_SIZE, BlobDir, BuiltImage, ImageSpec, build_image, host_arch,
-                                       tar_entry)
+from fioup_flow.factory.images import (
+    FS_BLOCK_SIZE,
+    BlobDir,
+    BuiltImage,
+    ImageSpec,
+    build_image,
+    host_arch,
+    tar_entry,
+)
 from fioup_flow.factory.registry import RegistryPusher, registry_host
 from fioup_flow.factory.tufrepo import TufRepository
 

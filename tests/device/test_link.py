@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import register
 
 from fioup_flow.config import Config
-from fioup_flow.gateway import GatewayClient
 from fioup_flow.factory.tufrepo import TufRepository
-
-from support import register
+from fioup_flow.gateway import GatewayClient
 
 pytestmark = pytest.mark.factory
 

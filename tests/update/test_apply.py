@@ -6,7 +6,6 @@ v1 = shellhttpd v1 + pair v1, v2 = shellhttpd v2 + pair v1, v3 = shellhttpd v2 +
 
 from __future__ import annotations
 
-
 import docker
 import pytest
 import requests

@@ -17,10 +17,10 @@ from typing import Callable
 
 import pytest
 import requests
+from support import BIN, Device, new_device, publish
 
 from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.store import SYNC_EVERY
-from support import BIN, Device, new_device, publish
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
