@@ -18,7 +18,7 @@ from rich.console import Console
 from fioup_flow.agent import Agent
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
-from fioup_flow.errors import EngineUnavailableError, LockedError
+from fioup_flow.errors import EngineUnavailableError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
@@ -57,7 +57,7 @@ def graph(ctx: click.Context, fmt: str) -> None:
             if fmt == "json":
                 emit_json({"plan_id": None, "meta": {}, "nodes": [], "edges": []})
             else:
-                click.echo("No update in progress, and the device runs the latest Target: nothing to do")
+                click.echo("No update in progress")
             return
         if fmt == "text":
             click.echo("No update in progress; this is the plan `fioup-flow apply` would run now:")
@@ -83,7 +83,11 @@ def _device(config) -> dict[str, Any]:
 
 
 def _preview(config) -> Plan | None:
-    """The plan `apply` would run (to the latest Target), or None when there is nothing to do."""
+    """The plan `apply` would run (to the latest Target); None when there is nothing to do or no factory."""
+    try:
+        config.server  # noqa: B018 - raises if the device is not registered
+    except NotConfiguredError:
+        return None
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
         try:

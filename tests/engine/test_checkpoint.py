@@ -84,7 +84,7 @@ def test_a_damaged_database_is_exit_5_naming_the_file_and_discard_state_is_the_w
     assert way_out.exit_code == 0, way_out.stderr
     assert "aside" in way_out.stdout
     assert any(p.name.startswith("checkpoint.discarded-") for p in device.flow_dir.iterdir())
-    assert device.cli("status").stdout.strip() == "No update in progress"
+    assert "No update in progress" in device.cli("status").stdout
     shutil.rmtree(device.work)
     assert device.run(diamond_plan())[0] == 0  # a fresh update runs
 

@@ -23,7 +23,7 @@ def failed(device: Device) -> Device:
 def test_with_no_update_in_progress_graph_and_status_say_so_and_exit_0(device: Device):
     for args in (["graph"], ["status"]):
         result = device.cli(*args)
-        assert (result.exit_code, result.stdout.strip()) == (0, "No update in progress")
+        assert result.exit_code == 0 and "No update in progress" in result.stdout.splitlines()
     assert json.loads(device.cli("graph", "--format", "json").stdout)["nodes"] == []
     assert not device.flow_dir.exists()  # looking creates nothing
 
