@@ -12,7 +12,7 @@ import base64
 import binascii
 import secrets
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import tomli_w
 from cryptography import x509
@@ -86,7 +86,7 @@ class ApiApp:
         access = [grant for scope in call.query.get("scope", [])
                   if (grant := self._grant(scope, allowed)) is not None]
         token = issue_token(self.home, subject, access)
-        issued = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        issued = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         return Reply.json({"token": token, "access_token": token, "expires_in": TOKEN_TTL_SECONDS,
                            "issued_at": issued})
 

@@ -12,7 +12,7 @@ import json
 import secrets
 import socket
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -190,7 +190,7 @@ def events(home_dir: Path, device: str, kind: str) -> None:
 def resign(home_dir: Path, timestamp_expires_in: int | None) -> None:
     """Re-sign the repository's views at a new version."""
     repo = _repository(home_dir)
-    expires = (datetime.now(timezone.utc) + timedelta(seconds=timestamp_expires_in)
+    expires = (datetime.now(UTC) + timedelta(seconds=timestamp_expires_in)
                if timestamp_expires_in is not None else None)
     repo.resign(expires)
     click.echo(json.dumps({"version": repo.version()}))

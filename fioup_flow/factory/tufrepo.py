@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ VIEW_META = "view.json"
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def view_key(hardware_id: str, tags: list[str] | tuple[str, ...]) -> str:
@@ -120,7 +120,7 @@ class TufRepository:
         """
         with exclusive(self.home.tuf_lock):
             db = self._load_db()
-            pinned = timestamp_expires.astimezone(timezone.utc).replace(microsecond=0) if timestamp_expires else None
+            pinned = timestamp_expires.astimezone(UTC).replace(microsecond=0) if timestamp_expires else None
             self._bump(db, pinned_timestamp_expires=pinned.isoformat() if pinned else None)
             self._resign_all_views(db)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from core_factory import Factory, start_factory, stop_factory
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import requests
+from core_factory import factory_cli, start_factory, stop_factory
 
 from fioup_flow.factory.process import port_open
-
-from core_factory import factory_cli, start_factory, stop_factory
 
 SERVICES = ("factory-server", "registry")
 

@@ -15,23 +15,29 @@ from pathlib import Path
 import jwt
 import pytest
 import requests
+from core_factory import (
+    Device,
+    Factory,
+    factory_cli,
+    register_device,
+    registration_body,
+    start_factory,
+    stop_factory,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tuf.api.exceptions import ExpiredMetadataError, RepositoryError
+from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, RepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
-from tuf.api.exceptions import DownloadHTTPError
 
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.pki import issue_client_cert
 from fioup_flow.factory.token import SERVICE
 from fioup_flow.factory.tufrepo import TufRepository
 from fioup_flow.register import make_key_and_csr
-
-from core_factory import Device, Factory, factory_cli, register_device, registration_body, start_factory, stop_factory
 
 REFUSED = (requests.exceptions.SSLError, requests.exceptions.ConnectionError)
 
@@ -59,7 +65,7 @@ def test_the_gateway_refuses_a_client_without_a_certificate(factory):
 
 def _foreign_client_cert(folder: Path, cn: str) -> tuple[str, str]:
     """A client certificate from a CA the factory has never seen."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
@@ -88,7 +88,7 @@ def test_views_are_served_from_their_files_until_the_repository_changes(repo):
 
 
 def test_resign_with_a_past_expiry_serves_an_expired_timestamp_until_the_next_resign(repo):
-    past = datetime.now(timezone.utc) - timedelta(hours=1)
+    past = datetime.now(UTC) - timedelta(hours=1)
     repo.resign(past)
     assert _load(repo, "amd64-linux", ["main"], "timestamp.json").signed.is_expired()
     assert _load(repo, "arm64-linux", ["main"], "timestamp.json").signed.is_expired()
@@ -102,11 +102,11 @@ def test_a_timestamp_close_to_expiry_is_re_signed_at_a_new_version_when_served(r
     # Time passing, simulated: the view's record says its timestamp expires in an hour.
     meta_path = path.parent / "view.json"
     meta = json.loads(meta_path.read_text())
-    meta["timestamp_expires"] = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    meta["timestamp_expires"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     meta_path.write_text(json.dumps(meta))
     served = _load(repo, "amd64-linux", ["main"], "timestamp.json").signed
     assert served.version == repo.version() > version
-    assert served.expires - datetime.now(timezone.utc) > timedelta(hours=12)
+    assert served.expires - datetime.now(UTC) > timedelta(hours=12)
 
 
 def test_rotate_root_signs_the_new_root_with_old_and_new_keys(repo):
