@@ -127,14 +127,12 @@ class TestMetadataThatDoesNotVerifyIsRefused:
             TufRepository(factory.home).resign()
 
     def test_a_replayed_older_snapshot(self, factory, make_device, tag) -> None:
-        device, _ = self.setup_device(factory, make_device, tag)
+        device, before = self.setup_device(factory, make_device, tag)
         old_snapshot = self.served(factory, device, "snapshot.json").read_bytes()
-        add_target(factory, 2, tag)
-        assert device.run("check").returncode == 0
-        before = trusted(device, "targets.json")
+        add_target(factory, 2, tag)  # the repository moves on; the device has not seen it yet
         self.served(factory, device, "snapshot.json").write_bytes(old_snapshot)
         done = device.run("check")
-        assert done.returncode == 20
+        assert done.returncode == 20 and "snapshot" in done.stderr.lower()
         assert trusted(device, "targets.json") == before
 
 
