@@ -88,13 +88,37 @@ class Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     def _call(self) -> Call:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise HttpError(413, "body too large")
-        body = self.rfile.read(length) if length else b""
+        body = self._body()
         url = urlsplit(self.path)
         return Call(method=self.command, path=url.path, query=parse_qs(url.query),
                     headers={k.lower(): v for k, v in self.headers.items()}, body=body, peer_cn=self._peer_cn())
+
+    def _body(self) -> bytes:
+        try:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                return self._chunked_body()
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            raise HttpError(400, "malformed body length") from None
+        if length > MAX_BODY:
+            self.close_connection = True  # the unread body would be taken for the next request
+            raise HttpError(413, "body too large")
+        return self.rfile.read(length) if length else b""
+
+    def _chunked_body(self) -> bytes:
+        """A body sent in chunks (clients streaming JSON of unknown length do that)."""
+        chunks, total = [], 0
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            total += size
+            if total > MAX_BODY:
+                self.close_connection = True
+                raise HttpError(413, "body too large")
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
+        while self.rfile.readline().strip():  # trailers, up to the empty line
+            pass
+        return b"".join(chunks)
 
     def _peer_cn(self) -> str | None:
         cert = self.request.getpeercert()

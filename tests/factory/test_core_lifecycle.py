@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
+from pathlib import Path
 
 import requests
 from core_factory import factory_cli, start_factory, stop_factory
 
-from fioup_flow.factory.process import port_open
+from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.process import port_open, process_running, stop_process
 
 SERVICES = ("factory-server", "registry")
 
@@ -86,3 +91,35 @@ def test_up_refuses_to_rename_an_existing_factory(tmp_path):
 def test_commands_on_a_folder_without_a_factory_say_so(tmp_path):
     result = factory_cli("resign", "--home", str(tmp_path / "nothing"), check=False)
     assert result.returncode == 3 and "run `fioup-flow-factory up" in result.stderr
+
+
+def test_up_restarts_a_service_that_was_killed_and_keeps_the_same_factory(tmp_path):
+    running = start_factory(tmp_path / "home")
+    try:
+        server_pid = _status(running.home.root)["services"]["factory-server"]["pid"]
+        os.kill(server_pid, signal.SIGKILL)
+        _wait_gone(server_pid)
+        report = _status(running.home.root)
+        assert report["services"]["factory-server"]["running"] is False
+        assert report["services"]["registry"]["running"] is True
+        again = start_factory(tmp_path / "home")
+        assert again.info == running.info
+        assert _status(running.home.root)["services"]["factory-server"]["pid"] != server_pid
+        assert requests.get(f"{again.api}/ota/devices/", verify=again.info["ca"], timeout=10).status_code == 200
+    finally:
+        stop_factory(running)
+
+
+def test_a_pid_file_naming_another_process_counts_as_stopped(tmp_path):
+    """After a reboot, the pid in a pid file may belong to some unrelated process."""
+    home = FactoryHome(tmp_path)
+    home.pid_file("registry").parent.mkdir(parents=True)
+    home.pid_file("registry").write_text(f"{os.getpid()} 1\n")  # alive, but started at another time
+    assert not process_running(home, "registry")
+    assert stop_process(home, "registry") is False  # and nothing was signalled: this test goes on
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -10,6 +10,7 @@ import datetime
 import json
 import tomllib
 import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jwt
@@ -369,3 +370,19 @@ def test_ngclient_follows_rotate_root_to_new_keys(own_factory, tmp_path):
     updater.refresh()
     assert Metadata[Root].from_file(str(tmp_path / "tuf" / "root.json")).signed.version == before + 1
     assert updater.get_targetinfo("amd64-linux-lmp-1") is not None
+
+
+def test_events_sent_at_once_from_many_connections_are_still_recorded_once(factory, device):
+    batch = [_event("c1", "EcuDownloadStarted"), _event("c2", "EcuDownloadCompleted")]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: _send(factory, device, "POST", "/events", json=batch).status_code, range(16)))
+    assert answers == [200] * 16
+    assert [e["id"] for e in DeviceRecords(factory.home).events(device.uuid)] == ["c1", "c2"]
+
+
+def test_a_body_sent_in_chunks_is_read_whole(factory, device):
+    body = json.dumps([_event("k1", "EcuInstallationStarted")]).encode()
+    chunks = iter([body[:10], body[10:]])  # a generator makes requests send Transfer-Encoding: chunked
+    response = _send(factory, device, "POST", "/events", data=chunks, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert [e["id"] for e in DeviceRecords(factory.home).events(device.uuid)] == ["k1"]
