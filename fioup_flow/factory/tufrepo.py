@@ -7,7 +7,8 @@ on demand with the online keys (targets, snapshot, timestamp) and cached as file
 `home.tuf_views/<key>/`; the gateway serves those files as they are, so tests can tamper with
 them. Every view carries the repository's one global version, which only grows (publish,
 resign, rotate-root, a timestamp refresh), so a device whose tags change never sees a version
-go backwards. Keys are Ed25519, threshold 1, as PEM files (0600) under `home.tuf_keys`.
+go backwards. Keys are Ed25519, threshold 1, as PEM files (0600) named by keyid under
+`home.tuf_keys`.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class TufRepository:
         with exclusive(self.home.tuf_lock):
             if self.initialized():
                 return
-            signers = {role: self._new_signer(role) for role in ROLES}
+            signers = {role: self._new_signer() for role in ROLES}
             root = Root(expires=_now() + EXPIRY["root"], consistent_snapshot=False)
             for role, signer in signers.items():
                 root.add_key(signer.public_key, role)
@@ -133,18 +134,17 @@ class TufRepository:
             current = Metadata[Root].from_bytes(self.trusted_root_json())
             old_root_signer = self._signer("root")
             root = current.signed
-            new_signers = {}
-            for role in rotate_keys:
+            # New keys are on disk before the root naming them: a crash between the two leaves
+            # an unused key file, never a root whose keys are lost.
+            new_signers = {role: self._new_signer() for role in rotate_keys}
+            for role, signer in new_signers.items():
                 for keyid in list(root.roles[role].keyids):
                     root.revoke_key(keyid, role)
-                new_signers[role] = CryptoSigner.generate_ed25519()
-                root.add_key(new_signers[role].public_key, role)
+                root.add_key(signer.public_key, role)
             root.version += 1
             root.expires = _now() + EXPIRY["root"]
             signers = [old_root_signer] + ([new_signers["root"]] if "root" in new_signers else [])
             self._write_root(current, signers)
-            for role, signer in new_signers.items():
-                self._save_key(role, signer)
             db = self._load_db()
             self._bump(db, pinned_timestamp_expires=db.get("pinned_timestamp_expires"))
             self._resign_all_views(db)
@@ -239,16 +239,18 @@ class TufRepository:
             root.sign(signer, append=True)
         write_atomic(self.home.tuf_roots / f"{root.signed.version}.root.json", root.to_bytes(), mode=0o644)
 
-    def _key_path(self, role: str) -> Path:
-        return self.home.tuf_keys / f"{role}.pem"
+    def _key_path(self, keyid: str) -> Path:
+        return self.home.tuf_keys / f"{keyid}.pem"
 
-    def _new_signer(self, role: str) -> CryptoSigner:
+    def _new_signer(self) -> CryptoSigner:
+        """A new Ed25519 key, saved (0600) under its keyid."""
         signer = CryptoSigner.generate_ed25519()
-        self._save_key(role, signer)
+        write_atomic(self._key_path(signer.public_key.keyid), signer.private_bytes, mode=0o600)
         return signer
 
-    def _save_key(self, role: str, signer: CryptoSigner) -> None:
-        write_atomic(self._key_path(role), signer.private_bytes, mode=0o600)
-
     def _signer(self, role: str) -> CryptoSigner:
-        return CryptoSigner(load_pem_private_key(self._key_path(role).read_bytes(), password=None))
+        """The signer of the key the current root names for `role`."""
+        root = Metadata[Root].from_bytes(self.trusted_root_json()).signed
+        keyid = root.roles[role].keyids[0]
+        return CryptoSigner(load_pem_private_key(self._key_path(keyid).read_bytes(), password=None),
+                            root.get_key(keyid))
