@@ -83,8 +83,9 @@ class TufRepository:
             root = Root(expires=_now() + EXPIRY["root"], consistent_snapshot=False)
             for role, signer in signers.items():
                 root.add_key(signer.public_key, role)
-            self._write_root(Metadata(root), [signers["root"]])
+            # The database first: root 1 is what marks the repository as made.
             self._save_db({"version": 1, "targets": {}, "pinned_timestamp_expires": None})
+            self._write_root(Metadata(root), [signers["root"]])
 
     def root_versions(self) -> list[int]:
         return sorted(int(p.name.split(".")[0]) for p in self.home.tuf_roots.glob("*.root.json"))
