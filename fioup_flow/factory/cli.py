@@ -185,6 +185,14 @@ def events(home_dir: Path, device: str, kind: str) -> None:
 
 @main.command()
 @home_option
+def devices(home_dir: Path) -> None:
+    """List the registered devices (JSON lines, without their registry secrets)."""
+    for record in DeviceRecords(_configured(home_dir)).all():
+        click.echo(json.dumps({k: v for k, v in record.items() if k != "registry_secret"}, sort_keys=True))
+
+
+@main.command()
+@home_option
 @click.option("--timestamp-expires-in", type=int, default=None, metavar="SECONDS",
               help="Expiry of the new timestamps from now (negative: already expired).")
 def resign(home_dir: Path, timestamp_expires_in: int | None) -> None:

@@ -154,6 +154,12 @@ def test_registration_without_compose_apps_leaves_them_out_of_sota_toml(factory,
     assert "compose_apps" not in tomllib.loads(response.json()["sota.toml"])["pacman"]
 
 
+def test_the_devices_command_lists_registered_devices_without_their_secrets(factory, device):
+    listed = [json.loads(line) for line in factory_cli("devices", "--home", str(factory.home.root)).stdout.splitlines()]
+    mine = next(d for d in listed if d["uuid"] == device.uuid)
+    assert mine["name"] == device.name and "registry_secret" not in mine
+
+
 def test_registering_a_taken_name_or_uuid_is_refused_with_409(factory, device, tmp_path):
     token = factory.info["registration_token"]
     assert _register(factory, _body(tmp_path, name=device.name), token).status_code == 409
