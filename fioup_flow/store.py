@@ -122,7 +122,9 @@ class BlobStore:
             self.discard_partial(digest)
             raise PartialCorruptError(f"partial download of {digest} is longer than the blob")
         try:
-            written = self._append(data_path, offset, size, open_at, h, progress)
+            # A partial as long as the blob was fully downloaded but not committed (a crash in
+            # between): it only needs verifying, and asking the server for more would be a 416.
+            written = offset if offset == size else self._append(data_path, offset, size, open_at, h, progress)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise NoSpaceError(f"the disk holding {self.root} is full while fetching {digest}") from exc

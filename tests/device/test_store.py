@@ -69,3 +69,13 @@ def test_a_server_sending_too_much_is_a_mismatch_not_a_bigger_blob(tmp_path: Pat
     with pytest.raises(DigestMismatchError):
         store.ingest(DIGEST, len(DATA), source(DATA + b"extra" * 10_000))
     assert not store.has(DIGEST)
+
+
+def test_a_download_complete_but_not_committed_is_committed_without_asking_again(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    partial = tmp_path / "ingest" / DIGEST.split(":")[1] / "data"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(DATA)  # a crash after the last byte, before the rename
+    calls: list[int] = []
+    store.ingest(DIGEST, len(DATA), source(DATA, calls))
+    assert calls == [] and store.verify(DIGEST)

@@ -49,7 +49,7 @@ def test_a_fresh_device_gets_the_latest_target_with_every_app_running(device, en
     assert status["current"]["version"] == 1
     assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
     sent = events(factory, device)
-    assert [e["eventType"]["id"] for e in sent] == UPDATE_EVENTS
+    assert [e["eventType"]["id"] for e in sent] == ["MetadataUpdateCompleted", *UPDATE_EVENTS]
     assert len({e["id"] for e in sent}) == len(sent)
     assert all(e["event"]["success"] is not False for e in sent)
 
