@@ -155,18 +155,17 @@ def status(home_dir: Path, as_json: bool) -> None:
     """Say which of the factory's processes run."""
     home = _home(home_dir)
     services = {s: {"running": process_running(home, s), "pid": service_pid(home, s)} for s in SERVICES}
-    report = {"home": str(home.root), "configured": home.state_file.exists(), "services": services,
-              "up": all(s["running"] for s in services.values())}
-    if report["configured"]:
-        report["info"] = up_info(home)
+    configured = home.state_file.exists()
+    # A configured factory's status carries `up`'s JSON too, so scripts can read the URLs here.
+    report = (up_info(home) if configured else {"home": str(home.root)}) | {
+        "configured": configured, "up": all(s["running"] for s in services.values()), "services": services}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     for name, service in services.items():
         click.echo(f"{name}: " + (f"running (pid {service['pid']})" if service["running"] else "stopped"))
-    if report["configured"] and report["up"]:
-        info = report["info"]
-        click.echo(f"gateway {info['gateway']}  api {info['api']}  registry {info['registry']}")
+    if configured and report["up"]:
+        click.echo(f"gateway {report['gateway']}  api {report['api']}  registry {report['registry']}")
 
 
 @main.command()
