@@ -101,7 +101,8 @@ class DeviceRecords:
 
     def store_system_info(self, uuid: str, kind: str, body: bytes) -> None:
         """Keep the latest `PUT /system_info[/kind]` body (kind: '', 'network' or 'config')."""
-        write_atomic(self._dir(uuid) / SYSTEM_INFO_FILES[kind], body, mode=0o644)
+        with exclusive(self._lock(uuid)):  # write_atomic's temp file is per process, not per thread
+            write_atomic(self._dir(uuid) / SYSTEM_INFO_FILES[kind], body, mode=0o644)
 
     def system_info(self, uuid: str, kind: str = "") -> bytes | None:
         path = self._dir(uuid) / SYSTEM_INFO_FILES[kind]
