@@ -1,0 +1,265 @@
+"""The measuring half of `scripts/bench-apply`: fioup-flow apply against `docker compose pull && up -d`.
+
+`scripts/bench-apply` starts a private Docker engine and a local factory, then runs this with
+DOCKER_HOST set and .venv/bin first on PATH. This module publishes three apps in two versions
+(version 2 adds about 65 MB of new, incompressible layers to each app), and for each round
+measures both ways of going from version 1 to version 2, one after the other on the same engine:
+
+* fioup-flow: a fresh device applies version 1 (not timed), then `fioup-flow apply 2` is timed,
+  with its own process's peak RSS (VmHWM, polled from /proc; children such as docker-compose
+  are not included).
+* baseline: the apps are taken down and every image removed (so no layer of version 2 is in
+  the engine), the published, pinned compose files of version 1 are started (pulled, not
+  timed), then for each app in turn `docker compose pull && docker compose up -d` with its
+  version 2 compose file is timed, the engine pulling from the factory registry over TLS.
+
+Before each fioup-flow round every image is removed too, so each side downloads the same
+new layers and neither benefits from the other's cache. Downtime per app is read afterwards
+from the engine's event log: last `die` of an old container to first `start` of a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from fioup_flow.config import Config
+
+TAG = "bench"
+LAYER_MB = 65
+APPS_V1 = {"shellhttpd": "sample:shellhttpd/v1", "pair": "sample:pair/v1", "ticker": "sample:ticker/v1"}
+APPS_V2 = {"shellhttpd": "sample:shellhttpd/v2", "pair": "sample:pair/v2", "ticker": "sample:ticker/v1"}
+BASELINE_PREFIX = "base-"
+RSS_POLL_S = 0.02
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, quiet: bool = True) -> str:
+    """Run a command; on failure show its output and stop the benchmark."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        log(f"command failed ({done.returncode}): {' '.join(argv)}\n{done.stdout}{done.stderr}")
+        raise SystemExit(1)
+    if not quiet:
+        log(done.stdout.rstrip())
+    return done.stdout
+
+
+@dataclass
+class Side:
+    """One timed update: wall seconds, downtime per app, and (fioup-flow only) peak RSS."""
+    seconds: float
+    downtime: dict[str, float]
+    peak_rss_mb: float | None = None
+
+    @property
+    def worst_downtime(self) -> float:
+        return max(self.downtime.values())
+
+
+@dataclass
+class Bench:
+    work: Path
+    factory: dict
+    engine: docker.DockerClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = docker.from_env()
+        self.home = self.work / "factory"
+        self.compose_files = self.work / "compose"
+
+    # --- setup -------------------------------------------------------------------------
+    def publish(self) -> None:
+        """Version 1 small; version 2 with LAYER_MB of new layers per app (in its first service)."""
+        for version, apps, extra in ((1, APPS_V1, []), (2, APPS_V2, ["--layer-mb", str(LAYER_MB)])):
+            argv = ["fioup-flow-factory", "publish", "--home", str(self.home), "--version", str(version),
+                    "--tag", TAG, *extra]
+            for name, spec in apps.items():
+                argv += ["--app", f"{name}={spec}"]
+            run(argv)
+        log(f"published versions 1 and 2 of {', '.join(APPS_V1)} ({LAYER_MB} MB of new layers per app in 2)")
+
+    def engine_login(self) -> dict[str, str]:
+        """Let the engine pull from the factory registry: trust its CA, log in with the publisher."""
+        registry = self.factory["registry"]
+        certs = Path("/etc/docker/certs.d") / registry
+        certs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.factory["ca"], certs / "ca.crt")
+        env = dict(os.environ, DOCKER_CONFIG=str(self.work / "docker-config"))
+        publisher = json.loads((self.home / "factory.json").read_text())["publisher"]
+        done = subprocess.run(["docker", "login", registry, "-u", publisher["username"], "--password-stdin"],
+                              input=publisher["secret"], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            log(f"docker login {registry} failed: {done.stderr}")
+            raise SystemExit(1)
+        return env
+
+    def clean_engine(self) -> None:
+        """No app running and no image left: the next side starts from nothing cached."""
+        for container in self.engine.containers.list(all=True):
+            container.remove(force=True)
+        for image in self.engine.images.list(all=True):
+            self.engine.images.remove(image.id, force=True)
+        self.engine.images.prune()
+
+    # --- fioup-flow side ---------------------------------------------------------------
+    def register(self, round_no: int) -> dict[str, str]:
+        device = self.work / f"device-{round_no}"
+        run(["fioup-flow", "register", "--server", self.factory["api"], "--token", self.factory["registration_token"],
+             "--ca", self.factory["ca"], "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG,
+             "--sota-dir", str(device)])
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"))
+
+    def save_compose_files(self, env: dict[str, str], version: int) -> None:
+        """Keep the installed, pinned compose files of `version` for the baseline."""
+        root = Config.load(env["FIOUP_FLOW_CFG_DIRS"].split(",")).compose_apps_root
+        for app in APPS_V1:
+            target = self.compose_files / f"v{version}" / app
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / app / "docker-compose.yml", target / "docker-compose.yml")
+
+    def fioup_flow_side(self, round_no: int) -> Side:
+        self.clean_engine()
+        env = self.register(round_no)
+        run(["fioup-flow", "apply", "1"], env)
+        self.save_compose_files(env, 1)
+        start = time.time()
+        process = subprocess.Popen(["fioup-flow", "apply", "2"], env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        peak = PeakRss(process.pid)
+        output, _ = process.communicate()
+        seconds = time.time() - start
+        peak.stop()
+        if process.returncode != 0:
+            log(f"fioup-flow apply 2 failed ({process.returncode}):\n{output}")
+            raise SystemExit(1)
+        self.save_compose_files(env, 2)
+        downtime = downtimes(self.engine, {app: app for app in APPS_V1}, start, time.time())
+        return Side(seconds, downtime, peak.mb)
+
+    # --- baseline side -----------------------------------------------------------------
+    def compose(self, app: str, version: int, *args: str) -> list[str]:
+        folder = self.compose_files / f"v{version}" / app
+        return ["docker-compose", "-p", BASELINE_PREFIX + app, "--project-directory", str(folder),
+                "-f", str(folder / "docker-compose.yml"), *args]
+
+    def baseline_side(self, env: dict[str, str]) -> Side:
+        self.clean_engine()
+        for app in APPS_V1:
+            run(self.compose(app, 1, "up", "-d", "--quiet-pull"), env)
+        start = time.time()
+        for app in APPS_V1:
+            run(self.compose(app, 2, "pull", "--quiet"), env)
+            run(self.compose(app, 2, "up", "-d"), env)
+        seconds = time.time() - start
+        downtime = downtimes(self.engine, {app: BASELINE_PREFIX + app for app in APPS_V1}, start, time.time())
+        for app in APPS_V1:
+            run(self.compose(app, 2, "down", "--volumes"), env)
+        return Side(seconds, downtime)
+
+
+class PeakRss:
+    """Polls a process's VmHWM (its own high-water mark; monotonic, so the last sample is the peak)."""
+
+    def __init__(self, pid: int):
+        self.status = Path(f"/proc/{pid}/status")
+        self.kb = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            try:
+                for line in self.status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.kb = max(self.kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                return  # the process is gone (or a zombie without memory lines)
+            self.done.wait(RSS_POLL_S)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    @property
+    def mb(self) -> float:
+        return self.kb / 1024
+
+
+def downtimes(engine: docker.DockerClient, projects: dict[str, str], since: float, until: float) -> dict[str, float]:
+    """Per app: first `start` of a container minus the last `die` (both within the window), seconds."""
+    events = engine.events(since=int(since), until=int(until) + 1, decode=True, filters={"type": "container"})
+    dies: dict[str, list[float]] = {p: [] for p in projects.values()}
+    starts: dict[str, list[float]] = {p: [] for p in projects.values()}
+    for event in events:
+        project = event.get("Actor", {}).get("Attributes", {}).get(PROJECT_LABEL)
+        stamp = event["timeNano"] / 1e9
+        if project not in dies or stamp < since:
+            continue
+        if event["Action"] == "die":
+            dies[project].append(stamp)
+        elif event["Action"] == "start":
+            starts[project].append(stamp)
+    result = {}
+    for app, project in projects.items():
+        if not dies[project] or not starts[project]:
+            log(f"no stop/start of {project} in the engine's events")
+            raise SystemExit(1)
+        result[app] = min(starts[project]) - max(dies[project])
+    return result
+
+
+def report(fioup: list[Side], base: list[Side]) -> None:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    for label, sides in (("fioup-flow apply", fioup), ("compose pull && up -d", base)):
+        walls = ", ".join(f"{s.seconds:.2f}" for s in sides)
+        print(f"{label}: {median([s.seconds for s in sides]):.2f} s (rounds: {walls})")
+        for app in APPS_V1:
+            values = [s.downtime[app] for s in sides]
+            print(f"  downtime {app}: {median(values) * 1000:.0f} ms (rounds: "
+                  + ", ".join(f"{v * 1000:.0f}" for v in values) + ")")
+    apply_s, base_s = median([s.seconds for s in fioup]), median([s.seconds for s in base])
+    worst_fioup, worst_base = median([s.worst_downtime for s in fioup]), median([s.worst_downtime for s in base])
+    print(f"apply_vs_compose_ratio {apply_s / base_s:.3f} ratio")
+    print(f"peak_rss_mb {max(s.peak_rss_mb for s in fioup):.1f} MB")
+    print(f"downtime_vs_compose_ratio {worst_fioup / worst_base:.3f} ratio")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--factory-json", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    bench = Bench(args.work, json.loads(args.factory_json.read_text()))
+    bench.publish()
+    engine_env = bench.engine_login()
+    fioup, base = [], []
+    for round_no in range(1, args.rounds + 1):
+        fioup.append(bench.fioup_flow_side(round_no))
+        log(f"round {round_no}: fioup-flow apply 2 took {fioup[-1].seconds:.2f} s")
+        base.append(bench.baseline_side(engine_env))
+        log(f"round {round_no}: compose pull && up -d took {base[-1].seconds:.2f} s")
+    report(fioup, base)
+
+
+if __name__ == "__main__":
+    main()
