@@ -165,8 +165,9 @@ def _reap(pid: int) -> None:
 
 
 def _signal(pid: int, sig: int) -> None:
+    """Signal the service's whole process group (it leads its own session), children included."""
     try:
-        os.kill(pid, sig)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         pass
 
