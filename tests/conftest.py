@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
+from core_factory import Factory, start_factory, stop_factory
 from support import Device, new_device, publish
 
 # version -> the sample apps of that Target, published under the tag `updates`
@@ -16,6 +18,16 @@ RELEASES = {
     3: {"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"},
 }
 RELEASE_TAG = "updates"
+
+
+@pytest.fixture(scope="session")
+def factory(tmp_path_factory) -> Iterator[Factory]:
+    """One real local factory for the session: `up` in a temporary home, `down` at the end."""
+    running = start_factory(tmp_path_factory.mktemp("factory") / "home")
+    try:
+        yield running
+    finally:
+        stop_factory(running)
 
 
 @pytest.fixture

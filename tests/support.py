@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -11,7 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The sample shellhttpd publishes $SHELLHTTPD_PORT (compose reads it from fioup-flow's
+# environment); a port of the test run's own keeps it clear of anything else on this machine.
+os.environ.setdefault("SHELLHTTPD_PORT", str(_free_port()))
+
+
+def sample_page() -> str:
+    """What the sample shellhttpd app serves right now."""
+    return requests.get(f"http://127.0.0.1:{os.environ['SHELLHTTPD_PORT']}/", timeout=5).text
 
 
 def fioup_flow(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

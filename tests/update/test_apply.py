@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import docker
 import pytest
-import requests
+from support import sample_page
 
 from fioup_flow.factory.devices import DeviceRecords
 
@@ -27,10 +27,6 @@ def projects(engine: docker.DockerClient) -> set[str]:
     return {c.labels.get("com.docker.compose.project") for c in engine.containers.list()}
 
 
-def page() -> str:
-    return requests.get("http://127.0.0.1:18080/", timeout=5).text
-
-
 def apply(device, *args: str) -> None:
     done = device.run("apply", *args)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -44,7 +40,7 @@ def events(factory, device) -> list[dict]:
 def test_a_fresh_device_gets_the_latest_target_with_every_app_running(device, engine, factory) -> None:
     apply(device, "1")
     assert projects(engine) == {"shellhttpd", "pair"}
-    assert "v1" in page()
+    assert "v1" in sample_page()
     status = device.json("status", "--json")
     assert status["current"]["version"] == 1
     assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
@@ -58,7 +54,7 @@ def test_an_app_that_does_not_change_is_not_touched(device, engine) -> None:
     apply(device, "1")
     before = {name: c for name, c in containers(engine).items() if name.startswith("pair")}
     apply(device, "2")
-    assert "v2" in page()
+    assert "v2" in sample_page()
     after = {name: c for name, c in containers(engine).items() if name.startswith("pair")}
     assert after == before and len(before) == 2
 
@@ -84,7 +80,7 @@ def test_an_app_disabled_in_the_config_is_stopped_and_removed(device, engine) ->
 def test_a_downgrade_goes_back_to_the_older_target(device, engine) -> None:
     apply(device, "2")
     apply(device, "1")
-    assert "v1" in page()
+    assert "v1" in sample_page()
     assert device.json("status", "--json")["current"]["version"] == 1
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import requests
-from support import BIN, Device, new_device, publish
+from support import BIN, Device, new_device, publish, sample_page
 
 from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.store import SYNC_EVERY
@@ -103,7 +102,7 @@ def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(fa
     time.sleep(1)  # let the registry log the responses the kill cut short
     at_kill = len(registry_blob_gets(factory))
     resume(device)
-    assert "v1" in requests.get("http://127.0.0.1:18080/", timeout=5).text
+    assert "v1" in sample_page()
 
     after = registry_blob_gets(factory)[at_kill:]
     assert not finished & {digest for digest, _ in after}, "a blob verified before the kill is fetched again"
@@ -120,5 +119,5 @@ def test_a_kill_between_stopping_the_old_version_and_starting_the_new_one(device
     wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
     kill(process)
     resume(device)
-    assert "v2" in requests.get("http://127.0.0.1:18080/", timeout=5).text
+    assert "v2" in sample_page()
     assert device.json("status", "--json")["current"]["version"] == 2
