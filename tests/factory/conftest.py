@@ -3,18 +3,4 @@
 It yields a `core_factory.Factory` (`.home: FactoryHome`, `.info`: the JSON `up` printed).
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-from core_factory import Factory, start_factory, stop_factory
-
-
-@pytest.fixture(scope="session")
-def factory(tmp_path_factory) -> Iterator[Factory]:
-    running = start_factory(tmp_path_factory.mktemp("factory") / "home")
-    try:
-        yield running
-    finally:
-        stop_factory(running)
+from core_factory import factory  # noqa: F401  (a fixture, found by pytest by its name)

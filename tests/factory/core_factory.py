@@ -1,4 +1,7 @@
-"""Helpers for tests against a real local factory (the `factory` fixture is in conftest.py).
+"""Helpers for tests against a real local factory, and the session `factory` fixture.
+
+conftest.py re-exports `factory`; a conftest elsewhere can do the same after putting this
+folder on `sys.path`.
 
 `start_factory` runs `fioup-flow-factory up` in a folder; tests that change the TUF
 repository's keys or expiries start their own factory instead of the shared one.
@@ -12,9 +15,11 @@ import json
 import subprocess
 import sys
 import uuid as uuidlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import requests
 
 from fioup_flow.factory.home import FactoryHome
@@ -61,6 +66,16 @@ def start_factory(home_dir: Path, *extra: str) -> Factory:
 
 def stop_factory(factory: Factory) -> None:
     factory_cli("down", "--home", str(factory.home.root), check=False)
+
+
+@pytest.fixture(scope="session")
+def factory(tmp_path_factory) -> Iterator[Factory]:
+    """One real local factory for the session: `up` in a temp home, `down` at the end."""
+    running = start_factory(tmp_path_factory.mktemp("factory") / "home")
+    try:
+        yield running
+    finally:
+        stop_factory(running)
 
 
 def registration_body(name: str, device_uuid: str, csr: bytes, sota_dir: Path, hardware_id: str = "amd64-linux",
