@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from fioup_flow.errors import FioupFlowError, NotConfiguredError, UsageError
+from fioup_flow.factory.broken import publish_broken_command
 from fioup_flow.factory.devices import LOGS, DeviceRecords
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.pki import ensure_pki
@@ -222,6 +223,7 @@ def _repository(home_dir: Path) -> TufRepository:
 
 
 main.add_command(publish_command)
+main.add_command(publish_broken_command)
 
 
 if __name__ == "__main__":

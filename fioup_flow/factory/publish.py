@@ -27,7 +27,10 @@ import json
 import platform
 import tarfile
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 
@@ -150,42 +153,66 @@ def _push_bytes(pusher: RegistryPusher, blobs: BlobDir, repository: str, data: b
     return blob.descriptor()
 
 
-def publish_app(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int,
-                filler_mb: int = 0, filler_seed: str = "") -> str:
-    """Build and push one app's images and the app itself; returns the app's pinned URI.
+@dataclass(frozen=True)
+class PinnedApp:
+    """An app whose images are built and pushed: its compose file pinned, not yet a bundle."""
+
+    compose: dict  # the compose file, every built service pinned to its pushed image
+    layers_meta: dict[str, dict[str, int]]  # layer digest -> Layer.meta(), for composeapp's layers meta
+    images: dict[str, BuiltImage]  # service -> the image built and pushed for it
+
+
+def pin_app(pusher: RegistryPusher, blobs: BlobDir, app_dir: Path, version: int,
+            filler_mb: int = 0, filler_seed: str = "") -> PinnedApp:
+    """Build and push one app's service images; returns its compose file pinned to them.
 
     Filler layers (`filler_mb`) go into the image of the app's first service (by name), so the
-    app as a whole grows by that much. The app manifest's layers[1] is composeapp's "layers
-    meta" (per layer: data size, disk usage once unpacked, blob size) for the images built here.
+    app as a whole grows by that much.
     """
     factory = pusher.home.load_state()["factory"]
     host = registry_host(pusher.home)
     compose = yaml.safe_load((app_dir / "docker-compose.yml").read_text())
     services = compose.get("services") or {}
     layers_meta: dict[str, dict[str, int]] = {}
+    images: dict[str, BuiltImage] = {}
     for index, service_name in enumerate(sorted(services)):
         service = services[service_name]
         recipe = service.get(BUILD_KEY)
         if recipe is None:
             if "@sha256:" not in service.get("image", ""):
-                raise UsageError(f"app {name}: service {service_name} has neither {BUILD_KEY} nor a digest image")
+                raise UsageError(f"{app_dir}: service {service_name} has neither {BUILD_KEY} nor a digest image")
             continue
         image_name = service["image"]
         spec = _image_spec(app_dir, image_name, recipe, filler_mb if index == 0 else 0, filler_seed)
-        image = build_image(spec, blobs)
+        image = images[service_name] = build_image(spec, blobs)
         layers_meta.update(image.layers_meta)
         repository = f"{factory}/{image_name}"
         _push_image(pusher, repository, image, str(version))
         services[service_name] = _pin_service(service, f"{host}/{repository}@{image.digest}")
-    repository = f"{factory}/{name}"
-    bundle = build_bundle(app_dir, yaml.safe_dump(compose, sort_keys=False).encode())
-    digest = _push_app(pusher, blobs, repository, version, bundle, layers_meta)
-    return f"{host}/{repository}@{digest}"
+    return PinnedApp(compose, layers_meta, images)
 
 
-def _push_app(pusher: RegistryPusher, blobs: BlobDir, repository: str, version: int,
-              bundle_and_index: tuple[bytes, dict[str, str]], layers_meta: dict[str, dict[str, int]]) -> str:
-    """Push the bundle, its index, the layers meta and the app manifest (composeapp.md §1.2)."""
+def compose_text(pinned: PinnedApp) -> bytes:
+    """The pinned compose file as the bundle carries it."""
+    return yaml.safe_dump(pinned.compose, sort_keys=False).encode()
+
+
+def publish_app(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int,
+                filler_mb: int = 0, filler_seed: str = "") -> str:
+    """Build and push one app's images and the app itself; returns the app's pinned URI."""
+    pinned = pin_app(pusher, blobs, app_dir, version, filler_mb, filler_seed)
+    return push_app(pusher, blobs, name, version, build_bundle(app_dir, compose_text(pinned)), pinned.layers_meta)
+
+
+def push_app(pusher: RegistryPusher, blobs: BlobDir, name: str, version: int,
+             bundle_and_index: tuple[bytes, dict[str, str]], layers_meta: dict[str, dict[str, int]]) -> str:
+    """Push the bundle, its index, the layers meta and the app manifest (composeapp.md §1.2);
+    returns the app's pinned URI.
+
+    The app manifest's layers[1] is composeapp's "layers meta" (per layer: data size, disk
+    usage once unpacked, blob size) for the images built here.
+    """
+    repository = f"{pusher.home.load_state()['factory']}/{name}"
     bundle, index = bundle_and_index
     index_bytes = json.dumps(index, indent=2, sort_keys=True).encode()
     index_desc = _push_bytes(pusher, blobs, repository, index_bytes, INDEX_TYPE)
@@ -205,12 +232,14 @@ def _push_app(pusher: RegistryPusher, blobs: BlobDir, repository: str, version: 
         "annotations": {"compose-app": "v1"},
         "artifactType": APP_ARTIFACT_TYPE,
     }
-    return pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(), APP_MANIFEST_TYPE)
+    digest = pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(),
+                                  APP_MANIFEST_TYPE)
+    return f"{registry_host(pusher.home)}/{repository}@{digest}"
 
 
 def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict[str, dict]:
     """One TUF target file info per hardware id, named `<hwid>-lmp-<version>` (fioup.md §4)."""
-    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    created = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     entries = {}
     for hwid in hwids:
         custom = {
@@ -229,6 +258,22 @@ def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwid
     return entries
 
 
+@contextmanager
+def publishing(home: FactoryHome) -> Iterator[tuple[RegistryPusher, BlobDir]]:
+    """A pusher to the factory's registry and a scratch blob folder, for one publish."""
+    if not home.state_file.exists() or not TufRepository(home).initialized():
+        raise NotConfiguredError(f"no factory in {home.root}: run `fioup-flow-factory up --home {home.root}` first")
+    with tempfile.TemporaryDirectory(prefix="publish-", dir=home.root) as work:
+        yield RegistryPusher(home), BlobDir(Path(work))
+
+
+def add_targets(home: FactoryHome, version: int, uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict:
+    """Add the Targets of `version` naming these app URIs; returns them (name -> TUF target file info)."""
+    entries = target_entries(version, uris, tags or ["main"], hwids or [default_hwid()])
+    TufRepository(home).add_targets(entries)
+    return entries
+
+
 def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: list[str],
                  hwids: list[str], layer_mb: dict[str, int] | int = 0, layer_seed: str = "") -> dict:
     """Publish `apps` (name -> folder) as version `version` and add their Targets.
@@ -238,18 +283,23 @@ def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: l
     they are shared across versions unless a different `layer_seed` is given.
     Returns the Targets added (name -> TUF target file info).
     """
-    if not home.state_file.exists() or not TufRepository(home).initialized():
-        raise NotConfiguredError(f"no factory in {home.root}: run `fioup-flow-factory up --home {home.root}` first")
-    pusher = RegistryPusher(home)
-    with tempfile.TemporaryDirectory(prefix="publish-", dir=home.root) as work:
-        blobs = BlobDir(Path(work))
+    with publishing(home) as (pusher, blobs):
         uris = {}
         for name in sorted(apps):
             mb = layer_mb.get(name, 0) if isinstance(layer_mb, dict) else layer_mb
             uris[name] = publish_app(pusher, blobs, name, apps[name], version, mb, layer_seed)
-    entries = target_entries(version, uris, tags or ["main"], hwids or [default_hwid()])
-    TufRepository(home).add_targets(entries)
-    return entries
+    return add_targets(home, version, uris, tags, hwids)
+
+
+def parse_app_specs(app_specs: tuple[str, ...]) -> dict[str, Path]:
+    """`--app NAME=PATH` options -> {name: app folder}."""
+    apps = {}
+    for spec in app_specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--app takes NAME=PATH, got {spec!r}")
+        apps[name] = resolve_app_path(path)
+    return apps
 
 
 def _parse_layer_mb(values: tuple[str, ...]) -> dict[str, int] | int:
@@ -275,12 +325,6 @@ def _parse_layer_mb(values: tuple[str, ...]) -> dict[str, int] | int:
 def publish_command(home_dir: Path, version: int, app_specs: tuple[str, ...], tags: tuple[str, ...],
                     hwids: tuple[str, ...], layer_mb: tuple[str, ...], layer_seed: str) -> None:
     """Build the apps' images, push them and the apps to the registry, add the Targets."""
-    apps = {}
-    for spec in app_specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--app takes NAME=PATH, got {spec!r}")
-        apps[name] = resolve_app_path(path)
-    added = publish_apps(FactoryHome(home_dir), version, apps, list(tags), list(hwids),
+    added = publish_apps(FactoryHome(home_dir), version, parse_app_specs(app_specs), list(tags), list(hwids),
                          _parse_layer_mb(layer_mb), layer_seed)
     click.echo(json.dumps(added, indent=2, sort_keys=True))

@@ -1,0 +1,161 @@
+"""A device refuses a broken Target and keeps running what it ran; a good Target goes through after.
+
+Each scenario starts from a device running v1 (shellhttpd v1 + pair v1, both up). The broken
+Targets carry shellhttpd v2 broken one way (`fioup_flow.factory.broken`) beside pair v1:
+a layer whose bytes do not match its digest, a bundle with a `../escape` entry, a compose file
+that is not YAML. The release lives under its own hardware id, so its versions are its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from conftest import clean_engine
+from support import BIN, Device, new_device, publish
+
+from fioup_flow.factory.broken import ESCAPE_ENTRY
+from fioup_flow.factory.devices import DeviceRecords
+
+pytestmark = [pytest.mark.factory, pytest.mark.docker]
+
+HWID = "bad-input-linux"
+TAG = "bad-input"
+OLD, GOOD = 1, 5
+OLD_APPS = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
+GOOD_APPS = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
+BROKEN = {"digest": 2, "path-escape": 3, "bad-compose": 4}  # kind -> version
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bad_release(factory) -> None:
+    """v1 and v5 good, v2..v4 broken (through the `publish-broken` command), all under HWID/TAG."""
+    publish(factory.home.root, OLD, OLD_APPS, TAG, "--hwid", HWID)
+    publish(factory.home.root, GOOD, GOOD_APPS, TAG, "--hwid", HWID)
+    for kind, version in BROKEN.items():
+        done = subprocess.run([str(BIN / "fioup-flow-factory"), "publish-broken", "--home", str(factory.home.root),
+                               "--version", str(version), "--kind", kind, "--break", "shellhttpd",
+                               "--app", "shellhttpd=sample:shellhttpd/v2", "--app", "pair=sample:pair/v1",
+                               "--tag", TAG, "--hwid", HWID], check=False, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+
+
+class PortedDevice(Device):
+    """A device whose shellhttpd serves on a port of its own (other test runs may hold 18080)."""
+
+    port: int = 0
+
+    def run(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        return super().run(*args, timeout=timeout, env={"SHELLHTTPD_PORT": str(self.port), **(env or {})})
+
+    def page(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.port}/", timeout=5).text
+
+
+@pytest.fixture
+def device(factory, bad_release, engine, tmp_path: Path) -> PortedDevice:
+    """A device of the bad-input release already running v1, on an engine with nothing else."""
+    clean_engine(engine)
+    registered = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
+    device = PortedDevice(registered.name, registered.sota_dir)
+    device.port = free_port()
+    done = device.run("apply", str(OLD))
+    assert done.returncode == 0, done.stdout + done.stderr
+    yield device
+    clean_engine(engine)
+
+
+def running(engine: docker.DockerClient) -> dict[str, str]:
+    """container name -> id of every running container."""
+    return {c.name: c.id for c in engine.containers.list()}
+
+
+def installed(apps: Path) -> dict[str, str]:
+    """Every file of the installed projects (path -> content): what must not change, byte for byte."""
+    return {p.relative_to(apps).as_posix(): p.read_text() for p in sorted(apps.rglob("*"))
+            if p.is_file() and not p.relative_to(apps).as_posix().startswith(".")}
+
+
+def failure_events(factory, device: Device) -> list[dict]:
+    records = DeviceRecords(factory.home)
+    return [e for e in records.events(records.find(device.name)["uuid"]) if e["event"]["success"] is False]
+
+
+def assert_refused(device: PortedDevice, engine, kind: str, exit_code: int, message: str) -> subprocess.CompletedProcess:
+    """Apply the broken Target: it fails with `exit_code` and `message`, and what ran still runs."""
+    apps = device.sota_dir / "compose-apps"
+    before = running(engine), installed(apps)
+    assert len(before[0]) == 3  # shellhttpd's web, pair's producer and consumer
+    failed = device.run("apply", str(BROKEN[kind]))
+    assert failed.returncode == exit_code, failed.stdout + failed.stderr
+    assert message in failed.stderr
+    assert (running(engine), installed(apps)) == before
+    assert "v1" in device.page()
+    assert not any((apps / ".staging").glob("*")), "no half-unpacked project is left behind"
+    status = device.json("status", "--json")
+    assert status["current"]["version"] == OLD
+    assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
+    return failed
+
+
+def assert_good_target_applies(device: PortedDevice) -> None:
+    done = device.run("apply", str(GOOD))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "v2" in device.page()
+    assert device.json("status", "--json")["current"]["version"] == GOOD
+
+
+def test_a_layer_that_does_not_match_its_digest_fails_the_fetch_with_exit_40(device, engine, factory) -> None:
+    assert_refused(device, engine, "digest", 40, "does not match its digest")
+    status = device.json("status", "--json")
+    assert status["in_progress"]["version"] == BROKEN["digest"]
+    assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [40]
+    (event,) = failure_events(factory, device)
+    assert event["eventType"]["id"] == "EcuDownloadCompleted"
+    assert "does not match its digest" in event["event"]["details"]
+
+    again = device.run("resume")
+    assert again.returncode == 40, "resume retries the fetch, which fails the same way"
+    assert len(failure_events(factory, device)) == 2
+    assert device.run("cancel").returncode == 0
+    assert device.json("status", "--json")["in_progress"] is None
+    assert_good_target_applies(device)
+
+
+def test_a_bundle_entry_that_escapes_the_project_fails_the_install_with_exit_60(device, engine, factory) -> None:
+    assert_refused(device, engine, "path-escape", 60, "points outside the project")
+    assert not (device.sota_dir / "compose-apps" / "escape").exists()
+    assert not (device.sota_dir / "compose-apps" / ".staging" / "shellhttpd").exists()
+    assert not (device.sota_dir / "compose-apps" / ".staging" / ESCAPE_ENTRY).exists()
+    status = device.json("status", "--json")
+    assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [60]
+    (event,) = failure_events(factory, device)
+    assert event["eventType"]["id"] == "EcuInstallationCompleted"
+    assert "points outside the project" in event["event"]["details"]
+
+    assert device.run("cancel").returncode == 0
+    assert_good_target_applies(device)
+
+
+def test_a_compose_file_that_does_not_parse_is_refused_before_the_plan_with_exit_60(device, engine,
+                                                                                   factory) -> None:
+    assert_refused(device, engine, "bad-compose", 60, "docker-compose.yml does not parse")
+    assert device.json("status", "--json")["in_progress"] is None, "nothing was frozen"
+    (event,) = failure_events(factory, device)
+    assert event["eventType"]["id"] == "UpdateInitCompleted"
+    assert event["event"]["version"] == str(BROKEN["bad-compose"])
+    assert "does not parse" in event["event"]["details"]
+
+    assert device.run("cancel").stdout.strip() == "No update in progress to cancel"
+    assert_good_target_applies(device)
