@@ -158,15 +158,32 @@ class Agent:
     def choose_target(self, version: int | None) -> Target:
         return select_target(self.refresh_targets(), version).narrowed(self.config.compose_apps)
 
-    def plan(self, target: Target) -> Plan | None:
-        """The plan from what runs to `target`, or None when the device already runs it."""
+    def plan(self, target: Target, report_failure: bool = False) -> Plan | None:
+        """The plan from what runs to `target`, or None when the device already runs it.
+
+        With `report_failure` (a real update, not a preview), a Target refused while its apps
+        are walked (a compose file that does not parse, a registry out of reach) is reported as
+        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway.
+        """
         observed = self.observe()
         diff = diff_apps(observed.current, target, observed.apps_up)
         nothing_to_do = not (diff.add or diff.remove or diff.update or diff.repair)
         if nothing_to_do and observed.current is not None and observed.current.name == target.name:
             return None
-        return compile_update(observed, target, self.load_trees(target), watermark=self.config.storage_watermark,
+        try:
+            trees = self.load_trees(target)
+        except FioupFlowError as exc:
+            if report_failure:
+                self._report_init_failure(target, exc)
+            raise
+        return compile_update(observed, target, trees, watermark=self.config.storage_watermark,
                               prune_all_images=self.config.prune_unused_images)
+
+    def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
+        event_id = str(uuid.uuid4())
+        event = make_event(event_id, "UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
+                           {"error": str(error)})
+        self.outbox.put(event_id, EVENTS, event)
 
     # --- running --------------------------------------------------------------------------
     def run(self, plan: Plan | None = None) -> RunResult:

@@ -69,7 +69,11 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
             run_plan(agent, None, len(ongoing))
             return
         target = agent.choose_target(version)
-        plan = agent.plan(target)
+        try:
+            plan = agent.plan(target, report_failure=not dry_run)
+        except FioupFlowError:
+            agent.flush_outbox()
+            raise
         if plan is None:
             click.echo(f"Already running {target.name} (version {target.version}); nothing to do")
             agent.flush_outbox()
