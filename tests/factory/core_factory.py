@@ -1,7 +1,5 @@
-"""Helpers for tests against a real local factory, and the session `factory` fixture.
-
-conftest.py re-exports `factory`; a conftest elsewhere can do the same after putting this
-folder on `sys.path`.
+"""Helpers for tests against a real local factory (the session `factory` fixture, in
+tests/conftest.py, is built from them).
 
 `start_factory` runs `fioup-flow-factory up` in a folder; tests that change the TUF
 repository's keys or expiries start their own factory instead of the shared one.
@@ -15,11 +13,9 @@ import json
 import subprocess
 import sys
 import uuid as uuidlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 
 from fioup_flow.factory.home import FactoryHome
@@ -66,16 +62,6 @@ def start_factory(home_dir: Path, *extra: str) -> Factory:
 
 def stop_factory(factory: Factory) -> None:
     factory_cli("down", "--home", str(factory.home.root), check=False)
-
-
-@pytest.fixture(scope="session")
-def factory(tmp_path_factory) -> Iterator[Factory]:
-    """One real local factory for the session: `up` in a temp home, `down` at the end."""
-    running = start_factory(tmp_path_factory.mktemp("factory") / "home")
-    try:
-        yield running
-    finally:
-        stop_factory(running)
 
 
 def registration_body(name: str, device_uuid: str, csr: bytes, sota_dir: Path, hardware_id: str = "amd64-linux",
