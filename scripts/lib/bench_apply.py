@@ -142,9 +142,12 @@ class Bench:
         process = subprocess.Popen(["fioup-flow", "apply", "2"], env=env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak = PeakRss(process.pid)
-        output, _ = process.communicate()
+        # Each line of its progress log with the seconds since start: where the time goes.
+        output = "".join(f"{time.time() - start:7.2f} {line}" for line in process.stdout)
+        process.wait()
         seconds = time.time() - start
         peak.stop()
+        (self.work / f"apply-2-round-{round_no}.log").write_text(output)
         if process.returncode != 0:
             log(f"fioup-flow apply 2 failed ({process.returncode}):\n{output}")
             raise SystemExit(1)
@@ -249,6 +252,7 @@ def main() -> None:
     parser.add_argument("--factory-json", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
+    started = time.time()
     bench = Bench(args.work, json.loads(args.factory_json.read_text()))
     bench.publish()
     engine_env = bench.engine_login()
@@ -258,6 +262,7 @@ def main() -> None:
         log(f"round {round_no}: fioup-flow apply 2 took {fioup[-1].seconds:.2f} s")
         base.append(bench.baseline_side(engine_env))
         log(f"round {round_no}: compose pull && up -d took {base[-1].seconds:.2f} s")
+    log(f"benchmark took {time.time() - started:.0f} s (after setup, engine and factory start)")
     report(fioup, base)
 
 
