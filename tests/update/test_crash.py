@@ -107,7 +107,7 @@ def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(fa
     after = registry_blob_gets(factory)[at_kill:]
     assert not finished & {digest for digest, _ in after}, "a blob verified before the kill is fetched again"
     for digest, on_disk in kept.items():
-        (resumed,) = [written for d, written in after if d == digest]
+        resumed = sum(written for d, written in after if d == digest)  # 0 if it was whole, only uncommitted
         size = (blobs / digest.split(":")[1]).stat().st_size
         assert resumed <= size - on_disk, f"{digest}: the resume asks only for the bytes the device did not keep"
         print(f"\nkill mid-blob: {digest[:19]}: {on_disk} of {size} bytes kept, {resumed} fetched on resume")
