@@ -24,9 +24,10 @@ from fioup_flow.factory.home import FactoryHome
 DEVICE_FILE = "device.json"
 EVENTS_FILE = "events.jsonl"
 APPS_STATES_FILE = "apps-states.jsonl"
+DELIVERIES_FILE = "deliveries.jsonl"  # every event batch as it arrived, resends included
 # PUT /system_info[/<kind>] -> the file holding the latest body.
 SYSTEM_INFO_FILES = {"": "system_info.json", "network": "system_info_network.json", "config": "system_info_config.toml"}
-LOGS = {"events": EVENTS_FILE, "apps-states": APPS_STATES_FILE}
+LOGS = {"events": EVENTS_FILE, "apps-states": APPS_STATES_FILE, "deliveries": DELIVERIES_FILE}
 
 
 class DeviceExistsError(FioupFlowError):
@@ -92,6 +93,7 @@ class DeviceRecords:
                 if event.get("id") is None or event.get("id") not in seen:
                     fresh.append(event)
                     seen.add(event.get("id"))
+            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh)}])
             self._append(uuid, EVENTS_FILE, fresh)
             return len(fresh)
 

@@ -8,8 +8,10 @@ the device's `last_seen`.
 from __future__ import annotations
 
 import re
+import time
 
 from fioup_flow.factory.devices import DeviceRecords
+from fioup_flow.factory.faults import Faults
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.http import Call, HttpError, Reply
 from fioup_flow.factory.tufrepo import VIEW_FILES, TufRepository
@@ -23,6 +25,7 @@ class GatewayApp:
         self.home = home
         self.devices = DeviceRecords(home)
         self.repo = TufRepository(home)
+        self.faults = Faults(home)
 
     def handle(self, call: Call) -> Reply:
         device = self.devices.get(call.peer_cn) if call.peer_cn else None
@@ -68,6 +71,7 @@ class GatewayApp:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             raise HttpError(400, "events must be a JSON array of objects")
         self.devices.record_events(device["uuid"], events)
+        time.sleep(float(self.faults.get("events_delay_s", 0)))
         return Reply(200)
 
     def _whoami(self, device: dict) -> dict:

@@ -18,6 +18,8 @@ import pytest
 from support import BIN, Device, new_device, publish, sample_page
 
 from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.factory.devices import DeviceRecords
+from fioup_flow.factory.faults import Faults
 from fioup_flow.store import SYNC_EVERY
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
@@ -121,3 +123,27 @@ def test_a_kill_between_stopping_the_old_version_and_starting_the_new_one(device
     resume(device)
     assert "v2" in sample_page()
     assert device.json("status", "--json")["current"]["version"] == 2
+
+
+def test_an_event_the_gateway_got_but_the_device_never_heard_back_about_is_recorded_once(factory, device) -> None:
+    """Kill right after an event was sent and before its node was checkpointed: sent twice, kept once."""
+    records = DeviceRecords(factory.home)
+    uuid = records.find(device.name)["uuid"]
+    faults = Faults(factory.home)
+    faults.set(events_delay_s=30)  # the gateway records each event, then keeps the device waiting
+    try:
+        process = start_apply(device, "1")
+        wait_for(lambda: any(e["eventType"]["id"] == "UpdateInitStarted" for e in records.events(uuid)), 60,
+                 "the gateway to record UpdateInitStarted")
+        kill(process)
+    finally:
+        faults.clear()
+    assert node_state(device, "report:UpdateInitStarted") != "done"
+    resume(device)
+    events = records.events(uuid)
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids)), "an event recorded twice"
+    first = next(e["id"] for e in events if e["eventType"]["id"] == "UpdateInitStarted")
+    deliveries = [d for d in records.log(uuid, "deliveries") if first in d["ids"]]
+    assert len(deliveries) == 2, "the event was sent once more after the kill, and kept once"
+    assert [e["eventType"]["id"] for e in events][-1] == "EcuInstallationCompleted"
