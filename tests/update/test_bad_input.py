@@ -8,15 +8,13 @@ that is not YAML. The release lives under its own hardware id, so its versions a
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 import docker
 import pytest
-import requests
 from conftest import clean_engine
-from support import BIN, Device, new_device, publish
+from support import BIN, Device, new_device, publish, sample_page
 
 from fioup_flow.factory.broken import ESCAPE_ENTRY
 from fioup_flow.factory.devices import DeviceRecords
@@ -29,12 +27,6 @@ OLD, GOOD = 1, 5
 OLD_APPS = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
 GOOD_APPS = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
 BROKEN = {"digest": 2, "path-escape": 3, "bad-compose": 4}  # kind -> version
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,25 +43,11 @@ def bad_release(factory) -> None:
         assert done.returncode == 0, done.stderr
 
 
-class PortedDevice(Device):
-    """A device whose shellhttpd serves on a port of its own (other test runs may hold 18080)."""
-
-    port: int = 0
-
-    def run(self, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-        return super().run(*args, timeout=timeout, env={"SHELLHTTPD_PORT": str(self.port), **(env or {})})
-
-    def page(self) -> str:
-        return requests.get(f"http://127.0.0.1:{self.port}/", timeout=5).text
-
-
 @pytest.fixture
-def device(factory, bad_release, engine, tmp_path: Path) -> PortedDevice:
+def device(factory, bad_release, engine, tmp_path: Path) -> Device:
     """A device of the bad-input release already running v1, on an engine with nothing else."""
     clean_engine(engine)
-    registered = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
-    device = PortedDevice(registered.name, registered.sota_dir)
-    device.port = free_port()
+    device = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
     done = device.run("apply", str(OLD))
     assert done.returncode == 0, done.stdout + done.stderr
     yield device
@@ -92,16 +70,17 @@ def failure_events(factory, device: Device) -> list[dict]:
     return [e for e in records.events(records.find(device.name)["uuid"]) if e["event"]["success"] is False]
 
 
-def assert_refused(device: PortedDevice, engine, kind: str, exit_code: int, message: str) -> subprocess.CompletedProcess:
+def assert_refused(device: Device, engine, kind: str, exit_code: int, message: str) -> subprocess.CompletedProcess:
     """Apply the broken Target: it fails with `exit_code` and `message`, and what ran still runs."""
     apps = device.sota_dir / "compose-apps"
     before = running(engine), installed(apps)
     assert len(before[0]) == 3  # shellhttpd's web, pair's producer and consumer
     failed = device.run("apply", str(BROKEN[kind]))
+    print(f"\n{kind}: exit {failed.returncode}: {failed.stderr.strip().splitlines()[-1]}")
     assert failed.returncode == exit_code, failed.stdout + failed.stderr
     assert message in failed.stderr
     assert (running(engine), installed(apps)) == before
-    assert "v1" in device.page()
+    assert "v1" in sample_page()
     assert not any((apps / ".staging").glob("*")), "no half-unpacked project is left behind"
     status = device.json("status", "--json")
     assert status["current"]["version"] == OLD
@@ -109,10 +88,10 @@ def assert_refused(device: PortedDevice, engine, kind: str, exit_code: int, mess
     return failed
 
 
-def assert_good_target_applies(device: PortedDevice) -> None:
+def assert_good_target_applies(device: Device) -> None:
     done = device.run("apply", str(GOOD))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "v2" in device.page()
+    assert "v2" in sample_page()
     assert device.json("status", "--json")["current"]["version"] == GOOD
 
 
