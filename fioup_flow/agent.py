@@ -79,7 +79,7 @@ class Agent:
         root = self.config.compose_apps_root
         implementations: list[Task] = [
             fetch.FetchBlob(self.store, self.registry, self._bucket()),
-            space.SpaceCheck(self.store),
+            space.SpaceCheck(self.store, self.config.storage_watermark),
             install.InstallApp(self.store, root, self.engine),
             stop.StopApp(self.engine),
             start.StartApp(root, self.engine),
@@ -176,8 +176,7 @@ class Agent:
             if report_failure:
                 self._report_init_failure(target, exc)
             raise
-        return compile_update(observed, target, trees, watermark=self.config.storage_watermark,
-                              prune_all_images=self.config.prune_unused_images)
+        return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images)
 
     def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
         event_id = str(uuid.uuid4())

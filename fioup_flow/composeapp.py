@@ -32,6 +32,7 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 BUNDLE_TYPE = "application/octet-stream"
 INDEX_DIGEST_ANNOTATION = "org.foundries.app.bundle.index.digest"
 INDEX_SIZE_ANNOTATION = "org.foundries.app.bundle.index.size"
+LAYERS_META_ANNOTATION = "layers-meta"
 COMPOSE_FILE = "docker-compose.yml"
 APP_MANIFEST_MAX = 50 * 1024
 IMAGE_ROOT_MAX = 100 * 1024
@@ -90,6 +91,7 @@ class AppTree:
     bundle: Blob
     bundle_index: Blob | None
     services: dict[str, Image] = field(default_factory=dict)
+    layer_usage: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk once unpacked
 
     def images(self) -> list[Image]:
         """Each distinct image once, in service order (two services may share one)."""
@@ -195,7 +197,21 @@ class AppTreeLoader:
         compose = read_compose(self._bytes(bundle.ref, "bundle", bundle.size, BUNDLE_MAX), app.name)
         services = {service: self._image(image_ref, app.name)
                     for service, image_ref in pinned_images(compose, app.name).items()}
-        return AppTree(app.name, app.uri, Blob(app.uri, len(manifest_bytes), "app-manifest"), bundle, index, services)
+        return AppTree(app.name, app.uri, Blob(app.uri, len(manifest_bytes), "app-manifest"), bundle, index, services,
+                       self._layer_usage(ref, layers[1:2]))
+
+    def _layer_usage(self, ref: PinnedRef, descriptors: list[dict[str, Any]]) -> dict[str, int]:
+        """What each layer takes on disk once unpacked, from composeapp's layers meta (layer 1), if any.
+
+        Without it the space check falls back to fioup's estimate (five times the compressed size).
+        """
+        if not descriptors or (descriptors[0].get("annotations") or {}).get(LAYERS_META_ANNOTATION) != "v1":
+            return {}
+        desc = descriptors[0]
+        meta = _json(self._bytes(ref.with_digest(desc["digest"]), "layers-meta", int(desc["size"]), BUNDLE_INDEX_MAX),
+                     "layers meta")
+        layers = (meta.get(self.platform[1]) or {}).get("layers") or {}
+        return {digest: int(info["usage"]) for digest, info in layers.items() if "usage" in info}
 
     def _image(self, ref: PinnedRef, app: str) -> Image:
         data = self._bytes(ref, "image-root", None, IMAGE_ROOT_MAX)

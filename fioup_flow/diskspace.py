@@ -3,7 +3,8 @@
 The apps may fill `watermark`% of the filesystem that holds the blob store; the rest is kept
 free for the system. An update needs room for the blobs it still has to download (rounded up
 to the filesystem's blocks) plus what the engine needs once the images are loaded (for a layer,
-fioup's estimate of five times its compressed size; the engine is assumed to share the disk).
+its unpacked size from the app's layers meta when published, else fioup's estimate of five
+times its compressed size; the engine is assumed to share the disk).
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ def aligned(size: int, block: int) -> int:
     return -(-size // block) * block
 
 
-def required_bytes(missing: list[tuple[int, int, bool]], block: int) -> int:
-    """Room for blobs still to fetch: (size, bytes already fetched, is a layer) each."""
+def required_bytes(missing: list[tuple[int, int, int | None]], block: int) -> int:
+    """Room for blobs still to fetch: (size, bytes already fetched, unpacked size) each.
+
+    The unpacked size is None for a blob that is not a layer (it only takes its own size), and
+    -1 for a layer of unknown unpacked size (fioup's estimate applies).
+    """
     total = 0
-    for size, fetched, is_layer in missing:
+    for size, fetched, unpacked in missing:
         total += aligned(size - fetched, block)
-        total += LAYER_RUNTIME_FACTOR * size if is_layer else aligned(size, block)
+        if unpacked is None:
+            total += aligned(size, block)
+        else:
+            total += aligned(unpacked, block) if unpacked >= 0 else LAYER_RUNTIME_FACTOR * size
     return total
 
 
-def storage_stat(store_root: Path, watermark: int, missing: list[tuple[int, int, bool]]) -> StorageStat:
+def storage_stat(store_root: Path, watermark: int, missing: list[tuple[int, int, int | None]]) -> StorageStat:
     st = os.statvfs(existing_parent(store_root))
     size = st.f_blocks * st.f_frsize
     free = st.f_bavail * st.f_frsize

@@ -97,8 +97,7 @@ class PlanBuilder:
                                           success, details), after)
 
 
-def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree], *, watermark: int,
-                   prune_all_images: bool, new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> Plan:
+def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree], *, prune_all_images: bool, new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> Plan:
     """The plan that takes the device from `observed` to `target` (already narrowed to enabled apps)."""
     diff = diff_apps(observed.current, target, observed.apps_up)
     plan = Plan(plan_id=new_plan_id(), meta={
@@ -116,7 +115,8 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
                         {"total_to_fetch": {"bytes": total, "blobs": len(blobs)}})
     download = b.event("EcuDownloadStarted", target, [init_done],
                        details={"total_to_be_fetched": {"bytes": total, "blobs": len(blobs)}})
-    room = b.add(space.node(target.name, [(d, bl.size, bl.kind) for d, bl in sorted(blobs.items())], watermark),
+    usage = {d: u for name in diff.to_install for d, u in trees[name].layer_usage.items()}
+    room = b.add(space.node(target.name, [(d, bl.size, bl.kind, usage.get(d)) for d, bl in sorted(blobs.items())]),
                  [download])
     fetches = [b.add(fetch.node(bl.uri, bl.size, bl.kind), [room]) for _, bl in sorted(blobs.items())]
     downloaded = b.event("EcuDownloadCompleted", target, fetches or [room], True)
