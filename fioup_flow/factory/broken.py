@@ -65,6 +65,8 @@ def _rot(path: Path) -> None:
 def publish_rotten_layer(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int) -> str:
     """The app with a fresh filler layer whose bytes in the registry no longer match its digest."""
     pinned = pin_app(pusher, blobs, app_dir, version, ROTTEN_LAYER_MB, f"rotten-{secrets.token_hex(8)}")
+    if not pinned.images:
+        raise UsageError(f"app {name}: no service image is built here, so there is no layer of its own to rot")
     first_service = min(pinned.images)
     filler = pinned.images[first_service].layers[-1]  # the filler layers come last
     uri = push_app(pusher, blobs, name, version, build_bundle(app_dir, compose_text(pinned)), pinned.layers_meta)
