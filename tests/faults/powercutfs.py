@@ -1,0 +1,525 @@
+"""A FUSE filesystem that loses, on command, everything not yet made durable: a power cut.
+
+A `kill -9` is not a power cut: the kernel keeps every write the process made. This filesystem
+keeps a *volatile* layer (what the running processes see) apart from a *durable* one (the
+backing folder), and moves state from the first to the second only when a program asks for it:
+
+- `fsync`/`fdatasync` of a file makes that file's data, size and mode durable (its inode).
+- `fsync` of a directory makes that directory's entries durable: creations, renames into it,
+  unlinks from it, symlinks. A new name points at its inode's last synced data (empty if the
+  file was never synced); a new subdirectory brings the entries *it* had synced.
+- Nothing else is ever durable: no write-back on close, no journal that commits neighbours.
+  This is stricter than ext4 (whose journal often commits more than asked) on purpose: a
+  program that survives this filesystem survives a real disk.
+
+`cut` drops the volatile layer, closes every open file (later use of an old handle: EIO) and
+resets the mount in place to exactly the backing folder. The backing folder always holds the
+durable state, so it can be inspected after a cut or after unmounting.
+
+Not modelled: ownership (files belong to the FUSE process, root), timestamps (never durable),
+hard links (EPERM), device nodes and FIFOs (ENOSYS), extended attributes.
+
+Locks: the filesystem implements neither `lock` nor `flock`, so the kernel keeps fcntl and
+flock locks locally for the mount; processes on this machine see each other's locks, which
+is what SQLite needs. Shared writable mmap (SQLite's WAL index) works because the mount uses
+the page cache (no direct_io); attribute and entry caches are off so a cut is seen at once.
+
+Implementation: the volatile layer is a real folder ("scratch") that every call passes
+through to; each scratch inode gets an id. The durable layer is a map of directory id ->
+{name: id} plus one object file per synced file id; backing names are hard links to those
+objects, so a file's fsync updates every durable name of it at once. All of it lives in a work
+folder next to the backing folder (same filesystem, for the hard links).
+
+Run: `python tests/faults/powercutfs.py BACKING MOUNT [--control SOCKET]` serves in the
+foreground; `kill -USR1 <pid>` or the line `cut` on the control socket cuts the power;
+`fusermount3 -u MOUNT` ends it. From Python: `PowercutMount` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import itertools
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = 0  # the id of the mount's root directory
+
+
+@dataclass
+class Handle:
+    """An open file or directory: the scratch fd and the id of its inode when opened."""
+
+    fd: int
+    ident: int
+
+
+def _copy_fd(src: int, dst_path: Path) -> None:
+    """Replace the bytes of the (possibly hard-linked) file `dst_path` with those of fd `src`.
+
+    Written in place, not renamed over, so every hard link of the object sees the new data.
+    """
+    src = os.open(f"/proc/self/fd/{src}", os.O_RDONLY)  # the handle may be write-only
+    size = os.fstat(src).st_size
+    dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        done = 0
+        while done < size:
+            copied = os.copy_file_range(src, dst, size - done, done, done)
+            if copied == 0:
+                break
+            done += copied
+        os.ftruncate(dst, done)
+    finally:
+        os.close(dst)
+        os.close(src)
+
+
+class DurableTree:
+    """The durable state: directory entries by id, synced file data as object files.
+
+    `backing` is kept equal to the tree reachable from ROOT after every change, so a crash of
+    this process (or a cut) leaves the durable state on disk in plain form.
+    """
+
+    def __init__(self, backing: Path, objects: Path) -> None:
+        self.backing = backing
+        self.objects = objects
+        self.entries: dict[int, dict[str, int]] = {}
+        self.kinds: dict[int, tuple[str, int | str]] = {}  # id -> ("file"|"dir", mode) | ("link", target)
+
+    def object(self, ident: int) -> Path:
+        return self.objects / str(ident)
+
+    def sync_file(self, ident: int, fd: int) -> None:
+        """The file's current data and mode become its durable content."""
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        _copy_fd(fd, self.object(ident))
+        os.chmod(self.object(ident), mode)
+        self.kinds[ident] = ("file", mode)
+
+    def sync_dir(self, ident: int, now: dict[str, tuple[int, tuple[str, int | str]]]) -> None:
+        """The directory's entries become `now` (name -> (id, kind)); backing follows."""
+        before = self.entries.get(ident, {})
+        self.entries[ident] = {name: child for name, (child, _) in now.items()}
+        for child, kind in now.values():
+            if kind[0] != "file" or child not in self.kinds:  # a file's mode is durable on its fsync
+                self.kinds[child] = kind
+        for path in self.paths_of(ident):
+            for name, child in before.items():
+                if self.entries[ident].get(name) != child:
+                    _remove(path / name)
+            for name, child in self.entries[ident].items():
+                if before.get(name) != child:
+                    self._materialize(path / name, child)
+
+    def paths_of(self, ident: int) -> list[Path]:
+        """Every backing path at which the durable tree holds directory `ident`."""
+        found: list[Path] = []
+        stack = [(ROOT, self.backing)]
+        while stack:
+            at, path = stack.pop()
+            if at == ident:
+                found.append(path)
+            for name, child in self.entries.get(at, {}).items():
+                if self.kinds.get(child, ("",))[0] == "dir":
+                    stack.append((child, path / name))
+        return found
+
+    def _materialize(self, path: Path, ident: int) -> None:
+        kind, detail = self.kinds[ident]
+        if kind == "link":
+            os.symlink(detail, path)
+        elif kind == "dir":
+            os.mkdir(path, detail)
+            os.chmod(path, detail)
+            for name, child in self.entries.setdefault(ident, {}).items():
+                self._materialize(path / name, child)
+        else:
+            if not self.object(ident).exists():
+                os.close(os.open(self.object(ident), os.O_WRONLY | os.O_CREAT, detail))
+                os.chmod(self.object(ident), detail)
+            os.link(self.object(ident), path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every entry under `root` (relative path, name), parents before children."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        for name in sorted(dirnames + filenames):
+            yield rel, name
+
+
+class PowercutFS:
+    """The mfusepy Operations: pass-through to scratch, durability only on fsync (see module)."""
+
+    use_ns = True
+
+    def __init__(self, backing: Path, work: Path) -> None:
+        self.backing = backing
+        self.scratch = work / "scratch"
+        self.durable = DurableTree(backing, work / "objects")
+        self._mutex = threading.RLock()
+        self.ids: dict[int, int] = {}  # scratch st_ino -> id
+        self.handles: dict[int, Handle] = {}
+        self.next_id = itertools.count(ROOT + 1)
+        self.next_fh = itertools.count(1)
+        self.cuts = 0
+        self._load()
+
+    # --- power -------------------------------------------------------------------------------
+
+    def cut(self) -> None:
+        """Lose every unsynced change: close all handles, show exactly the backing folder."""
+        with self._mutex:
+            for handle in self.handles.values():
+                os.close(handle.fd)
+            self.handles.clear()
+            self._load()
+            self.cuts += 1
+
+    def _load(self) -> None:
+        """Rebuild both layers from the backing folder, as a mount after a reboot does."""
+        for folder in (self.scratch, self.durable.objects):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        self.ids.clear()
+        self.durable.entries = {ROOT: {}}
+        self.durable.kinds = {ROOT: ("dir", stat.S_IMODE(self.backing.stat().st_mode))}
+        shutil.copytree(self.backing, self.scratch, symlinks=True, dirs_exist_ok=True)
+        self.ids[self.scratch.stat().st_ino] = ROOT
+        seen: set[int] = set()
+        for rel, name in _walk(self.backing):
+            ident = next(self.next_id)
+            back = self.backing / rel / name
+            info = back.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                kind: tuple[str, int | str] = ("link", os.readlink(back))
+            elif stat.S_ISDIR(info.st_mode):
+                kind = ("dir", stat.S_IMODE(info.st_mode))
+            else:
+                kind = ("file", stat.S_IMODE(info.st_mode))
+                if info.st_ino in seen:  # two durable names of one inode: give each its own
+                    shutil.copy2(back, back.with_name(f".{name}.split"))
+                    os.replace(back.with_name(f".{name}.split"), back)
+                seen.add(back.lstat().st_ino)
+                os.link(back, self.durable.object(ident))
+            self.durable.kinds[ident] = kind
+            self.durable.entries[self._id_at(rel)][name] = ident
+            if kind[0] == "dir":
+                self.durable.entries[ident] = {}
+            self.ids[(self.scratch / rel / name).lstat().st_ino] = ident
+
+    def _id_at(self, rel: Path) -> int:
+        return self._id((self.scratch / rel).lstat())
+
+    # --- ids -------------------------------------------------------------------------------
+
+    def _id(self, info: os.stat_result) -> int:
+        ident = self.ids.get(info.st_ino)
+        if ident is None:
+            ident = self.ids[info.st_ino] = next(self.next_id)
+        return ident
+
+    def _forget(self, path: str) -> None:
+        """The scratch entry at `path` is about to lose its only name."""
+        try:
+            self.ids.pop(os.lstat(self._real(path)).st_ino, None)
+        except FileNotFoundError:
+            pass
+
+    def _real(self, path: str) -> str:
+        return str(self.scratch) + path
+
+    def _handle(self, fh: int) -> Handle:
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise OSError(errno.EIO, "handle lost in a power cut")
+        return handle
+
+    def _open(self, path: str, flags: int, mode: int = 0) -> int:
+        fd = os.open(self._real(path), flags, mode)
+        fh = next(self.next_fh)
+        self.handles[fh] = Handle(fd, self._id(os.fstat(fd)))
+        return fh
+
+    # --- metadata --------------------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        with self._mutex:
+            info = os.fstat(self._handle(fh).fd) if fh else os.lstat(self._real(path))
+        keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_atime_ns",
+                "st_mtime_ns", "st_ctime_ns")
+        attrs = {key.removesuffix("_ns"): getattr(info, key) for key in keys}
+        attrs["st_ino"] = info.st_ino
+        return attrs
+
+    def access(self, path: str, amode: int) -> int:
+        if not os.access(self._real(path), amode):
+            raise OSError(errno.EACCES, path)
+        return 0
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self._real(path))
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        with self._mutex:
+            return [".", "..", *os.listdir(self._real(path))]
+
+    def statfs(self, path: str) -> dict:
+        info = os.statvfs(self._real(path))
+        return {key: getattr(info, key) for key in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
+                                                     "f_bavail", "f_files", "f_ffree", "f_namemax")}
+
+    def chmod(self, path: str, mode: int) -> int:
+        os.chmod(self._real(path), mode)
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        os.chown(self._real(path), uid, gid, follow_symlinks=False)
+        return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        if times is None:
+            os.utime(self._real(path), follow_symlinks=False)
+        else:
+            os.utime(self._real(path), ns=times, follow_symlinks=False)
+        return 0
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        with self._mutex:
+            if fh:
+                os.ftruncate(self._handle(fh).fd, length)
+            else:
+                os.truncate(self._real(path), length)
+        return 0
+
+    # --- names -----------------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int) -> int:
+        with self._mutex:
+            os.mkdir(self._real(path), mode)
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        with self._mutex:
+            os.symlink(source, self._real(target))
+        return 0
+
+    def unlink(self, path: str) -> int:
+        with self._mutex:
+            self._forget(path)
+            os.unlink(self._real(path))
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        with self._mutex:
+            os.rmdir(self._real(path))
+            self._forget(path)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        with self._mutex:
+            if os.path.lexists(self._real(new)) and not os.path.samefile(self._real(old), self._real(new)):
+                replaced = os.lstat(self._real(new)).st_ino
+                os.rename(self._real(old), self._real(new))
+                self.ids.pop(replaced, None)
+            else:
+                os.rename(self._real(old), self._real(new))
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        raise OSError(errno.EPERM, "hard links are not modelled")
+
+    # --- data ------------------------------------------------------------------------------
+
+    def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
+        with self._mutex:
+            return self._open(path, flags | os.O_CREAT, mode)
+
+    def open(self, path: str, flags: int) -> int:
+        with self._mutex:
+            return self._open(path, flags)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        with self._mutex:
+            fd = self._handle(fh).fd
+        return os.pread(fd, size, offset)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        with self._mutex:
+            return os.pwrite(self._handle(fh).fd, data, offset)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._mutex:
+            handle = self.handles.pop(fh, None)
+            if handle:
+                os.close(handle.fd)
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        with self._mutex:
+            handle = self._handle(fh)
+            info = os.fstat(handle.fd)
+            if info.st_nlink and self.ids.get(info.st_ino) == handle.ident:
+                self.durable.sync_file(handle.ident, handle.fd)
+        return 0
+
+    # --- directories -----------------------------------------------------------------------
+
+    def opendir(self, path: str) -> int:
+        with self._mutex:
+            return self._open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def releasedir(self, path: str, fh: int) -> int:
+        return self.release(path, fh)
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        with self._mutex:
+            handle = self._handle(fh)
+            now: dict[str, tuple[int, tuple[str, int | str]]] = {}
+            with os.scandir(handle.fd) as entries:
+                for entry in entries:
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISLNK(info.st_mode):
+                        kind: tuple[str, int | str] = ("link", os.readlink(entry.name, dir_fd=handle.fd))
+                    elif stat.S_ISDIR(info.st_mode):
+                        kind = ("dir", stat.S_IMODE(info.st_mode))
+                    else:
+                        kind = ("file", stat.S_IMODE(info.st_mode))
+                    now[entry.name] = (self._id(info), kind)
+            self.durable.sync_dir(handle.ident, now)
+        return 0
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+def _serve_control(fs: PowercutFS, control: Path) -> None:
+    """Answer `cut` (and `cuts`) lines on a UNIX socket, one connection at a time."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    control.unlink(missing_ok=True)
+    server.bind(str(control))
+    server.listen()
+    while True:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rw") as stream:
+            for line in stream:
+                command = line.strip()
+                if command == "cut":
+                    fs.cut()
+                    stream.write("ok\n")
+                elif command == "cuts":
+                    stream.write(f"{fs.cuts}\n")
+                else:
+                    stream.write(f"unknown command {command!r}\n")
+                stream.flush()
+
+
+def _cut_on_sigusr1(fs: PowercutFS) -> None:
+    while True:
+        signal.sigwait({signal.SIGUSR1})
+        fs.cut()
+
+
+def serve(backing: Path, mount: Path, control: Path | None = None) -> None:
+    """Mount over `mount` in the foreground until unmounted (`fusermount3 -u`)."""
+    from mfusepy import FUSE  # a test dependency; importing here keeps the module importable
+
+    backing, mount = backing.resolve(), mount.resolve()
+    work = Path(tempfile.mkdtemp(prefix=f".powercutfs-{backing.name}-", dir=backing.parent))
+    try:
+        fs = PowercutFS(backing, work)
+        # block SIGUSR1 before libfuse starts its threads, so only the sigwait thread takes it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        threading.Thread(target=_cut_on_sigusr1, args=(fs,), daemon=True).start()
+        threading.Thread(target=_serve_control, args=(fs, control or work / "control.sock"),
+                         daemon=True).start()
+        FUSE(fs, str(mount), foreground=True, hard_remove=True, attr_timeout=0, entry_timeout=0,
+             negative_timeout=0, allow_other=True, fsname="powercutfs", default_permissions=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class PowercutMount:
+    """A PowercutFS served by a child process: mount on enter, `cut()`, unmount on exit."""
+
+    def __init__(self, backing: Path, mount: Path, control: Path | None = None) -> None:
+        self.backing, self.mount = Path(backing), Path(mount)
+        self.control = Path(control) if control else self.mount.parent / f".{self.mount.name}.powercut.sock"
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> PowercutMount:
+        self.backing.mkdir(parents=True, exist_ok=True)
+        self.mount.mkdir(parents=True, exist_ok=True)
+        self.control.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, str(self.backing), str(self.mount), "--control", str(self.control)])
+        deadline = time.monotonic() + 10
+        while not (os.path.ismount(self.mount) and self.control.exists()):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"powercutfs did not mount {self.mount}")
+            time.sleep(0.02)
+        return self
+
+    def cut(self) -> None:
+        """Lose every unsynced change now; returns once the mount shows the durable state."""
+        self._ask("cut")
+
+    @property
+    def cuts(self) -> int:
+        return int(self._ask("cuts"))
+
+    def _ask(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(str(self.control))
+            with conn.makefile("rw") as stream:
+                stream.write(command + "\n")
+                stream.flush()
+                return stream.readline().strip()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        if os.path.ismount(self.mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        self.control.unlink(missing_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("backing", type=Path, help="folder that holds the durable state")
+    parser.add_argument("mount", type=Path, help="mountpoint the programs under test use")
+    parser.add_argument("--control", type=Path, help="UNIX socket that takes the line `cut`")
+    args = parser.parse_args()
+    serve(args.backing, args.mount, args.control)
+
+
+if __name__ == "__main__":
+    main()
