@@ -65,8 +65,9 @@ class Handle:
     ident: int
 
 
-def _copy_fd(src: int, dst_path: Path) -> None:
-    """Replace the bytes of the (possibly hard-linked) file `dst_path` with those of fd `src`.
+def _copy_fd(src: int, dst_path: Path, start: int) -> None:
+    """Make the (possibly hard-linked) file `dst_path` equal to fd `src`, whose bytes before
+    `start` it already holds.
 
     Written in place, not renamed over, so every hard link of the object sees the new data.
     """
@@ -74,7 +75,7 @@ def _copy_fd(src: int, dst_path: Path) -> None:
     size = os.fstat(src).st_size
     dst = os.open(dst_path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        done = 0
+        done = min(start, size, os.fstat(dst).st_size)
         while done < size:
             copied = os.copy_file_range(src, dst, size - done, done, done)
             if copied == 0:
@@ -97,15 +98,24 @@ class DurableTree:
         self.backing = backing
         self.objects = objects
         self.entries: dict[int, dict[str, int]] = {}
+        # file id -> lowest offset written or truncated since its last sync: an fsync copies
+        # only from there, so a download synced chunk by chunk costs linear, not quadratic, time
+        self.dirty: dict[int, int] = {}
         self.kinds: dict[int, tuple[str, int | str]] = {}  # id -> ("file"|"dir", mode) | ("link", target)
 
     def object(self, ident: int) -> Path:
         return self.objects / str(ident)
 
+    def changed(self, ident: int, offset: int) -> None:
+        """The volatile file `ident` changed from `offset` on."""
+        self.dirty[ident] = min(offset, self.dirty.get(ident, offset))
+
     def sync_file(self, ident: int, fd: int) -> None:
         """The file's current data and mode become its durable content."""
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        _copy_fd(fd, self.object(ident))
+        start = self.dirty.pop(ident, None)
+        if start is not None or not self.object(ident).exists():
+            _copy_fd(fd, self.object(ident), start or 0)
         os.chmod(self.object(ident), mode)
         self.kinds[ident] = ("file", mode)
 
@@ -127,17 +137,24 @@ class DurableTree:
     def paths_of(self, ident: int) -> list[Path]:
         """Every backing path at which the durable tree holds directory `ident`."""
         found: list[Path] = []
-        stack = [(ROOT, self.backing)]
+        stack = [(ROOT, self.backing, frozenset([ROOT]))]
         while stack:
-            at, path = stack.pop()
+            at, path, ancestors = stack.pop()
             if at == ident:
                 found.append(path)
             for name, child in self.entries.get(at, {}).items():
-                if self.kinds.get(child, ("",))[0] == "dir":
-                    stack.append((child, path / name))
+                if self.kinds.get(child, ("",))[0] == "dir" and child not in ancestors:
+                    stack.append((child, path / name, ancestors | {child}))
         return found
 
-    def _materialize(self, path: Path, ident: int) -> None:
+    def _materialize(self, path: Path, ident: int, ancestors: frozenset[int] = frozenset()) -> None:
+        """Create backing `path` as the durable state of `ident` (a folder with its entries).
+
+        Directories moved without syncing both parents can form a cycle of durable entries (a
+        journal never would); `ancestors` cuts it so a cut still terminates.
+        """
+        if ident in ancestors:
+            return
         kind, detail = self.kinds[ident]
         if kind == "link":
             os.symlink(detail, path)
@@ -145,7 +162,7 @@ class DurableTree:
             os.mkdir(path, detail)
             os.chmod(path, detail)
             for name, child in self.entries.setdefault(ident, {}).items():
-                self._materialize(path / name, child)
+                self._materialize(path / name, child, ancestors | {ident})
         else:
             if not self.object(ident).exists():
                 os.close(os.open(self.object(ident), os.O_WRONLY | os.O_CREAT, detail))
@@ -202,6 +219,7 @@ class PowercutFS:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         self.ids.clear()
+        self.durable.dirty.clear()
         self.durable.entries = {ROOT: {}}
         self.durable.kinds = {ROOT: ("dir", stat.S_IMODE(self.backing.stat().st_mode))}
         shutil.copytree(self.backing, self.scratch, symlinks=True, dirs_exist_ok=True)
@@ -239,12 +257,11 @@ class PowercutFS:
             ident = self.ids[info.st_ino] = next(self.next_id)
         return ident
 
-    def _forget(self, path: str) -> None:
-        """The scratch entry at `path` is about to lose its only name."""
-        try:
-            self.ids.pop(os.lstat(self._real(path)).st_ino, None)
-        except FileNotFoundError:
-            pass
+    def _remove(self, path: str, remove) -> None:
+        """Remove scratch `path` with `remove` (unlink or rmdir); its inode loses its id."""
+        inode = os.lstat(self._real(path)).st_ino
+        remove(self._real(path))
+        self.ids.pop(inode, None)
 
     def _real(self, path: str) -> str:
         return str(self.scratch) + path
@@ -259,6 +276,8 @@ class PowercutFS:
         fd = os.open(self._real(path), flags, mode)
         fh = next(self.next_fh)
         self.handles[fh] = Handle(fd, self._id(os.fstat(fd)))
+        if flags & os.O_TRUNC:
+            self.durable.changed(self.handles[fh].ident, 0)
         return fh
 
     # --- metadata --------------------------------------------------------------------------
@@ -307,9 +326,12 @@ class PowercutFS:
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         with self._mutex:
             if fh:
-                os.ftruncate(self._handle(fh).fd, length)
+                handle = self._handle(fh)
+                os.ftruncate(handle.fd, length)
+                self.durable.changed(handle.ident, length)
             else:
                 os.truncate(self._real(path), length)
+                self.durable.changed(self._id(os.lstat(self._real(path))), length)
         return 0
 
     # --- names -----------------------------------------------------------------------------
@@ -326,14 +348,12 @@ class PowercutFS:
 
     def unlink(self, path: str) -> int:
         with self._mutex:
-            self._forget(path)
-            os.unlink(self._real(path))
+            self._remove(path, os.unlink)
         return 0
 
     def rmdir(self, path: str) -> int:
         with self._mutex:
-            os.rmdir(self._real(path))
-            self._forget(path)
+            self._remove(path, os.rmdir)
         return 0
 
     def rename(self, old: str, new: str) -> int:
@@ -360,13 +380,15 @@ class PowercutFS:
             return self._open(path, flags)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        with self._mutex:
-            fd = self._handle(fh).fd
-        return os.pread(fd, size, offset)
+        with self._mutex:  # held while reading: a cut must not close (and reuse) the fd meanwhile
+            return os.pread(self._handle(fh).fd, size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         with self._mutex:
-            return os.pwrite(self._handle(fh).fd, data, offset)
+            handle = self._handle(fh)
+            # an O_APPEND handle writes at the end, whatever offset the kernel passed
+            self.durable.changed(handle.ident, min(offset, os.fstat(handle.fd).st_size))
+            return os.pwrite(handle.fd, data, offset)
 
     def release(self, path: str, fh: int) -> int:
         with self._mutex:
@@ -395,6 +417,8 @@ class PowercutFS:
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         with self._mutex:
             handle = self._handle(fh)
+            if not os.fstat(handle.fd).st_nlink:  # removed: its entries have no durable home
+                return 0
             now: dict[str, tuple[int, tuple[str, int | str]]] = {}
             with os.scandir(handle.fd) as entries:
                 for entry in entries:

@@ -250,3 +250,26 @@ def test_a_lock_taken_through_the_mount_excludes_another_process(disk, call):
     assert refused.returncode != 0 and b"BlockingIOError" in refused.stderr
     allowed = subprocess.run([sys.executable, "-c", take, str(disk.mount / "lock")], timeout=30)
     assert allowed.returncode == 0
+
+
+def test_a_synced_file_rewritten_in_its_middle_or_truncated_keeps_its_last_synced_bytes(disk):
+    write_atomic(disk.mount / "f", b"0123456789")
+    fd = os.open(disk.mount / "f", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"ab", 3)
+        os.fsync(fd)
+        os.ftruncate(fd, 6)
+        os.fsync(fd)
+        os.pwrite(fd, b"lost", 0)
+    finally:
+        os.close(fd)
+
+    disk.cut()
+
+    assert (disk.mount / "f").read_bytes() == b"012ab5"
+    write(disk.mount / "f", b"reopened with O_TRUNC, synced", sync=True)
+    write(disk.mount / "f", b"", sync=False)
+
+    disk.cut()
+
+    assert (disk.mount / "f").read_bytes() == b"reopened with O_TRUNC, synced"
