@@ -19,7 +19,7 @@ import pytest
 from conftest import clean_engine
 from support import BIN, Device, new_device, publish, sample_page
 
-from fioup_flow.factory.cli import REGISTRY, bring_up
+from fioup_flow.factory.cli import REGISTRY, SERVER, bring_up
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.process import process_running, stop_process
 
@@ -46,14 +46,14 @@ def device(factory, dead_links_release, engine, tmp_path: Path) -> Iterator[Devi
 
 
 @contextmanager
-def registry_stopped(factory) -> Iterator[None]:
-    """The factory's registry process stopped (connections refused) until the block ends."""
-    assert stop_process(factory.home, REGISTRY)
+def stopped(factory, service: str) -> Iterator[None]:
+    """One of the factory's processes stopped (connections refused) until the block ends."""
+    assert stop_process(factory.home, service)
     try:
         yield
     finally:
         bring_up(factory.home)
-    assert process_running(factory.home, REGISTRY)
+    assert process_running(factory.home, service)
 
 
 def factory_cli(*args: str) -> subprocess.CompletedProcess:
@@ -105,7 +105,7 @@ def test_a_registry_down_during_the_fetch_fails_with_exit_40_and_resume_complete
         device, factory) -> None:
     # The dry run walks the apps, so the plan below needs no registry: it goes down mid-update.
     assert device.run("apply", "1", "--dry-run").returncode == 0
-    with registry_stopped(factory):
+    with stopped(factory, REGISTRY):
         failed, took = timed_apply(device, "1")
         assert failed.returncode == 40, failed.stdout + failed.stderr
         assert "cannot connect" in failed.stderr
@@ -119,8 +119,24 @@ def test_a_registry_down_during_the_fetch_fails_with_exit_40_and_resume_complete
     assert_applies(device, "resume")
 
 
+def test_a_gateway_down_during_resume_fails_with_exit_40_and_its_report_waits_for_the_gateway(
+        device, factory) -> None:
+    assert device.run("apply", "1", "--dry-run").returncode == 0
+    with stopped(factory, REGISTRY):
+        assert device.run("apply", "1").returncode == 40  # frozen, nothing fetched yet
+    with stopped(factory, SERVER):
+        failed = device.run("resume")
+        assert failed.returncode == 40, failed.stdout + failed.stderr
+        assert "cannot get registry credentials from the gateway" in failed.stderr
+        assert "1 report(s) wait in the outbox" in failed.stderr
+    assert len(failures(factory, device)) == 1, "the second failure waits in the device's outbox"
+    assert_applies(device, "resume")
+    assert [kind for kind, _ in failures(factory, device)] == ["EcuDownloadCompleted"] * 2
+    assert "cannot get registry credentials" in failures(factory, device)[1][1]
+
+
 def test_a_registry_down_while_the_apps_are_walked_fails_with_exit_40_and_nothing_frozen(device, factory) -> None:
-    with registry_stopped(factory):
+    with stopped(factory, REGISTRY):
         failed, took = timed_apply(device, "1")
         assert failed.returncode == 40, failed.stdout + failed.stderr
         assert "cannot connect" in failed.stderr
