@@ -55,6 +55,7 @@ class RegistryClient:
         self.credentials = credentials
         self.retry_seconds = retry_seconds
         self._tokens: dict[str, tuple[str, float]] = {}
+        self._challenges: dict[str, dict[str, str]] = {}  # repository -> its last Bearer challenge
         self._lock = threading.Lock()
 
     # --- auth --------------------------------------------------------------------------
@@ -77,20 +78,25 @@ class RegistryClient:
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 30, lifetime / 2))
             return token
 
-    def _get(self, url: str, headers: dict[str, str], stream: bool = False) -> requests.Response:
-        """GET with the token dance: reuse a cached token, get one on 401, and try once more."""
-        challenge: dict[str, str] | None = None
-        for attempt in range(2):
+    def _get(self, repository: str, url: str, headers: dict[str, str], stream: bool = False) -> requests.Response:
+        """GET with the token dance: send the repository's cached token, get one on 401, try once more.
+
+        Once a repository answered with a challenge, its token goes with the first request, so
+        each blob costs one request, not three (401, credentials and token, then the blob); only
+        a token the registry refuses is fetched anew.
+        """
+        challenge = self._challenges.get(repository)
+        token_refused = False
+        for _ in range(2):
             request_headers = dict(headers)
             if challenge:
-                request_headers["Authorization"] = f"Bearer {self._token(challenge, force=attempt > 0)}"
+                request_headers["Authorization"] = f"Bearer {self._token(challenge, force=token_refused)}"
             response = self.session.get(url, headers=request_headers, stream=stream, timeout=(10, 60))
             if response.status_code != 401:
                 break
-            challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
             response.close()
-            if attempt == 0:
-                continue
+            token_refused = challenge is not None
+            challenge = self._challenges[repository] = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if response.status_code >= 500:
             raise ServerError(response)
         if not response.ok:
@@ -111,8 +117,9 @@ class RegistryClient:
 
     def manifest(self, ref: PinnedRef) -> tuple[bytes, str]:
         """The manifest `ref` pins, verified against its digest; returns (bytes, media type)."""
-        response = self._with_retries(f"manifest {ref}", lambda: self._get(self._url(ref, "manifests"),
-                                                                           {"Accept": MANIFEST_TYPES}))
+        url = self._url(ref, "manifests")
+        response = self._with_retries(f"manifest {ref}",
+                                      lambda: self._get(_repository(ref), url, {"Accept": MANIFEST_TYPES}))
         data = response.content
         if len(data) > MAX_MANIFEST_SIZE:
             raise RegistryError(f"manifest {ref} is larger than {MAX_MANIFEST_SIZE} bytes")
@@ -123,8 +130,15 @@ class RegistryClient:
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from `offset` on; a server that ignores `Range` has the head skipped."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = self._with_retries(f"blob {ref}", lambda: self._get(self._url(ref, "blobs"), headers, stream=True))
+        url = self._url(ref, "blobs")
+        response = self._with_retries(f"blob {ref}",
+                                      lambda: self._get(_repository(ref), url, headers, stream=True))
         return _from_offset(response, offset)
+
+
+def _repository(ref: PinnedRef) -> str:
+    """What a token's scope covers: one repository on one registry."""
+    return f"{ref.host}/{ref.repository}"
 
 
 def _from_offset(response: requests.Response, offset: int) -> Iterator[bytes]:
