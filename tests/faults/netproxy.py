@@ -31,6 +31,7 @@ forwards only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -41,6 +42,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+try:
+    from faults.control import serve_lines
+except ImportError:  # run as a script: its own folder is on sys.path, not tests/
+    from control import serve_lines
 
 LOOPBACK = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -327,43 +333,21 @@ class FaultProxy:
 
 
 def _command(proxy: FaultProxy, line: str) -> str:
-    """Run one control line; the answer is one line of JSON (the stats) or an error."""
-    verb, _, rest = line.strip().partition(" ")
-    if verb == "set":
-        knobs = {}
-        for pair in rest.split():
-            name, _, value = pair.partition("=")
-            knobs[name] = json.loads(value)  # numbers, floats, null
-        proxy.set(**knobs)
-    elif verb == "clear":
-        proxy.clear()
-    elif verb == "stall":
-        proxy.stall_for(float(rest))
-    elif verb != "stats":
-        raise ValueError(f"unknown command {verb!r}")
+    """Run one control line; the answer is one line of JSON: the stats, or an error."""
+    verb, _, rest = line.partition(" ")
+    try:
+        if verb == "set":
+            proxy.set(**{name: json.loads(value)  # numbers, floats, null
+                         for name, _, value in (pair.partition("=") for pair in rest.split())})
+        elif verb == "clear":
+            proxy.clear()
+        elif verb == "stall":
+            proxy.stall_for(float(rest))
+        elif verb != "stats":
+            raise ValueError(f"unknown command {verb!r}")
+    except ValueError as error:  # json.JSONDecodeError is one too
+        return json.dumps({"error": str(error)})
     return json.dumps(asdict(proxy.stats))
-
-
-def _serve_control(proxy: FaultProxy, control: Path) -> None:
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    control.unlink(missing_ok=True)
-    server.bind(str(control))
-    server.listen()
-    server.settimeout(0.2)
-    while proxy.running:
-        try:
-            conn, _ = server.accept()
-        except TimeoutError:
-            continue
-        with conn, conn.makefile("rw") as stream:
-            for line in stream:
-                try:
-                    answer = _command(proxy, line)
-                except (ValueError, TypeError) as error:
-                    answer = json.dumps({"error": str(error)})
-                stream.write(answer + "\n")
-                stream.flush()
-    control.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -377,7 +361,7 @@ def main() -> None:
     with FaultProxy(args.target_port, args.port, lifetime=args.lifetime, seed=args.seed) as proxy:
         print(proxy.port, flush=True)  # the caller learns the port from the first line
         if args.control:
-            _serve_control(proxy, args.control)
+            serve_lines(args.control, functools.partial(_command, proxy), lambda: proxy.running)
         else:
             while proxy.running:
                 time.sleep(0.2)

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import itertools
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -53,6 +53,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from faults.control import ask, serve_lines
+except ImportError:  # run as a script: its own folder is on sys.path, not tests/
+    from control import ask, serve_lines
 
 ROOT = 0  # the id of the mount's root directory
 
@@ -437,25 +442,14 @@ class PowercutFS:
 # --- serving -----------------------------------------------------------------------------------
 
 
-def _serve_control(fs: PowercutFS, control: Path) -> None:
-    """Answer `cut` (and `cuts`) lines on a UNIX socket, one connection at a time."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    control.unlink(missing_ok=True)
-    server.bind(str(control))
-    server.listen()
-    while True:
-        conn, _ = server.accept()
-        with conn, conn.makefile("rw") as stream:
-            for line in stream:
-                command = line.strip()
-                if command == "cut":
-                    fs.cut()
-                    stream.write("ok\n")
-                elif command == "cuts":
-                    stream.write(f"{fs.cuts}\n")
-                else:
-                    stream.write(f"unknown command {command!r}\n")
-                stream.flush()
+def _command(fs: PowercutFS, line: str) -> str:
+    """`cut` cuts the power and answers `ok`; `cuts` answers how many cuts there were."""
+    if line == "cut":
+        fs.cut()
+        return "ok"
+    if line == "cuts":
+        return str(fs.cuts)
+    return f"unknown command {line!r}"
 
 
 def _cut_on_sigusr1(fs: PowercutFS) -> None:
@@ -475,8 +469,8 @@ def serve(backing: Path, mount: Path, control: Path | None = None) -> None:
         # block SIGUSR1 before libfuse starts its threads, so only the sigwait thread takes it
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         threading.Thread(target=_cut_on_sigusr1, args=(fs,), daemon=True).start()
-        threading.Thread(target=_serve_control, args=(fs, control or work / "control.sock"),
-                         daemon=True).start()
+        threading.Thread(target=serve_lines, args=(control or work / "control.sock",
+                         functools.partial(_command, fs)), daemon=True).start()
         FUSE(fs, str(mount), foreground=True, hard_remove=True, attr_timeout=0, entry_timeout=0,
              negative_timeout=0, allow_other=True, fsname="powercutfs", default_permissions=True)
     finally:
@@ -507,20 +501,11 @@ class PowercutMount:
 
     def cut(self) -> None:
         """Lose every unsynced change now; returns once the mount shows the durable state."""
-        self._ask("cut")
+        ask(self.control, "cut")
 
     @property
     def cuts(self) -> int:
-        return int(self._ask("cuts"))
-
-    def _ask(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(30)
-            conn.connect(str(self.control))
-            with conn.makefile("rw") as stream:
-                stream.write(command + "\n")
-                stream.flush()
-                return stream.readline().strip()
+        return int(ask(self.control, "cuts"))
 
     def __exit__(self, *exc: object) -> None:
         if self.process is None:

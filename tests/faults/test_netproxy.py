@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from faults import netproxy
+from faults.control import ask as control_ask
 from faults.netproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -167,10 +167,7 @@ def test_a_script_drives_the_proxy_through_its_control_socket(server, tmp_path: 
             time.sleep(0.02)
 
         def ask(line: str) -> dict:
-            with socket.socket(socket.AF_UNIX) as conn:
-                conn.connect(str(control))
-                conn.sendall(line.encode() + b"\n")
-                return json.loads(conn.makefile().readline())
+            return json.loads(control_ask(control, line))
 
         ask("set http_errors=1 http_status=503")
         statuses = [requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code for _ in range(2)]
