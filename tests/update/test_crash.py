@@ -25,6 +25,7 @@ from fioup_flow.store import SYNC_EVERY
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
 BIG_TAG = "big"
+BIG_HWID = "big-linux"  # a hardware id of its own, so its versions do not replace the shared releases
 BIG_MB = 48
 _WRITTEN = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
                       r'http.response.written=(\d+)')
@@ -79,13 +80,13 @@ def resume(device: Device) -> None:
 @pytest.fixture(scope="session")
 def big_release(factory) -> str:
     publish(factory.home.root, 1, {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}, BIG_TAG,
-            "--layer-mb", f"shellhttpd={BIG_MB}")
+            "--layer-mb", f"shellhttpd={BIG_MB}", "--hwid", BIG_HWID)
     return BIG_TAG
 
 
 def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(factory, big_release, engine,
                                                                               tmp_path: Path) -> None:
-    device = new_device(factory.info, tmp_path / "sota", "--tag", big_release)
+    device = new_device(factory.info, tmp_path / "sota", "--tag", big_release, "--hwid", BIG_HWID)
     (tmp_path / "rate.toml").write_text('[pacman]\ndownload_rate_limit = "24M"\n')
     device.drop_ins.append(tmp_path / "rate.toml")
     ingest = device.sota_dir / "reset-apps" / "ingest"
