@@ -42,6 +42,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Self
 
 try:
     from faults.control import serve_lines
@@ -184,7 +185,7 @@ class FaultProxy:
             thread.join(timeout=5)
         self._server.close()
 
-    def __enter__(self) -> FaultProxy:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

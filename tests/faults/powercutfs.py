@@ -53,6 +53,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 try:
     from faults.control import ask, serve_lines
@@ -460,7 +461,9 @@ def _cut_on_sigusr1(fs: PowercutFS) -> None:
 
 def serve(backing: Path, mount: Path, control: Path | None = None) -> None:
     """Mount over `mount` in the foreground until unmounted (`fusermount3 -u`)."""
-    from mfusepy import FUSE  # a test dependency; importing here keeps the module importable
+    from mfusepy import (
+        FUSE,  # a test dependency; importing here keeps the module importable
+    )
 
     backing, mount = backing.resolve(), mount.resolve()
     work = Path(tempfile.mkdtemp(prefix=f".powercutfs-{backing.name}-", dir=backing.parent))
@@ -485,7 +488,7 @@ class PowercutMount:
         self.control = Path(control) if control else self.mount.parent / f".{self.mount.name}.powercut.sock"
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> PowercutMount:
+    def __enter__(self) -> Self:
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mount.mkdir(parents=True, exist_ok=True)
         self.control.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from faults import netproxy
 from faults.control import ask as control_ask
 from faults.netproxy import FaultProxy
@@ -25,7 +26,7 @@ BLOB = bytes(range(256)) * 4096  # 1 MiB
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.server.hits += 1
         body = BLOB if self.path == "/blob" else b"ok"
         self.send_response(200)
@@ -128,7 +129,7 @@ def test_a_stall_mid_body_trips_the_clients_read_timeout(proxy):
     proxy.set(stall_after=200_000, stall_seconds=2.0)
 
     with pytest.raises(requests.exceptions.ConnectionError):  # requests wraps the read timeout
-        get(proxy, "/blob", timeout=(5, 0.3)).content
+        _ = get(proxy, "/blob", timeout=(5, 0.3)).content
     proxy.clear()
     assert get(proxy, "/blob").content == BLOB
 
