@@ -43,6 +43,10 @@ APPS_V2 = {"shellhttpd": "sample:shellhttpd/v2", "pair": "sample:pair/v2", "tick
 BASELINE_PREFIX = "base-"
 RSS_POLL_S = 0.02
 PROJECT_LABEL = "com.docker.compose.project"
+# Where fioup-flow's time goes: each phase ends at the first progress line holding its marker.
+PHASES = (("plan", "Updating to"), ("fetch", "report:EcuDownloadCompleted"),
+          ("install", "report:EcuInstallationApplied"), ("stop+start", "report:EcuInstallationCompleted"),
+          ("commit+prune+report", " completed"))
 
 
 def log(message: str) -> None:
@@ -66,6 +70,7 @@ class Side:
     seconds: float
     downtime: dict[str, float]
     peak_rss_mb: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def worst_downtime(self) -> float:
@@ -143,17 +148,18 @@ class Bench:
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         peak = PeakRss(process.pid)
         # Each line of its progress log with the seconds since start: where the time goes.
-        output = "".join(f"{time.time() - start:7.2f} {line}" for line in process.stdout)
+        lines = [(time.time() - start, line) for line in process.stdout]
         process.wait()
         seconds = time.time() - start
         peak.stop()
+        output = "".join(f"{stamp:7.2f} {line}" for stamp, line in lines)
         (self.work / f"apply-2-round-{round_no}.log").write_text(output)
         if process.returncode != 0:
             log(f"fioup-flow apply 2 failed ({process.returncode}):\n{output}")
             raise SystemExit(1)
         self.save_compose_files(env, 2)
         downtime = downtimes(self.engine, {app: app for app in APPS_V1}, start, time.time())
-        return Side(seconds, downtime, peak.mb)
+        return Side(seconds, downtime, peak.mb, phases(lines))
 
     # --- baseline side -----------------------------------------------------------------
     def compose(self, app: str, version: int, *args: str) -> list[str]:
@@ -228,6 +234,17 @@ def downtimes(engine: docker.DockerClient, projects: dict[str, str], since: floa
     return result
 
 
+def phases(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per phase of an apply, from its timestamped progress lines (PHASES)."""
+    result, previous = {}, 0.0
+    for name, marker in PHASES:
+        stamp = next((t for t, line in lines if marker in line), None)
+        if stamp is None:
+            continue
+        result[name], previous = stamp - previous, stamp
+    return result
+
+
 def report(fioup: list[Side], base: list[Side]) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
@@ -235,6 +252,10 @@ def report(fioup: list[Side], base: list[Side]) -> None:
     for label, sides in (("fioup-flow apply", fioup), ("compose pull && up -d", base)):
         walls = ", ".join(f"{s.seconds:.2f}" for s in sides)
         print(f"{label}: {median([s.seconds for s in sides]):.2f} s (rounds: {walls})")
+        for name, _ in PHASES:
+            values = [s.phases[name] for s in sides if name in s.phases]
+            if values:
+                print(f"  phase {name}: {median(values):.2f} s (rounds: " + ", ".join(f"{v:.2f}" for v in values) + ")")
         for app in APPS_V1:
             values = [s.downtime[app] for s in sides]
             print(f"  downtime {app}: {median(values) * 1000:.0f} ms (rounds: "
