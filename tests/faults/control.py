@@ -1,9 +1,14 @@
-"""A line-per-command UNIX socket: how scripts drive the fault harness (cut, set, stats)."""
+"""A line-per-command UNIX socket: how scripts drive the fault harness (cut, set, stats).
+
+From a shell: `python tests/faults/control.py SOCKET cut` (powercutfs) or
+`python tests/faults/control.py SOCKET set reset_after=100000` (netproxy); prints the answer.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,3 +51,14 @@ def ask(path: Path, command: str, timeout: float = 30) -> str:
             stream.write(command + "\n")
             stream.flush()
             return stream.readline().strip()
+
+
+def main() -> None:
+    """`python tests/faults/control.py SOCKET COMMAND...`: send one line, print the answer."""
+    if len(sys.argv) < 3:
+        sys.exit("usage: control.py SOCKET COMMAND...")
+    print(ask(Path(sys.argv[1]), " ".join(sys.argv[2:])))
+
+
+if __name__ == "__main__":
+    main()

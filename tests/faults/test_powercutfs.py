@@ -274,3 +274,13 @@ def test_a_synced_file_rewritten_in_its_middle_or_truncated_keeps_its_last_synce
     disk.cut()
 
     assert (disk.mount / "f").read_bytes() == b"reopened with O_TRUNC, synced"
+
+
+def test_a_script_cuts_the_power_through_the_control_socket_and_hears_when_it_is_done(disk):
+    write(disk.mount / "f", b"data", sync=False)
+
+    answer = subprocess.run([sys.executable, str(Path(__file__).with_name("control.py")), str(disk.control), "cut"],
+                            capture_output=True, text=True, timeout=30, check=True)
+
+    assert answer.stdout == "ok\n"
+    assert not (disk.mount / "f").exists()
