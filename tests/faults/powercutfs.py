@@ -480,6 +480,12 @@ def serve(backing: Path, mount: Path, control: Path | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _unmount(mount: Path) -> None:
+    """Detach whatever FUSE mount is at `mount`, live or dead (lazily: open files may stay)."""
+    subprocess.run(["fusermount3", "-u", "-z", str(mount)], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class PowercutMount:
     """A PowercutFS served by a child process: mount on enter, `cut()`, unmount on exit."""
 
@@ -489,6 +495,7 @@ class PowercutMount:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Self:
+        _unmount(self.mount)  # a mount left by a killed server answers ENOTCONN to everything
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mount.mkdir(parents=True, exist_ok=True)
         self.control.unlink(missing_ok=True)
@@ -513,8 +520,7 @@ class PowercutMount:
     def __exit__(self, *exc: object) -> None:
         if self.process is None:
             return
-        if os.path.ismount(self.mount):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], check=False)
+        _unmount(self.mount)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -284,3 +284,30 @@ def test_a_script_cuts_the_power_through_the_control_socket_and_hears_when_it_is
 
     assert answer.stdout == "ok\n"
     assert not (disk.mount / "f").exists()
+
+
+def test_a_file_moved_between_folders_with_only_the_new_folder_synced_shows_under_both_names(disk):
+    # stricter than ext4 (whose journal commits both folders at once): a program must cope
+    # with the leftover source name anyway, as a crash before the rename leaves it too
+    for folder in ("tmp", "blobs"):
+        (disk.mount / folder).mkdir()
+    fsync_dir(disk.mount)
+    write_atomic(disk.mount / "tmp" / "blob", b"x")
+    os.rename(disk.mount / "tmp" / "blob", disk.mount / "blobs" / "blob")
+    fsync_dir(disk.mount / "blobs")
+
+    disk.cut()
+
+    assert (disk.mount / "tmp" / "blob").read_bytes() == (disk.mount / "blobs" / "blob").read_bytes() == b"x"
+    (disk.mount / "tmp" / "blob").write_bytes(b"changed")  # two files now, not two names of one
+    assert (disk.mount / "blobs" / "blob").read_bytes() == b"x"
+
+
+def test_a_mount_whose_server_was_killed_is_cleared_by_the_next_mount(tmp_path):
+    with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as first:
+        first.process.kill()
+        first.process.wait()
+        with pytest.raises(OSError):
+            os.listdir(first.mount)
+        with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as second:
+            assert os.listdir(second.mount) == []
