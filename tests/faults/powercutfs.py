@@ -10,14 +10,20 @@ backing folder), and moves state from the first to the second only when a progra
   file was never synced); a new subdirectory brings the entries *it* had synced.
 - Nothing else is ever durable: no write-back on close, no journal that commits neighbours.
   This is stricter than ext4 (whose journal often commits more than asked) on purpose: a
-  program that survives this filesystem survives a real disk.
+  program that survives this filesystem does not owe its survival to the journal's timing.
+- A file moved between folders with only the destination synced shows under both names after a
+  cut (as two files). ext4 would show one; a program must cope with a leftover source (say a
+  temporary file) anyway, since a crash just before the rename leaves it too.
 
 `cut` drops the volatile layer, closes every open file (later use of an old handle: EIO) and
 resets the mount in place to exactly the backing folder. The backing folder always holds the
 durable state, so it can be inspected after a cut or after unmounting.
 
-Not modelled: ownership (files belong to the FUSE process, root), timestamps (never durable),
-hard links (EPERM), device nodes and FIFOs (ENOSYS), extended attributes.
+Not modelled: ownership (chown applies to the volatile layer only; durable files belong to
+the FUSE process, root), timestamps (never durable), hard links (EPERM), device nodes and FIFOs
+(ENOSYS), extended attributes (unsupported), renameat2 flags (mfusepy drops them: NOREPLACE and
+EXCHANGE act as a plain rename). Nothing else may change the backing folder while mounted.
+libfuse prints "Ignoring invalid max threads value" at mount: harmless.
 
 Locks: the filesystem implements neither `lock` nor `flock`, so the kernel keeps fcntl and
 flock locks locally for the mount; processes on this machine see each other's locks, which
@@ -32,7 +38,10 @@ folder next to the backing folder (same filesystem, for the hard links).
 
 Run: `python tests/faults/powercutfs.py BACKING MOUNT [--control SOCKET]` serves in the
 foreground; `kill -USR1 <pid>` or the line `cut` on the control socket cuts the power;
-`fusermount3 -u MOUNT` ends it. From Python: `PowercutMount` below.
+`fusermount3 -u MOUNT` ends it; `python tests/faults/control.py SOCKET cut` is the shell client
+(answers `ok` once the mount shows the durable state). From Python: `PowercutMount` below.
+Cut only after killing the programs under test, as a power cut would: a survivor's next call
+on an old handle fails with EIO, but its in-memory state (say SQLite's cache) is not reset.
 """
 
 from __future__ import annotations
