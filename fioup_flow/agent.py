@@ -41,6 +41,7 @@ class Agent:
     def __init__(self, config: Config, on_event: EventHook | None = None):
         self.config = config
         self.on_event = on_event
+        self._credentials_error: str | None = None  # why the gateway gave no registry credentials
 
     # --- the parts, made when first needed ------------------------------------------------
     @cached_property
@@ -68,11 +69,20 @@ class Agent:
         return CheckpointStore(store_path(self.config.flow_dir))
 
     def _registry_credentials(self) -> tuple[str, str]:
-        """The device's registry credentials, from the gateway (what `docker-credential-fioup` does)."""
+        """The device's registry credentials, from the gateway (what `docker-credential-fioup` does).
+
+        Every repository's token needs them. Once the gateway stayed out of reach through a
+        whole retry budget, the blobs after it fail at once instead of each waiting out a budget
+        of its own (a dead gateway cost budget x blobs); the update stays in progress and the
+        next run asks again.
+        """
+        if self._credentials_error is not None:
+            raise FetchError(self._credentials_error)
         try:
             creds = self.gateway.get_json("hub-creds/")
         except GatewayError as exc:
-            raise FetchError(f"cannot get registry credentials from the gateway: {exc}") from exc
+            self._credentials_error = f"cannot get registry credentials from the gateway: {exc}"
+            raise FetchError(self._credentials_error) from exc
         return creds["Username"], creds["Secret"]
 
     def tasks(self) -> dict[str, Task]:
@@ -183,6 +193,21 @@ class Agent:
         event = make_event(event_id, "UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
                            {"error": str(error)})
         self.outbox.put(event_id, EVENTS, event)
+
+    def restore(self) -> RunResult | None:
+        """After a cancelled update: bring back every app of the current Target that is not up.
+
+        Works offline: the current Target's blobs are still in the store (only a completed update
+        prunes), so the plan walks the apps from the store and its fetch nodes are all in place.
+        Returns None when everything already runs.
+        """
+        current = current_target(self.config.flow_dir)
+        observed = self.observe()
+        if current is None or all(observed.apps_up.values()):
+            return None
+        loader = AppTreeLoader(self.store, registry=None)
+        trees = {app.name: loader.load(app) for app in current.apps}
+        return self.run(compile_update(observed, current, trees, prune_all_images=self.config.prune_unused_images))
 
     # --- running --------------------------------------------------------------------------
     def run(self, plan: Plan | None = None) -> RunResult:

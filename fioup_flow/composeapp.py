@@ -91,6 +91,7 @@ class AppTree:
     bundle: Blob
     bundle_index: Blob | None
     services: dict[str, Image] = field(default_factory=dict)
+    layers_meta: Blob | None = None
     layer_usage: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk once unpacked
 
     def images(self) -> list[Image]:
@@ -103,7 +104,7 @@ class AppTree:
     def blobs(self) -> list[Blob]:
         """Every blob of the app once, metadata first."""
         found: dict[str, Blob] = {}
-        heads = [self.manifest, self.bundle] + ([self.bundle_index] if self.bundle_index else [])
+        heads = [self.manifest, self.bundle] + [b for b in (self.bundle_index, self.layers_meta) if b]
         for blob in heads:
             found.setdefault(blob.digest, blob)
         for image in self.images():
@@ -197,21 +198,21 @@ class AppTreeLoader:
         compose = read_compose(self._bytes(bundle.ref, "bundle", bundle.size, BUNDLE_MAX), app.name)
         services = {service: self._image(image_ref, app.name)
                     for service, image_ref in pinned_images(compose, app.name).items()}
+        meta_blob, usage = self._layers_meta(ref, layers[1:2])
         return AppTree(app.name, app.uri, Blob(app.uri, len(manifest_bytes), "app-manifest"), bundle, index, services,
-                       self._layer_usage(ref, layers[1:2]))
+                       meta_blob, usage)
 
-    def _layer_usage(self, ref: PinnedRef, descriptors: list[dict[str, Any]]) -> dict[str, int]:
-        """What each layer takes on disk once unpacked, from composeapp's layers meta (layer 1), if any.
+    def _layers_meta(self, ref: PinnedRef, descriptors: list[dict[str, Any]]) -> tuple[Blob | None, dict[str, int]]:
+        """composeapp's layers meta (layer 1), if any, and from it what each layer takes once unpacked.
 
         Without it the space check falls back to fioup's estimate (five times the compressed size).
         """
         if not descriptors or (descriptors[0].get("annotations") or {}).get(LAYERS_META_ANNOTATION) != "v1":
-            return {}
-        desc = descriptors[0]
-        meta = _json(self._bytes(ref.with_digest(desc["digest"]), "layers-meta", int(desc["size"]), BUNDLE_INDEX_MAX),
-                     "layers meta")
+            return None, {}
+        blob = Blob(str(ref.with_digest(descriptors[0]["digest"])), int(descriptors[0]["size"]), "layers-meta")
+        meta = _json(self._bytes(blob.ref, blob.kind, blob.size, BUNDLE_INDEX_MAX), "layers meta")
         layers = (meta.get(self.platform[1]) or {}).get("layers") or {}
-        return {digest: int(info["usage"]) for digest, info in layers.items() if "usage" in info}
+        return blob, {digest: int(info["usage"]) for digest, info in layers.items() if "usage" in info}
 
     def _image(self, ref: PinnedRef, app: str) -> Image:
         data = self._bytes(ref, "image-root", None, IMAGE_ROOT_MAX)

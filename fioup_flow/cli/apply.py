@@ -7,6 +7,7 @@ import click
 from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
 from fioup_flow.cli.progress import NodeLog, human_bytes
+from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidStateError
 from fioup_flow.graph import Plan
@@ -31,6 +32,7 @@ def finish(agent: Agent, result: RunResult) -> None:
         click.echo(f"Update {result.plan_id} interrupted; `fioup-flow resume` continues it", err=True)
     else:
         click.echo(f"Update {result.plan_id} cancelled", err=True)
+        restore(agent)
     raise SystemExit(result.exit_code)
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from fioup_flow.agent import Agent
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
-from fioup_flow.errors import EngineUnavailableError, LockedError, NotConfiguredError
+from fioup_flow.errors import EngineUnavailableError, FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
@@ -94,6 +94,18 @@ def _preview(config) -> Plan | None:
             return agent.plan(agent.choose_target(None))
         finally:
             agent.flush_outbox()
+
+
+def restore(agent: Agent) -> None:
+    """Start again what the cancelled update had stopped; say so, or say how to do it by hand."""
+    try:
+        result = agent.restore()
+    except FioupFlowError as exc:
+        raise FioupFlowError(f"the update is cancelled, but the current apps could not be restored: {exc}; "
+                             "`fioup-flow apply <current version>` restores them") from exc
+    if result is not None:
+        click.echo(f"Restored the apps of the current Target ({result.outcome})")
+        agent.flush_outbox()
 
 
 def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
@@ -175,7 +187,8 @@ def cancel(ctx: click.Context, discard_state: bool) -> None:
     try:
         with InstanceLock(flow_dir / LOCK_NAME):
             store.finish(plan, "cancelled")
-        click.echo(f"Cancelled update {plan.plan_id}")
+            click.echo(f"Cancelled update {plan.plan_id}")
+            restore(Agent(ctx.obj.config))
     except LockedError:
         store.request_cancel(plan.plan_id)
         click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at the next node boundary")

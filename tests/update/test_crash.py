@@ -148,3 +148,17 @@ def test_an_event_the_gateway_got_but_the_device_never_heard_back_about_is_recor
     deliveries = [d for d in records.log(uuid, "deliveries") if first in d["ids"]]
     assert len(deliveries) == 2, "the event was sent once more after the kill, and kept once"
     assert [e["eventType"]["id"] for e in events][-1] == "EcuInstallationCompleted"
+
+
+def test_cancelling_an_update_cut_between_stop_and_start_brings_the_old_version_back(device, engine) -> None:
+    assert device.run("apply", "1").returncode == 0
+    process = start_apply(device, "2")
+    wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
+    kill(process)
+    done = device.run("cancel")
+    assert done.returncode == 0, done.stderr
+    assert "Restored" in done.stdout
+    assert "v1" in sample_page()
+    status = device.json("status", "--json")
+    assert status["current"]["version"] == 1 and status["in_progress"] is None
+    assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
