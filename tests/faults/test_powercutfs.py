@@ -311,3 +311,39 @@ def test_a_mount_whose_server_was_killed_is_cleared_by_the_next_mount(tmp_path):
             os.listdir(first.mount)
         with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as second:
             assert os.listdir(second.mount) == []
+
+
+WRITER = """
+import sys
+from fioup_flow.durable import open_cache
+cache = open_cache(sys.argv[1])
+index = len(cache)
+while True:
+    cache[index] = index
+    print(index, flush=True)  # acknowledged only once committed
+    index += 1
+"""
+
+
+def test_a_durable_diskcache_keeps_every_acknowledged_commit_through_kill_9_and_cut(disk):
+    folder = disk.mount / "flow"
+    open_cache(folder).close()
+    fsync_dir(disk.mount)
+    fsync_dir(folder)
+    for pause in (0.2, 0.4, 0.3):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE, text=True)
+        first = writer.stdout.readline()  # running: cut mid-stream, not during start-up
+        time.sleep(pause)
+        writer.kill()
+        acknowledged = [first, *writer.communicate(timeout=30)[0].split()]
+
+        disk.cut()
+
+        cache = open_cache(folder)
+        kept = len(cache)
+        assert all(cache[index] == index for index in range(kept))
+        cache.close()
+        assert kept >= int(acknowledged[-1]) + 1
+        db = sqlite3.connect(folder / "cache.db")
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        db.close()
