@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from fioup_flow.durable import fsync_dir
+from fioup_flow.durable import fsync_dir, make_dirs
 from fioup_flow.errors import InstallError
 
 MAX_FILE = 1024 * 1024 * 1024 - 1024 * 1024
@@ -56,7 +56,7 @@ def _stays_inside(path: PurePosixPath) -> bool:
 def unpack(bundle: BinaryIO, dest: Path, app: str) -> None:
     """Unpack the gzip tar `bundle` into the new folder `dest` (removed first if left by a crash)."""
     shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    make_dirs(dest)
     total = 0
     try:
         with tarfile.open(fileobj=bundle, mode="r:gz") as tar:

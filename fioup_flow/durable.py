@@ -22,12 +22,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` whose every new folder survives a power cut (its parent is synced after it)."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so that after a crash the file holds the old or the new data, whole.
 
     Temporary file in the same folder, write, fsync, rename over the target, fsync the folder.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -56,6 +69,13 @@ DURABLE_CACHE_SETTINGS = {
 }
 
 
-def open_cache(path: Path):
-    """A diskcache.Cache at `path` whose every committed write survives a power cut."""
-    return diskcache.Cache(str(path), **DURABLE_CACHE_SETTINGS)
+def open_cache(path: Path) -> diskcache.Cache:
+    """A diskcache.Cache at `path` whose every committed write survives a power cut.
+
+    SQLite syncs the database's content, not its name: the folder is synced after opening so a
+    database created just now does not vanish with the power.
+    """
+    make_dirs(Path(path))
+    cache = diskcache.Cache(str(path), **DURABLE_CACHE_SETTINGS)
+    fsync_dir(Path(path))
+    return cache

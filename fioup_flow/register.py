@@ -9,6 +9,7 @@ then a `PUT /system_info` over mutual TLS proves the link works.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import uuid as uuidlib
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fioup_flow.config import Config
-from fioup_flow.durable import write_atomic
+from fioup_flow.durable import make_dirs, write_atomic
 from fioup_flow.errors import RegistrationError
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.sysinfo import system_info
@@ -142,7 +143,8 @@ def write_files(sota_dir: Path, files: dict[str, str], key_pem: bytes) -> None:
 
 def register(reg: Registration, force: bool = False) -> Config:
     """Register the device, write its files, and prove the mutual-TLS link; returns the new config."""
-    reg.sota_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(reg.sota_dir)
+    os.chmod(reg.sota_dir, 0o700)
     check_not_registered(reg.sota_dir, force)
     if force:
         # A new identity starts from the root it is given, not from metadata trusted before.

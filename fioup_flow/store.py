@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from fioup_flow.durable import fsync_dir
+from fioup_flow.durable import fsync_dir, make_dirs
 from fioup_flow.errors import FetchError, NoSpaceError
 
 CHUNK = 64 * 1024
@@ -115,7 +115,7 @@ class BlobStore:
             return
         expected = digest_hex(digest)
         folder = self._ingest_dir(digest)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         data_path = folder / "data"
         offset, h = hash_file(data_path) if data_path.exists() else (0, hashlib.sha256())
         if offset > size:
@@ -163,7 +163,7 @@ class BlobStore:
 
     def _commit(self, data_path: Path, digest: str) -> None:
         final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(final.parent)
         os.chmod(data_path, 0o444)
         os.replace(data_path, final)
         fsync_dir(final.parent)

@@ -22,7 +22,7 @@ import yaml
 
 from fioup_flow.bundle import index_mismatches, unpack
 from fioup_flow.composeapp import AppTree, AppTreeLoader, Image
-from fioup_flow.durable import fsync_dir, write_atomic
+from fioup_flow.durable import fsync_dir, make_dirs, write_atomic
 from fioup_flow.errors import FetchError, InstallError
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import App
@@ -126,7 +126,7 @@ class InstallApp:
         project = self.root / app
         previous = self.root / PREVIOUS / app
         if project.exists():
-            previous.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(previous.parent)
             shutil.rmtree(previous, ignore_errors=True)
             os.rename(project, previous)
             fsync_dir(previous.parent)
