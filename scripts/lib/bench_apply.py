@@ -172,14 +172,17 @@ class Bench:
         for app in APPS_V1:
             run(self.compose(app, 1, "up", "-d", "--quiet-pull"), env)
         start = time.time()
+        spent = {"pull": 0.0, "up": 0.0}
         for app in APPS_V1:
-            run(self.compose(app, 2, "pull", "--quiet"), env)
-            run(self.compose(app, 2, "up", "-d"), env)
+            for step, args in (("pull", ("pull", "--quiet")), ("up", ("up", "-d"))):
+                began = time.time()
+                run(self.compose(app, 2, *args), env)
+                spent[step] += time.time() - began
         seconds = time.time() - start
         downtime = downtimes(self.engine, {app: BASELINE_PREFIX + app for app in APPS_V1}, start, time.time())
         for app in APPS_V1:
             run(self.compose(app, 2, "down", "--volumes"), env)
-        return Side(seconds, downtime)
+        return Side(seconds, downtime, phases=spent)
 
 
 class PeakRss:
@@ -252,7 +255,7 @@ def report(fioup: list[Side], base: list[Side]) -> None:
     for label, sides in (("fioup-flow apply", fioup), ("compose pull && up -d", base)):
         walls = ", ".join(f"{s.seconds:.2f}" for s in sides)
         print(f"{label}: {median([s.seconds for s in sides]):.2f} s (rounds: {walls})")
-        for name, _ in PHASES:
+        for name in dict.fromkeys(name for s in sides for name in s.phases):
             values = [s.phases[name] for s in sides if name in s.phases]
             if values:
                 print(f"  phase {name}: {median(values):.2f} s (rounds: " + ", ".join(f"{v:.2f}" for v in values) + ")")
