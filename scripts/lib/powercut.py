@@ -1,0 +1,631 @@
+"""Real updates through real power cuts: the harness behind `scripts/powercut`.
+
+Each cut runs a real `fioup-flow apply` whose whole sota dir lives on a power-cut filesystem
+(tests/faults/powercutfs.py), kills it with SIGKILL at a chosen moment and drops every write it
+had not made durable, then "boots" (`fioup-flow resume`, or `apply` again when the cut came
+before the plan was frozen) and checks what a device owner relies on:
+
+1. converged: the device is on the target, every target app runs the target's app, no app the
+   target dropped still runs;
+2. every blob in the store verifies against its digest;
+3. the gateway holds each event of the final plan exactly once, in the protocol's order;
+4. no blob that was verified on disk after the cut is downloaded again (the registry's log).
+
+Not modelled: the Docker engine's own state cannot live on the power-cut mount (dockerd needs
+overlayfs on a real filesystem), so containers and images survive each cut as they were; a cut
+is a power cut of fioup-flow's storage, not of the engine.
+
+`--network` runs updates through FaultProxy (tests/faults/netproxy.py) in front of both the
+gateway and the registry instead: the factory's `registry_host` is pointed at a proxy before
+the network releases are published, so their app URIs (and hub-creds) name the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import tomli_w
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from faults.netproxy import FaultProxy  # noqa: E402
+from faults.powercutfs import PowercutMount  # noqa: E402
+
+from fioup_flow.checkpoint import MARKER, CheckpointStore, store_path  # noqa: E402
+from fioup_flow.events import EVENT_TYPES  # noqa: E402
+from fioup_flow.factory.devices import DeviceRecords  # noqa: E402
+from fioup_flow.factory.home import FactoryHome  # noqa: E402
+from fioup_flow.store import BlobStore  # noqa: E402
+
+BIN = Path(sys.executable).parent
+HWID = "powercut-linux"  # a hardware id of its own: its versions never replace anyone else's
+TAG = "powercut"
+FILLER = "--layer-mb", "shellhttpd=8"
+# version -> (apps, extra publish arguments); v2 and v3 share shellhttpd v2 and its filler layer
+RELEASES: dict[int, tuple[dict[str, str], tuple[str, ...]]] = {
+    1: ({"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}, ()),
+    2: ({"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}, FILLER),
+    3: ({"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"}, FILLER),
+}
+# scenario -> (start version, None for a fresh device; target version)
+SCENARIOS: dict[str, tuple[int | None, int]] = {
+    "install": (None, 1), "change": (1, 2), "add-remove": (2, 3), "downgrade": (3, 1)}
+UPDATE_EVENTS = EVENT_TYPES[EVENT_TYPES.index("UpdateInitStarted"):]
+NO_UPDATE_IN_PROGRESS = 24
+RATE_LIMIT = "20M"
+_BLOB_GET = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
+                       r'http.response.written=(\d+)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sync_tree(top: Path) -> None:
+    """fsync every file and folder under `top` (and `top`'s parent): what the kernel's write-back
+    would have done by now on a device that sat idle, so that a cut tests the update, not setup."""
+    for folder, _, files in os.walk(top, topdown=False):
+        for name in files:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                fd = os.open(path, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    fd = os.open(top.parent, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+# --- the world a device lives in: engine, factory, releases ---------------------------------------
+
+
+def free_address_pool() -> str:
+    """A 10.N.0.0/16 no route uses yet: on this shared machine, bridges left by other engines
+    fill docker's default pools, and compose then cannot create an app's network."""
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
+    taken = {int(m) for m in re.findall(r"^10\.(\d+)\.", routes, re.MULTILINE)}
+    free = [n for n in range(100, 250) if n not in taken]
+    return f"base=10.{random.choice(free)}.0.0/16,size=24"
+
+
+@contextmanager
+def private_engine(folder: Path) -> Iterator[str]:
+    """A dockerd of our own (as scripts/lib/dockerd.sh starts it, with an address pool of its
+    own); yields its DOCKER_HOST."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sock = folder / "docker.sock"
+    with open(folder / "dockerd.log", "ab") as log:
+        process = subprocess.Popen(
+            ["dockerd", "--data-root", str(folder / "root"), "--exec-root", str(folder / "exec"),
+             "-H", f"unix://{sock}", "--pidfile", str(folder / "dockerd.pid"),
+             "--default-address-pool", free_address_pool()],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    host = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                docker.DockerClient(base_url=host).ping()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"dockerd did not answer; see {folder / 'dockerd.log'}") from None
+                time.sleep(0.5)
+        yield host
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def factory_cli(*args: str) -> str:
+    done = subprocess.run([str(BIN / "fioup-flow-factory"), *args], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"fioup-flow-factory {args[0]} failed: {done.stderr}")
+    return done.stdout
+
+
+def publish_releases(home: Path, offset: int = 0) -> dict[int, dict[str, str]]:
+    """Publish RELEASES as versions offset+1.., return {version: {app: uri}}."""
+    uris = {}
+    for version, (apps, extra) in RELEASES.items():
+        args = ["publish", "--home", str(home), "--version", str(offset + version), "--tag", TAG,
+                "--hwid", HWID, *extra]
+        for name, sample in apps.items():
+            args += ["--app", f"{name}=sample:{sample}"]
+        out = json.loads(factory_cli(*args))
+        uris[offset + version] = _app_uris(out)
+    return uris
+
+
+def _app_uris(published: dict) -> dict[str, str]:
+    """{app: uri} out of `publish`'s JSON (whatever nesting it uses: find the apps' uris)."""
+    found: dict[str, str] = {}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("docker_compose_apps"), dict):
+                found.update({k: v["uri"] for k, v in node["docker_compose_apps"].items()})
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(published)
+    return found
+
+
+def registry_blob_gets(home: FactoryHome) -> list[tuple[str, int]]:
+    """(digest, bytes written) of every blob GET the registry answered so far, from its log."""
+    text = home.log_file("registry").read_text(errors="replace")
+    return [(m[1], int(m[2])) for m in _BLOB_GET.finditer(text)]
+
+
+# --- a device --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Device:
+    """A registered device whose sota dir is `sota`; `drop_in` holds the harness's config."""
+
+    name: str
+    uuid: str
+    sota: Path
+    drop_in: Path
+
+    @property
+    def cfg_dirs(self) -> str:
+        return f"{self.sota / 'sota.toml'},{self.drop_in}"
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(BIN / "fioup-flow"), "-c", self.cfg_dirs, *args]
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, env=device_env())
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(exc.cmd, -1, "", f"timed out after {timeout} s")
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL, env=device_env())
+
+    def status(self) -> dict:
+        done = self.run("status", "--json")
+        return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else {}
+
+    def version(self) -> int | None:
+        return ((self.status().get("current") or {}).get("version"))
+
+    def store(self) -> CheckpointStore:
+        return CheckpointStore(store_path(self.sota / "flow"))
+
+
+def device_env() -> dict[str, str]:
+    return dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3")
+
+
+# --- the lab: everything one run of the harness shares --------------------------------------------
+
+
+@dataclass
+class Lab:
+    """A factory with the releases, an engine, a folder for devices (the power-cut mount)."""
+
+    home: FactoryHome
+    info: dict
+    engine: docker.DockerClient
+    devices_dir: Path  # where sota dirs go
+    work: Path
+    uris: dict[int, dict[str, str]]
+    disk: PowercutMount | None = None
+    offset: int = 0  # the releases are versions offset+1..offset+3
+    device: Device | None = None
+
+    def versions(self, scenario: str) -> tuple[int | None, int]:
+        start, target = SCENARIOS[scenario]
+        return (None if start is None else start + self.offset), target + self.offset
+
+    def fresh_device(self) -> Device:
+        """Take the old device's apps down, wipe the engine, register a new device."""
+        clean_engine(self.engine)
+        sota = self.devices_dir / "sota"
+        if sota.exists():
+            shutil.rmtree(sota)
+            sync_tree(self.devices_dir)
+        drop_in = self.work / "powercut.toml"
+        drop_in.write_text(f'[pacman]\ndownload_rate_limit = "{RATE_LIMIT}"\n')
+        name = f"powercut-{os.urandom(4).hex()}"
+        done = subprocess.run(
+            [str(BIN / "fioup-flow"), "register", "--server", self.info["api"], "--token",
+             self.info["registration_token"], "--ca", self.info["ca"], "--name", name, "--sota-dir", str(sota),
+             "--tag", TAG, "--hwid", HWID], capture_output=True, text=True, timeout=120, env=device_env())
+        if done.returncode != 0:
+            raise RuntimeError(f"register failed: {done.stderr}")
+        sync_tree(sota)
+        self.device = Device(name, DeviceRecords(self.home).find(name)["uuid"], sota, drop_in)
+        return self.device
+
+    def bring_to(self, version: int | None) -> Device:
+        """The device on `version` (None: a fresh device), with every file made durable."""
+        if version is None or self.device is None:
+            self.fresh_device()
+        if version is not None and self.device.version() != version:
+            done = self.device.run("apply", str(version))
+            if done.returncode != 0 or self.device.version() != version:
+                self.fresh_device()  # a device a failed cut left wedged: start it afresh
+                done = self.device.run("apply", str(version))
+                if done.returncode != 0:
+                    raise RuntimeError(f"could not bring the device to version {version}: {done.stderr}")
+        sync_tree(self.device.sota)
+        return self.device
+
+
+def clean_engine(engine: docker.DockerClient) -> None:
+    """Leave the engine as a fresh device's: no containers, networks, volumes or images."""
+    for container in engine.containers.list(all=True):
+        container.remove(force=True)
+    engine.networks.prune()
+    engine.volumes.prune()
+    for image in engine.images.list():
+        engine.images.remove(image.id, force=True)
+
+
+# --- one cut -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cut:
+    """One cut's replay key, its measurements and what went wrong."""
+
+    seed: int
+    scenario: str
+    mode: str
+    at: float  # seconds after start (random) or node index K (boundary)
+    node: str = ""
+    refetched: int = 0
+    boot_seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)  # invariant -> what was wrong
+    corrupt: int = 0
+    lost_events: int = 0
+    duplicated_events: int = 0
+
+    @property
+    def converged(self) -> bool:
+        return not self.failures
+
+
+def plan_nodes(device: Device) -> list[str] | None:
+    """The frozen plan's nodes in order, or None while there is none (reads only a settled store)."""
+    path = store_path(device.sota / "flow")
+    if not (path / MARKER).exists():
+        return None
+    with device.store() as store:
+        plan = store.current_plan()
+        return plan.order() if plan else None
+
+
+def node_done(device: Device, node: str) -> bool:
+    with device.store() as store:
+        plan_id = store.current_plan_id()
+        return plan_id is not None and store.record(plan_id, node).state == "done"
+
+
+def wait(condition: Callable[[], bool], process: subprocess.Popen, timeout: float) -> None:
+    """Poll `condition` until true, the process ended or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # noqa: BLE001 - a store caught mid-creation: look again
+            pass
+        time.sleep(0.03)
+
+
+def kill_at(cut: Cut, device: Device, process: subprocess.Popen, started: float) -> None:
+    """Wait for the cut's moment, then SIGKILL the update (mode random: a time; boundary: node K done)."""
+    if cut.mode == "random":
+        wait(lambda: time.monotonic() - started >= cut.at, process, cut.at + 1)
+    else:
+        nodes: list[str] = []
+        wait(lambda: bool(nodes.extend(plan_nodes(device) or []) or nodes), process, 60)
+        if nodes:
+            cut.node = nodes[min(int(cut.at), len(nodes) - 1)]
+            wait(lambda: node_done(device, cut.node), process, 120)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def boot(device: Device, version: int) -> str | None:
+    """What the device does after the power comes back; None, or why it did not get there."""
+    done = device.run("resume")
+    if done.returncode not in (0, NO_UPDATE_IN_PROGRESS):
+        return f"resume exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    if device.version() != version:  # the cut came before the plan was frozen (or undid it)
+        done = device.run("apply", str(version))
+        if done.returncode != 0:
+            return f"apply after boot exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    return None
+
+
+def run_cut(lab: Lab, cut: Cut, durations: dict[str, float]) -> Cut:
+    start, target = lab.versions(cut.scenario)
+    if cut.scenario not in durations:  # once per scenario: how long an uninterrupted run takes
+        device = lab.bring_to(start)
+        began = time.monotonic()
+        done = device.run("apply", str(target))
+        durations[cut.scenario] = time.monotonic() - began
+        if done.returncode != 0:
+            raise RuntimeError(f"{cut.scenario}: the uninterrupted run failed: {done.stderr}")
+    if cut.mode == "random" and cut.at < 0:
+        cut.at = round(random.Random(cut.seed).uniform(0, durations[cut.scenario]), 3)
+    device = lab.bring_to(start)
+    gets_at_start = len(registry_blob_gets(lab.home))
+    process = device.start("apply", str(target))
+    kill_at(cut, device, process, time.monotonic())
+    lab.disk.cut()
+    time.sleep(0.5)  # the registry logs the responses the kill cut short
+    store = BlobStore(device.sota / "reset-apps")
+    verified_at_cut = set(store.digests())
+    gets_at_cut = len(registry_blob_gets(lab.home))
+    began = time.monotonic()
+    why = boot(device, target)
+    cut.boot_seconds = time.monotonic() - began
+    if why:
+        cut.failures["boot"] = why
+    fetched_before = {digest for digest, _ in registry_blob_gets(lab.home)[gets_at_start:gets_at_cut]}
+    check(lab, device, cut, target, verified_at_cut, gets_at_cut, fetched_before)
+    return cut
+
+
+def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[str], gets_at_cut: int,
+          fetched_before: set[str]) -> None:
+    """The invariants, each failure written into `cut.failures`."""
+    status = device.status()
+    wanted = lab.uris[target]
+    problems = []
+    if (status.get("current") or {}).get("version") != target:
+        problems.append(f"on version {(status.get('current') or {}).get('version')}, not {target}")
+    for app in status.get("apps", []):
+        if app["state"] != "running" or app["uri"] != wanted.get(app["name"]):
+            problems.append(f"{app['name']} {app['state']} {app['uri'].rsplit('@', 1)[-1][:19]}")
+    running = {c.labels.get("com.docker.compose.project") for c in lab.engine.containers.list()}
+    problems += [f"{app} not running" for app in wanted if app not in running]
+    problems += [f"dropped {app} still running" for app in running - set(wanted) if app]
+    if problems:
+        cut.failures["1-target"] = "; ".join(problems)
+
+    store = BlobStore(device.sota / "reset-apps")
+    corrupt = [d for d in store.digests() if not store.verify(d)]
+    cut.corrupt = len(corrupt)
+    if corrupt:
+        cut.failures["2-blobs"] = f"{len(corrupt)} corrupt: {', '.join(d[:19] for d in corrupt)}"
+
+    check_events(lab, device, cut)
+
+    after = registry_blob_gets(lab.home)[gets_at_cut:]
+    again = sorted({d for d, _ in after} & verified_at_cut)
+    cut.refetched = sum(written for digest, written in after if digest in fetched_before)
+    if again:
+        cut.failures["4-refetch"] = f"verified before the cut, fetched again: {', '.join(d[:19] for d in again)}"
+
+
+def check_events(lab: Lab, device: Device, cut: Cut) -> None:
+    """Invariant 3: the final plan's events, each once, in the protocol's order."""
+    with device.store() as store:
+        history = store.history(1)
+    if not history:
+        cut.failures["3-events"] = "no finished update in the device's history"
+        return
+    plan_id = history[0]["plan_id"]
+    events = [e for e in DeviceRecords(lab.home).events(device.uuid) if e["event"]["correlationId"] == plan_id]
+    ids = [e["id"] for e in events]
+    cut.duplicated_events = len(ids) - len(set(ids))
+    kinds = [e["eventType"]["id"] for e in events]
+    seen = list(dict.fromkeys(kinds))
+    cut.lost_events = len(set(UPDATE_EVENTS) - set(kinds))
+    if cut.duplicated_events or cut.lost_events or seen != list(UPDATE_EVENTS):
+        cut.failures["3-events"] = f"got {kinds}"
+
+
+# --- a run of many cuts -------------------------------------------------------------------------------
+
+
+def plan_cuts(count: int, seed: int, mode: str, at: float | None, scenario: str | None) -> list[Cut]:
+    """The cuts of a run, each with a seed of its own so that one can be replayed alone."""
+    rng = random.Random(seed)
+    cuts = []
+    for index in range(count):
+        cut_seed = seed if count == 1 else rng.randrange(1 << 30)
+        own = random.Random(cut_seed)
+        name = scenario or own.choice(sorted(SCENARIOS))
+        if at is not None:
+            moment = at
+        elif mode == "boundary":
+            moment = own.randrange(40)  # reduced modulo the plan's size when it is known
+        else:
+            moment = -1.0  # drawn once the scenario's duration is known
+        cuts.append(Cut(cut_seed, name, mode, moment))
+    return cuts
+
+
+def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> list[Cut]:
+    durations: dict[str, float] = {}
+    for index, cut in enumerate(cuts, 1):
+        try:
+            run_cut(lab, cut, durations)
+        except Exception as exc:  # noqa: BLE001 - a harness error on one cut is a failed cut, not the end
+            cut.failures["harness"] = f"{exc.__class__.__name__}: {exc}"
+            lab.device = None
+        where = f"node {cut.node}" if cut.mode == "boundary" else f"{cut.at:.2f} s"
+        line = (f"[{index}/{len(cuts)}] {cut.scenario:10} cut at {where}: "
+                f"boot {cut.boot_seconds:.1f} s, re-fetched {cut.refetched} B")
+        say(line + ("" if cut.converged else "  FAILED"))
+        for name, what in cut.failures.items():
+            say(f"  FAIL {name}: seed={cut.seed} scenario={cut.scenario} mode={cut.mode} at={cut.at}: {what}"
+                f"\n  replay: scripts/powercut --cuts 1 --seed {cut.seed} --mode {cut.mode} --at {cut.at}"
+                f" --scenario {cut.scenario}")
+    return cuts
+
+
+def summary(cuts: list[Cut]) -> list[str]:
+    names = ["boot", "1-target", "2-blobs", "3-events", "4-refetch", "harness"]
+    refetched = [c.refetched for c in cuts] or [0]
+    boots = [c.boot_seconds for c in cuts if c.converged] or [0.0]
+    converged = sum(c.converged for c in cuts)
+    return [
+        "failures per invariant: " + ", ".join(f"{n} {sum(n in c.failures for c in cuts)}" for n in names),
+        f"corrupt blobs {sum(c.corrupt for c in cuts)}, lost events {sum(c.lost_events for c in cuts)}, "
+        f"duplicated events {sum(c.duplicated_events for c in cuts)}",
+        f"bytes fetched after the cut: median {statistics.median(refetched):.0f}, max {max(refetched)}",
+        f"boot to apps running: median {statistics.median(boots):.1f} s",
+        f"converged {converged}/{len(cuts)}",
+    ]
+
+
+# --- network faults -------------------------------------------------------------------------------
+
+
+def point_gateway_at(device: Device, port: int) -> None:
+    cfg = device.sota / "sota.toml"
+    data = tomllib.loads(cfg.read_text())
+    data["tls"]["server"] = f"https://127.0.0.1:{port}"
+    cfg.write_text(tomli_w.dumps(data))
+
+
+NETWORK_FAULTS = [
+    {"reset_probability": 0.02},
+    {"reset_after": 3_000_000},
+    {"stall_after": 1_000_000, "stall_seconds": 4.0},
+    {"close_on_accept": 3},
+    {"reset_probability": 0.005, "rate": 4_000_000},
+]
+
+
+def run_network(lab: Lab, count: int, seed: int, proxies: tuple[FaultProxy, FaultProxy],
+                say: Callable[[str], None] = print) -> int:
+    """Updates through faulty links; returns how many converged (within three boots)."""
+    gateway, registry = proxies
+    rng = random.Random(seed)
+    clean: dict[str, int] = {}
+    converged = 0
+    extra = []
+    for index in range(count):
+        scenario = rng.choice(sorted(SCENARIOS))
+        faults = rng.choice(NETWORK_FAULTS)
+        start, target = lab.versions(scenario)
+        if scenario not in clean:
+            device = lab.bring_to(start)
+            point_gateway_at(device, gateway.port)
+            before = registry.stats.bytes_down
+            device.run("apply", str(target))
+            clean[scenario] = registry.stats.bytes_down - before
+        device = lab.bring_to(start)
+        point_gateway_at(device, gateway.port)
+        before = registry.stats.bytes_down
+        for proxy in proxies:
+            proxy.set(**faults)
+        device.run("apply", str(target), timeout=120)
+        tries = 1
+        while tries < 3 and device.version() != target:  # what the daemon would do on its next round
+            tries += 1
+            if boot(device, target) is not None:
+                continue
+        for proxy in proxies:
+            proxy.clear()
+        spent = registry.stats.bytes_down - before - clean[scenario]
+        extra.append(spent)
+        ok = device.version() == target
+        converged += ok
+        say(f"[{index + 1}/{count}] {scenario:10} faults {faults}: {'ok' if ok else 'FAILED'}, "
+            f"{tries} boot(s), extra bytes {spent}")
+    say(f"extra registry bytes over an uninterrupted run: median {statistics.median(extra or [0]):.0f}, "
+        f"max {max(extra or [0])}")
+    say(f"converged {converged}/{count}")
+    return converged
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cuts", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    parser.add_argument("--mode", choices=["random", "boundary"], default="random")
+    parser.add_argument("--network", action="store_true", help="network faults instead of power cuts")
+    parser.add_argument("--at", type=float, help="replay: seconds after start (random) or node index (boundary)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="replay: this scenario only")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fioup-flow-powercut"))
+    args = parser.parse_args()
+    print(f"powercut: seed {args.seed}, mode {'network' if args.network else args.mode}, work {args.work}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
+    with private_engine(args.work / "docker") as host:
+        os.environ["DOCKER_HOST"] = host
+        home = args.work / "factory"
+        info = json.loads(factory_cli("up", "--home", str(home)))
+        try:
+            lab_home = FactoryHome(home.resolve())
+            if args.network:
+                return network_main(args, lab_home, info)
+            uris = publish_releases(home)
+            with PowercutMount(args.work / "backing", args.work / "mnt") as disk:
+                lab = Lab(lab_home, info, docker.DockerClient(base_url=host), disk.mount, args.work, uris, disk)
+                cuts = run_cuts(lab, plan_cuts(args.cuts, args.seed, args.mode, args.at, args.scenario))
+                clean_engine(lab.engine)
+            for line in summary(cuts):
+                print(line)
+            return 0 if all(c.converged for c in cuts) else 1
+        finally:
+            factory_cli("down", "--home", str(home))
+
+
+def network_main(args: argparse.Namespace, home: FactoryHome, info: dict) -> int:
+    """Point the registry host at a proxy, publish versions 11.. through it, run updates."""
+    ports = home.load_state()["ports"]
+    with FaultProxy(ports["gateway"], lifetime=3600, seed=args.seed) as gateway, \
+            FaultProxy(ports["registry"], lifetime=3600, seed=args.seed) as registry:
+        state = home.load_state()
+        state["registry_host"] = f"127.0.0.1:{registry.port}"
+        home.save_state(state)
+        uris = publish_releases(home.root, offset=10)
+        devices = args.work / "net-devices"
+        devices.mkdir(exist_ok=True)
+        lab = Lab(home, info, docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), devices, args.work, uris, offset=10)
+        converged = run_network(lab, args.cuts, args.seed, (gateway, registry))
+        clean_engine(lab.engine)
+    return 0 if converged == args.cuts else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
