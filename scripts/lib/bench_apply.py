@@ -167,14 +167,15 @@ class Bench:
         return ["docker-compose", "-p", BASELINE_PREFIX + app, "--project-directory", str(folder),
                 "-f", str(folder / "docker-compose.yml"), *args]
 
-    def baseline_side(self, env: dict[str, str]) -> Side:
+    def baseline_side(self, env: dict[str, str], wait: bool) -> Side:
+        """`wait`: `up -d --wait`, which like fioup-flow returns only once services are healthy."""
         self.clean_engine()
         for app in APPS_V1:
             run(self.compose(app, 1, "up", "-d", "--quiet-pull"), env)
         start = time.time()
         spent = {"pull": 0.0, "up": 0.0}
         for app in APPS_V1:
-            for step, args in (("pull", ("pull", "--quiet")), ("up", ("up", "-d"))):
+            for step, args in (("pull", ("pull", "--quiet")), ("up", ("up", "-d", *(["--wait"] if wait else [])))):
                 began = time.time()
                 run(self.compose(app, 2, *args), env)
                 spent[step] += time.time() - began
@@ -248,11 +249,11 @@ def phases(lines: list[tuple[float, str]]) -> dict[str, float]:
     return result
 
 
-def report(fioup: list[Side], base: list[Side]) -> None:
+def report(fioup: list[Side], base: list[Side], baseline: str) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    for label, sides in (("fioup-flow apply", fioup), ("compose pull && up -d", base)):
+    for label, sides in (("fioup-flow apply", fioup), (baseline, base)):
         walls = ", ".join(f"{s.seconds:.2f}" for s in sides)
         print(f"{label}: {median([s.seconds for s in sides]):.2f} s (rounds: {walls})")
         for name in dict.fromkeys(name for s in sides for name in s.phases):
@@ -275,19 +276,22 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--factory-json", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--baseline-wait", action="store_true",
+                        help="baseline runs `up -d --wait` (waits for health checks, as fioup-flow does)")
     args = parser.parse_args()
     started = time.time()
     bench = Bench(args.work, json.loads(args.factory_json.read_text()))
     bench.publish()
     engine_env = bench.engine_login()
     fioup, base = [], []
+    baseline = "compose pull && up -d" + (" --wait" if args.baseline_wait else "")
     for round_no in range(1, args.rounds + 1):
         fioup.append(bench.fioup_flow_side(round_no))
         log(f"round {round_no}: fioup-flow apply 2 took {fioup[-1].seconds:.2f} s")
-        base.append(bench.baseline_side(engine_env))
-        log(f"round {round_no}: compose pull && up -d took {base[-1].seconds:.2f} s")
+        base.append(bench.baseline_side(engine_env, args.baseline_wait))
+        log(f"round {round_no}: {baseline} took {base[-1].seconds:.2f} s")
     log(f"benchmark took {time.time() - started:.0f} s (after setup, engine and factory start)")
-    report(fioup, base)
+    report(fioup, base, baseline)
 
 
 if __name__ == "__main__":
