@@ -7,13 +7,14 @@ the ingest area kept; a resumed download that fails to verify starts once more f
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import requests
 
 from fioup_flow.errors import FetchError
 from fioup_flow.reference import PinnedRef
 from fioup_flow.registry import RegistryClient
+from fioup_flow.retry import is_transient
 from fioup_flow.store import BlobStore, PartialCorruptError
 from fioup_flow.task import Node, TaskContext, TransientError
 from fioup_flow.throttle import TokenBucket
@@ -38,6 +39,10 @@ class FetchBlob:
         self.store = store
         self.registry = registry
         self.bucket = bucket
+        # registry host -> why it was given up on: once a fetch retried through a whole budget
+        # without reaching it, the blobs after it fail at once instead of each waiting out a
+        # budget of its own (a dead registry cost budget x blobs); the next run tries again.
+        self.out_of_reach: dict[str, str] = {}
 
     def _open(self, ref: PinnedRef, offset: int) -> Iterable[bytes]:
         chunks = self.registry.open_blob(ref, offset)
@@ -55,10 +60,17 @@ class FetchBlob:
             self.store.ingest(ref.digest, size, lambda offset: self._open(ref, offset),
                               progress=lambda done: ctx.progress(done, size))
 
+        if ref.host in self.out_of_reach:
+            raise FetchError(f"{ref}: not tried, the registry was out of reach earlier in this run "
+                             f"({self.out_of_reach[ref.host]})")
         try:
             try:
                 download()
             except PartialCorruptError:
                 download()  # the partial was thrown away: once more from zero
+        except FetchError as exc:
+            if is_transient(exc.__cause__):  # the retries ran out on the link, not on this blob
+                self.out_of_reach[ref.host] = str(exc)
+            raise
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise TransferInterrupted(f"fetching {ref}: the connection failed mid-transfer ({exc.__class__.__name__})") from exc
