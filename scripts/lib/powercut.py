@@ -309,7 +309,7 @@ class Cut:
     seed: int
     scenario: str
     mode: str
-    at: float  # seconds after start (random) or node index K (boundary)
+    at: float  # seconds after start (random) or node index K (boundary); < 0: draw it from the seed
     node: str = ""
     refetched: int = 0
     boot_seconds: float = 0.0
@@ -359,6 +359,8 @@ def kill_at(cut: Cut, device: Device, process: subprocess.Popen, started: float)
         nodes: list[str] = []
         wait(lambda: bool(nodes.extend(plan_nodes(device) or []) or nodes), process, 60)
         if nodes:
+            if cut.at < 0:
+                cut.at = random.Random(cut.seed).randrange(len(nodes))
             cut.node = nodes[min(int(cut.at), len(nodes) - 1)]
             wait(lambda: node_done(device, cut.node), process, 120)
     process.send_signal(signal.SIGKILL)
@@ -377,15 +379,16 @@ def boot(device: Device, version: int) -> str | None:
     return None
 
 
-def run_cut(lab: Lab, cut: Cut, durations: dict[str, float]) -> Cut:
+def run_cut(lab: Lab, cut: Cut, durations: dict[str, float], say: Callable[[str], None] = print) -> Cut:
     start, target = lab.versions(cut.scenario)
-    if cut.scenario not in durations:  # once per scenario: how long an uninterrupted run takes
+    if cut.mode == "random" and cut.at < 0 and cut.scenario not in durations:  # once per scenario
         device = lab.bring_to(start)
         began = time.monotonic()
         done = device.run("apply", str(target))
         durations[cut.scenario] = time.monotonic() - began
         if done.returncode != 0:
             raise RuntimeError(f"{cut.scenario}: the uninterrupted run failed: {done.stderr}")
+        say(f"{cut.scenario}: an uninterrupted run takes {durations[cut.scenario]:.1f} s")
     if cut.mode == "random" and cut.at < 0:
         cut.at = round(random.Random(cut.seed).uniform(0, durations[cut.scenario]), 3)
     device = lab.bring_to(start)
@@ -464,17 +467,12 @@ def plan_cuts(count: int, seed: int, mode: str, at: float | None, scenario: str 
     """The cuts of a run, each with a seed of its own so that one can be replayed alone."""
     rng = random.Random(seed)
     cuts = []
-    for index in range(count):
+    for _ in range(count):
         cut_seed = seed if count == 1 else rng.randrange(1 << 30)
         own = random.Random(cut_seed)
         name = scenario or own.choice(sorted(SCENARIOS))
-        if at is not None:
-            moment = at
-        elif mode == "boundary":
-            moment = own.randrange(40)  # reduced modulo the plan's size when it is known
-        else:
-            moment = -1.0  # drawn once the scenario's duration is known
-        cuts.append(Cut(cut_seed, name, mode, moment))
+        # without --at, drawn from the cut's seed once the run's duration or plan is known
+        cuts.append(Cut(cut_seed, name, mode, -1.0 if at is None else at))
     return cuts
 
 
@@ -482,7 +480,7 @@ def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> l
     durations: dict[str, float] = {}
     for index, cut in enumerate(cuts, 1):
         try:
-            run_cut(lab, cut, durations)
+            run_cut(lab, cut, durations, say)
         except Exception as exc:  # noqa: BLE001 - a harness error on one cut is a failed cut, not the end
             cut.failures["harness"] = f"{exc.__class__.__name__}: {exc}"
             lab.device = None
