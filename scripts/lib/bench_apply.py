@@ -2,7 +2,8 @@
 
 `scripts/bench-apply` starts a private Docker engine and a local factory, then runs this with
 DOCKER_HOST set and .venv/bin first on PATH. This module publishes three apps in two versions
-(version 2 adds about 65 MB of new, incompressible layers to each app), and for each round
+(version 2 adds about 65 MB of new, incompressible layers to each app; ticker's version 2 is
+its version 1 plus those layers), and for each round
 measures both ways of going from version 1 to version 2, one after the other on the same engine:
 
 * fioup-flow: a fresh device applies version 1 (not timed), then `fioup-flow apply 2` is timed,
@@ -11,11 +12,15 @@ measures both ways of going from version 1 to version 2, one after the other on 
 * baseline: the apps are taken down and every image removed (so no layer of version 2 is in
   the engine), the published, pinned compose files of version 1 are started (pulled, not
   timed), then for each app in turn `docker compose pull && docker compose up -d` with its
-  version 2 compose file is timed, the engine pulling from the factory registry over TLS.
+  version 2 compose file is timed, the engine pulling from the factory registry over TLS
+  (its CA in /etc/docker/certs.d/<registry>/, logged in as the factory's publisher). With
+  `--baseline-wait` it runs `up -d --wait`, which like fioup-flow waits for health checks.
 
 Before each fioup-flow round every image is removed too, so each side downloads the same
 new layers and neither benefits from the other's cache. Downtime per app is read afterwards
 from the engine's event log: last `die` of an old container to first `start` of a new one.
+fioup-flow's progress log is kept per round (apply-2-round-N.log, seconds since start on each
+line) and split into phases (plan, fetch, install, stop+start, the rest) in the summary.
 """
 
 from __future__ import annotations
@@ -53,14 +58,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(argv: list[str], env: dict[str, str] | None = None, quiet: bool = True) -> str:
+def run(argv: list[str], env: dict[str, str] | None = None) -> str:
     """Run a command; on failure show its output and stop the benchmark."""
     done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         log(f"command failed ({done.returncode}): {' '.join(argv)}\n{done.stdout}{done.stderr}")
         raise SystemExit(1)
-    if not quiet:
-        log(done.stdout.rstrip())
     return done.stdout
 
 
