@@ -9,6 +9,7 @@ that is not YAML. The release lives under its own hardware id, so its versions a
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -44,7 +45,7 @@ def bad_release(factory) -> None:
 
 
 @pytest.fixture
-def device(factory, bad_release, engine, tmp_path: Path) -> Device:
+def device(factory, bad_release, engine, tmp_path: Path) -> Iterator[Device]:
     """A device of the bad-input release already running v1, on an engine with nothing else."""
     clean_engine(engine)
     device = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
