@@ -93,6 +93,7 @@ class Agent:
             install.InstallApp(self.store, root, self.engine),
             stop.StopApp(self.engine),
             start.StartApp(root, self.engine),
+            start.AppHealthy(root, self.engine),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),
             report.ReportEvent(self.outbox, self.gateway, self._live_details),
@@ -149,7 +150,7 @@ class Agent:
         if current is None:
             return Observed(None, {})
         loader = AppTreeLoader(self.store, registry=None)
-        starter = start.StartApp(self.config.compose_apps_root, self.engine)
+        checker = start.AppHealthy(self.config.compose_apps_root, self.engine)
         up = {}
         for app in current.apps:
             try:
@@ -157,7 +158,7 @@ class Agent:
             except FioupFlowError:
                 up[app.name] = False
                 continue
-            up[app.name] = starter.is_done(start.node_for(tree))
+            up[app.name] = checker.is_done(start.healthy_node_for(tree))
         return Observed(current, up)
 
     def load_trees(self, target: Target) -> dict[str, AppTree]:

@@ -5,9 +5,11 @@ trees) and returns a Plan; every side effect belongs to the tasks the plan names
 
     UpdateInitStarted -> UpdateInitCompleted -> EcuDownloadStarted -> space check
       -> fetch (one node per blob, in parallel) -> EcuDownloadCompleted
-      -> EcuInstallationStarted -> install (per app; the old version still runs)
-      -> EcuInstallationApplied -> stop (per app) -> start (per app) -> commit
-      -> EcuInstallationCompleted -> prune -> apps-states
+      -> EcuInstallationStarted -> EcuInstallationApplied -> stop (per app) -> start (per app)
+      -> healthy (per app) -> commit -> EcuInstallationCompleted -> prune -> apps-states
+
+with install (per app: images loaded, project unpacked, while the old version still runs)
+after that app's own fetches and before EcuInstallationApplied.
 
 An app whose URI does not change is never stopped or restarted; one that should run but is not
 up gets install and start nodes (a repair) and no stop.
@@ -118,20 +120,22 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
     usage = {d: u for name in diff.to_install for d, u in trees[name].layer_usage.items()}
     room = b.add(space.node(target.name, [(d, bl.size, bl.kind, usage.get(d)) for d, bl in sorted(blobs.items())]),
                  [download])
-    fetches = [b.add(fetch.node(bl.uri, bl.size, bl.kind), [room]) for _, bl in sorted(blobs.items())]
-    downloaded = b.event("EcuDownloadCompleted", target, fetches or [room], True)
+    fetches = {d: b.add(fetch.node(bl.uri, bl.size, bl.kind), [room]) for d, bl in sorted(blobs.items())}
+    downloaded = b.event("EcuDownloadCompleted", target, list(fetches.values()) or [room], True)
 
     installing = b.event("EcuInstallationStarted", target, [downloaded], details={"actions": {
         "stop": list(diff.to_stop), "install": list(diff.to_install), "prune": list(diff.remove)}})
+    # An app installs as soon as its own blobs are in: loading images overlaps the other downloads.
     installs = {name: b.add(install.node(name, trees[name].uri, sum(x.size for x in trees[name].blobs())),
-                            [installing]) for name in diff.to_install}
-    applied = b.event("EcuInstallationApplied", target, list(installs.values()) or [installing])
+                            [fetches[x.digest] for x in trees[name].blobs()] or [room]) for name in diff.to_install}
+    applied = b.event("EcuInstallationApplied", target, [installing, *installs.values()])
 
     stops = {name: b.add(stop.node(name, [i.image_id for i in trees[name].images()] if name in trees else []),
                          [applied]) for name in diff.to_stop}
-    starts = [b.add(start.node_for(trees[name]), [applied] + ([stops[name]] if name in stops else []))
-              for name in diff.to_install]
-    committed = b.add(commit.node(target), starts + [s for n, s in stops.items() if n in diff.remove] or [applied])
+    started = {name: b.add(start.node_for(trees[name]), [applied] + ([stops[name]] if name in stops else []))
+               for name in diff.to_install}
+    healthy = [b.add(start.healthy_node_for(trees[name]), [started[name]]) for name in diff.to_install]
+    committed = b.add(commit.node(target), healthy + [s for n, s in stops.items() if n in diff.remove] or [applied])
     completed = b.event("EcuInstallationCompleted", target, [committed], True)
     pruned = b.add(prune.node(target.name, {a.name: a.uri for a in target.apps}, prune_all_images), [completed])
     b.add(report.apps_states_node(new_id()), [pruned])

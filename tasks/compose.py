@@ -62,6 +62,11 @@ def up(name: str, project: Path, error: type[FioupFlowError]) -> None:
                 cwd=project)
 
 
+def stop(name: str, error: type[FioupFlowError]) -> None:
+    """Stop the app's containers, keeping them and its networks for `up` to replace."""
+    run_compose(["-p", name, "stop"], error, f"stopping app {name}")
+
+
 def down(name: str, error: type[FioupFlowError]) -> None:
     """Stop and remove the app's containers and networks (volumes are kept), by project name only."""
     run_compose(["-p", name, "down", "--remove-orphans"], error, f"stopping app {name}")

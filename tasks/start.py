@@ -1,8 +1,10 @@
-"""Start an app version (node `start:<app>@<digest>`): `docker compose up -d` and wait until it is up.
+"""Start an app version and see it healthy: nodes `start:<app>@<digest>` and `healthy:<app>@<digest>`.
 
 fioup counts `compose up` exiting 0 as success; a container that crashes a second later or never
-turns healthy goes unnoticed. Here the node is done only when every service of the version
-runs its expected image, and is healthy where it has a health check, within a timeout.
+turns healthy goes unnoticed. Here starting is done when every service of the version runs its
+expected image, and the update goes on only once each is also healthy where it has a health
+check, within a timeout. The two are separate nodes so that waiting for health does not hold
+the Docker slot: the next app can be stopped and started meanwhile.
 """
 
 from __future__ import annotations
@@ -18,47 +20,63 @@ from fioup_flow.task import Node, TaskContext
 from tasks import appstate, compose
 from tasks.install import installed_uri
 
-KIND = "start"
-POLL_S = 0.5
+START = "start"
+HEALTHY = "healthy"
+POLL_S = 0.1
+RUNNING_TIMEOUT_S = 30.0
 
 
-def node(app: str, uri: str, service_images: dict[str, str], timeout_s: float = 120.0) -> Node:
-    """`service_images` maps each service to the image ID it must run."""
-    digest = uri.rsplit("@", 1)[1]
-    return Node(id=f"start:{app}@{digest}", kind=KIND,
-                params={"app": app, "uri": uri, "services": dict(sorted(service_images.items())),
-                        "timeout_s": timeout_s},
-                resource="docker")
+def _params(tree: AppTree, timeout_s: float) -> dict:
+    return {"app": tree.name, "uri": tree.uri, "timeout_s": timeout_s,
+            "services": {service: image.image_id for service, image in sorted(tree.services.items())}}
 
 
 def node_for(tree: AppTree) -> Node:
-    """The start node of an app version: what "this version runs" means, for every caller."""
-    return node(tree.name, tree.uri, {service: image.image_id for service, image in tree.services.items()})
+    """The node that starts an app version (its id names the version)."""
+    return Node(id=f"start:{tree.name}@{tree.uri.rsplit('@', 1)[1]}", kind=START,
+                params=_params(tree, RUNNING_TIMEOUT_S), resource="docker")
+
+
+def healthy_node_for(tree: AppTree, timeout_s: float = 120.0) -> Node:
+    """The node that waits until the version runs and is healthy: what "this version is up" means."""
+    return Node(id=f"healthy:{tree.name}@{tree.uri.rsplit('@', 1)[1]}", kind=HEALTHY,
+                params=_params(tree, timeout_s), resource="cpu")
+
+
+def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> list[str]:
+    """Services of the version not yet running its image (or not yet healthy), each with the reason."""
+    running = {s.name: s for s in appstate.services(engine, node.params["app"])}
+    problems = []
+    for service, image_id in node.params["services"].items():
+        state = running.get(service)
+        if state is None:
+            problems.append(f"{service}: no container")
+        elif state.image_id != image_id:
+            problems.append(f"{service}: runs another image")
+        elif state.state != "running" or (need_health and not state.up):
+            problems.append(f"{service}: {state.state}{' (' + state.health + ')' if state.health else ''}")
+    return problems
+
+
+def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while problems := pending(engine, node, need_health):
+        if time.monotonic() > deadline:
+            raise StartError(f"app {node.params['app']} did not {what} within {timeout_s:.0f} s: "
+                             + "; ".join(problems))
+        time.sleep(POLL_S)
 
 
 class StartApp:
-    kind = KIND
+    kind = START
 
     def __init__(self, compose_root: Path, engine: docker.DockerClient):
         self.root = compose_root
         self.engine = engine
 
-    def _pending(self, node: Node) -> list[str]:
-        """Services not yet up with their expected image, each with the reason."""
-        running = {s.name: s for s in appstate.services(self.engine, node.params["app"])}
-        pending = []
-        for service, image_id in node.params["services"].items():
-            state = running.get(service)
-            if state is None:
-                pending.append(f"{service}: no container")
-            elif state.image_id != image_id:
-                pending.append(f"{service}: runs another image")
-            elif not state.up:
-                pending.append(f"{service}: {state.state}{' (' + state.health + ')' if state.health else ''}")
-        return pending
-
     def is_done(self, node: Node) -> bool:
-        return installed_uri(self.root / node.params["app"]) == node.params["uri"] and not self._pending(node)
+        return (installed_uri(self.root / node.params["app"]) == node.params["uri"]
+                and not pending(self.engine, node, need_health=False))
 
     def run(self, node: Node, ctx: TaskContext) -> None:
         app = node.params["app"]
@@ -66,9 +84,20 @@ class StartApp:
         if installed_uri(project) != node.params["uri"]:
             raise StartError(f"app {app}: the project in {project} is not the version to start")
         compose.up(app, project, StartError)
-        deadline = time.monotonic() + float(node.params["timeout_s"])
-        while pending := self._pending(node):
-            if time.monotonic() > deadline:
-                raise StartError(f"app {app} did not come up within {node.params['timeout_s']:.0f} s: "
-                                 + "; ".join(pending))
-            time.sleep(POLL_S)
+        # compose can exit 0 with a container left "created" (a port taken, no address pool left)
+        wait_until(self.engine, node, False, float(node.params["timeout_s"]), "start")
+
+
+class AppHealthy:
+    kind = HEALTHY
+
+    def __init__(self, compose_root: Path, engine: docker.DockerClient):
+        self.root = compose_root
+        self.engine = engine
+
+    def is_done(self, node: Node) -> bool:
+        return (installed_uri(self.root / node.params["app"]) == node.params["uri"]
+                and not pending(self.engine, node, need_health=True))
+
+    def run(self, node: Node, ctx: TaskContext) -> None:
+        wait_until(self.engine, node, True, float(node.params["timeout_s"]), "turn healthy")

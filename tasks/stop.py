@@ -1,9 +1,14 @@
-"""Stop an app's running version (node `stop:<app>`): `docker compose down` by project name.
+"""Stop an app's running version (node `stop:<app>`), by compose project name.
 
-Done when no container of the project runs an image outside `keep` (the image IDs of the
-version that replaces it; empty when the app is removed). That check matters on resume: if
-the new version already started after this node ran, re-running `down` would take the new
-version down again, and the check is what says it must not.
+An app that leaves the device is taken down (`compose down`: containers and networks go,
+volumes stay). An app being updated is only stopped (`compose stop`): its network stays and
+the start node's `compose up` replaces the stopped containers, which keeps the window between
+the last old container and the first new one as short as compose's own recreate.
+
+Done when no container of the project still runs an image outside `keep` (the image IDs of
+the version that replaces it; empty when the app is removed), and for a removed app when no
+container is left at all. That check matters on resume: if the new version already started
+after this node ran, stopping again would take the new version down, and the check says no.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ KIND = "stop"
 
 
 def node(app: str, keep_image_ids: list[str]) -> Node:
+    """`keep`: the image IDs of the version replacing the app; none when the app is removed."""
     return Node(id=f"stop:{app}", kind=KIND, params={"app": app, "keep": sorted(keep_image_ids)}, resource="docker")
 
 
@@ -29,7 +35,13 @@ class StopApp:
 
     def is_done(self, node: Node) -> bool:
         keep = set(node.params["keep"])
-        return all(s.image_id in keep for s in appstate.services(self.engine, node.params["app"]))
+        services = appstate.services(self.engine, node.params["app"])
+        if not keep:
+            return not services
+        return all(s.image_id in keep or s.state != "running" for s in services)
 
     def run(self, node: Node, ctx: TaskContext) -> None:
-        compose.down(node.params["app"], StopError)
+        if node.params["keep"]:
+            compose.stop(node.params["app"], StopError)
+        else:
+            compose.down(node.params["app"], StopError)
