@@ -113,6 +113,25 @@ def free_address_pool() -> str:
 
 @contextmanager
 def private_engine(folder: Path) -> Iterator[str]:
+    """`engine` below, tried three times: two engines starting at once race to create the
+    same iptables chain, and the loser exits."""
+    for attempt in range(3):
+        try:
+            with engine(folder) as host:
+                yield host
+                return
+        except EngineDidNotStart:
+            if attempt == 2:
+                raise
+            time.sleep(random.uniform(1, 4))
+
+
+class EngineDidNotStart(RuntimeError):
+    """dockerd exited or did not answer in time."""
+
+
+@contextmanager
+def engine(folder: Path) -> Iterator[str]:
     """A dockerd of our own (as scripts/lib/dockerd.sh starts it, with an address pool of its
     own); yields its DOCKER_HOST."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -132,7 +151,7 @@ def private_engine(folder: Path) -> Iterator[str]:
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dockerd did not answer; see {folder / 'dockerd.log'}") from None
+                    raise EngineDidNotStart(f"dockerd did not answer; see {folder / 'dockerd.log'}") from None
                 time.sleep(0.5)
         yield host
     finally:
@@ -311,7 +330,7 @@ class Cut:
     mode: str
     at: float  # seconds after start (random) or node index K (boundary); < 0: draw it from the seed
     node: str = ""
-    refetched: int = 0
+    refetched: int = 0  # bytes received before the cut, lost to it
     boot_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)  # invariant -> what was wrong
     corrupt: int = 0
@@ -399,19 +418,23 @@ def run_cut(lab: Lab, cut: Cut, durations: dict[str, float], say: Callable[[str]
     time.sleep(0.5)  # the registry logs the responses the kill cut short
     store = BlobStore(device.sota / "reset-apps")
     verified_at_cut = set(store.digests())
-    gets_at_cut = len(registry_blob_gets(lab.home))
+    gets = registry_blob_gets(lab.home)
+    gets_at_cut = len(gets)
+    kept_at_cut = {d: store.partial_size(d) for d, _ in gets[gets_at_start:] if d not in verified_at_cut}
+    # bytes the device had received but lost to the cut: fetched once more after it
+    cut.refetched = sum(max(0, sum(w for d, w in gets[gets_at_start:] if d == digest) - kept)
+                        for digest, kept in kept_at_cut.items())
     began = time.monotonic()
     why = boot(device, target)
     cut.boot_seconds = time.monotonic() - began
     if why:
         cut.failures["boot"] = why
-    fetched_before = {digest for digest, _ in registry_blob_gets(lab.home)[gets_at_start:gets_at_cut]}
-    check(lab, device, cut, target, verified_at_cut, gets_at_cut, fetched_before)
+    check(lab, device, cut, target, verified_at_cut, gets_at_cut, kept_at_cut)
     return cut
 
 
 def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[str], gets_at_cut: int,
-          fetched_before: set[str]) -> None:
+          kept_at_cut: dict[str, int]) -> None:
     """The invariants, each failure written into `cut.failures`."""
     status = device.status()
     wanted = lab.uris[target]
@@ -437,9 +460,12 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[
 
     after = registry_blob_gets(lab.home)[gets_at_cut:]
     again = sorted({d for d, _ in after} & verified_at_cut)
-    cut.refetched = sum(written for digest, written in after if digest in fetched_before)
     if again:
         cut.failures["4-refetch"] = f"verified before the cut, fetched again: {', '.join(d[:19] for d in again)}"
+    for digest, kept in kept_at_cut.items():  # a partial download resumes from what was kept
+        resumed = sum(written for d, written in after if d == digest)
+        if store.has(digest) and resumed > store.path(digest).stat().st_size - kept:
+            cut.failures["4-refetch"] = f"{digest[:19]}: {kept} bytes kept at the cut, yet {resumed} fetched after"
 
 
 def check_events(lab: Lab, device: Device, cut: Cut) -> None:
@@ -504,7 +530,7 @@ def summary(cuts: list[Cut]) -> list[str]:
         "failures per invariant: " + ", ".join(f"{n} {sum(n in c.failures for c in cuts)}" for n in names),
         f"corrupt blobs {sum(c.corrupt for c in cuts)}, lost events {sum(c.lost_events for c in cuts)}, "
         f"duplicated events {sum(c.duplicated_events for c in cuts)}",
-        f"bytes fetched after the cut: median {statistics.median(refetched):.0f}, max {max(refetched)}",
+        f"bytes received before the cut and lost (fetched again): median {statistics.median(refetched):.0f}, max {max(refetched)}",
         f"boot to apps running: median {statistics.median(boots):.1f} s",
         f"converged {converged}/{len(cuts)}",
     ]
@@ -556,8 +582,7 @@ def run_network(lab: Lab, count: int, seed: int, proxies: tuple[FaultProxy, Faul
         tries = 1
         while tries < 3 and device.version() != target:  # what the daemon would do on its next round
             tries += 1
-            if boot(device, target) is not None:
-                continue
+            boot(device, target)
         for proxy in proxies:
             proxy.clear()
         spent = registry.stats.bytes_down - before - clean[scenario]
@@ -565,7 +590,7 @@ def run_network(lab: Lab, count: int, seed: int, proxies: tuple[FaultProxy, Faul
         ok = device.version() == target
         converged += ok
         say(f"[{index + 1}/{count}] {scenario:10} faults {faults}: {'ok' if ok else 'FAILED'}, "
-            f"{tries} boot(s), extra bytes {spent}")
+            f"{tries} boot(s), {spent} bytes more than the {clean[scenario]} of an uninterrupted run")
     say(f"extra registry bytes over an uninterrupted run: median {statistics.median(extra or [0]):.0f}, "
         f"max {max(extra or [0])}")
     say(f"converged {converged}/{count}")
@@ -609,19 +634,26 @@ def main() -> int:
 
 
 def network_main(args: argparse.Namespace, home: FactoryHome, info: dict) -> int:
-    """Point the registry host at a proxy, publish versions 11.. through it, run updates."""
+    """Publish versions 11.. with the registry named by a proxy's port, run updates through it."""
     ports = home.load_state()["ports"]
     with FaultProxy(ports["gateway"], lifetime=3600, seed=args.seed) as gateway, \
             FaultProxy(ports["registry"], lifetime=3600, seed=args.seed) as registry:
         state = home.load_state()
-        state["registry_host"] = f"127.0.0.1:{registry.port}"
-        home.save_state(state)
-        uris = publish_releases(home.root, offset=10)
-        devices = args.work / "net-devices"
-        devices.mkdir(exist_ok=True)
-        lab = Lab(home, info, docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), devices, args.work, uris, offset=10)
-        converged = run_network(lab, args.cuts, args.seed, (gateway, registry))
-        clean_engine(lab.engine)
+        proxied = dict(state, registry_host=f"127.0.0.1:{registry.port}")  # hub-creds' ServerURL
+        # publish names the registry by ports.registry: only while publishing, so the Targets'
+        # app URIs name the proxy
+        home.save_state(dict(proxied, ports=dict(state["ports"], registry=registry.port)))
+        try:
+            uris = publish_releases(home.root, offset=10)
+            home.save_state(proxied)
+            devices = args.work / "net-devices"
+            devices.mkdir(exist_ok=True)
+            lab = Lab(home, info, docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), devices, args.work, uris,
+                      offset=10)
+            converged = run_network(lab, args.cuts, args.seed, (gateway, registry))
+            clean_engine(lab.engine)
+        finally:
+            home.save_state(state)  # the releases 1..3 and their hub-creds name the registry itself
     return 0 if converged == args.cuts else 1
 
 
