@@ -443,7 +443,8 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[
         problems.append(f"on version {(status.get('current') or {}).get('version')}, not {target}")
     for app in status.get("apps", []):
         if app["state"] != "running" or app["uri"] != wanted.get(app["name"]):
-            problems.append(f"{app['name']} {app['state']} {app['uri'].rsplit('@', 1)[-1][:19]}")
+            services = ", ".join(f"{x['name']} {x['state']}/{x['health'] or '-'} ({x['status']})" for x in app["services"])
+            problems.append(f"{app['name']} {app['state']} [{services}] {app['uri'].rsplit('@', 1)[-1][:19]}")
     running = {c.labels.get("com.docker.compose.project") for c in lab.engine.containers.list()}
     problems += [f"{app} not running" for app in wanted if app not in running]
     problems += [f"dropped {app} still running" for app in running - set(wanted) if app]
