@@ -67,8 +67,10 @@ def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeo
         time.sleep(POLL_S)
 
 
-class StartApp:
-    kind = START
+class _VersionTask:
+    """What both nodes check: the project is this version and its services are (healthy and) up."""
+
+    need_health = False
 
     def __init__(self, compose_root: Path, engine: docker.DockerClient):
         self.root = compose_root
@@ -76,7 +78,11 @@ class StartApp:
 
     def is_done(self, node: Node) -> bool:
         return (installed_uri(self.root / node.params["app"]) == node.params["uri"]
-                and not pending(self.engine, node, need_health=False))
+                and not pending(self.engine, node, self.need_health))
+
+
+class StartApp(_VersionTask):
+    kind = START
 
     def run(self, node: Node, ctx: TaskContext) -> None:
         app = node.params["app"]
@@ -88,16 +94,9 @@ class StartApp:
         wait_until(self.engine, node, False, float(node.params["timeout_s"]), "start")
 
 
-class AppHealthy:
+class AppHealthy(_VersionTask):
     kind = HEALTHY
-
-    def __init__(self, compose_root: Path, engine: docker.DockerClient):
-        self.root = compose_root
-        self.engine = engine
-
-    def is_done(self, node: Node) -> bool:
-        return (installed_uri(self.root / node.params["app"]) == node.params["uri"]
-                and not pending(self.engine, node, need_health=True))
+    need_health = True
 
     def run(self, node: Node, ctx: TaskContext) -> None:
         wait_until(self.engine, node, True, float(node.params["timeout_s"]), "turn healthy")

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from faults.powercutfs import PowercutMount
+from faults.needs import FUSE
 from fioup_flow.durable import open_cache, write_atomic
 from fioup_flow.store import BlobStore
 
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting FUSE here needs root"),
-    pytest.mark.skipif(shutil.which("fusermount3") is None, reason="needs fuse3 (fusermount3)"),
-    pytest.mark.timeout(60),
-]
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[PowercutMount]:
-    with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as mounted:
-        yield mounted
+pytestmark = [*FUSE, pytest.mark.timeout(60)]
 
 
 def test_an_atomic_write_into_new_folders_survives_a_cut(disk) -> None:

@@ -11,26 +11,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from faults.needs import FUSE
 from faults.powercutfs import PowercutMount
 from fioup_flow.durable import fsync_dir, open_cache, write_atomic
 
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting FUSE here needs root"),
-    pytest.mark.skipif(shutil.which("fusermount3") is None, reason="needs fuse3 (fusermount3)"),
-    pytest.mark.timeout(60),
-]
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[PowercutMount]:
-    with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as mounted:
-        yield mounted
+pytestmark = [*FUSE, pytest.mark.timeout(60)]
 
 
 def write(path: Path, data: bytes, *, sync: bool, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> None:
