@@ -14,7 +14,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -50,7 +50,7 @@ def retrying(budget_s: float | None = None, max_attempts: int = 8) -> Retrying:
     return Retrying(
         retry=retry_if_exception(is_transient),
         wait=wait_random_exponential(multiplier=0.5, max=15),
-        stop=stop_after_delay(budget) | stop_after_attempt(max_attempts),
+        stop=stop_before_delay(budget) | stop_after_attempt(max_attempts),  # no sleep past the budget
         reraise=True,
     )
 
