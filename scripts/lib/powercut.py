@@ -23,6 +23,7 @@ the network releases are published, so their app URIs (and hub-creds) name the p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,7 +37,6 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +111,7 @@ def free_address_pool() -> str:
     return f"base=10.{random.choice(free)}.0.0/16,size=24"
 
 
-@contextmanager
+@contextlib.contextmanager
 def private_engine(folder: Path) -> Iterator[str]:
     """`engine` below, tried three times: two engines starting at once race to create the
     same iptables chain, and the loser exits."""
@@ -130,7 +130,7 @@ class EngineDidNotStart(RuntimeError):
     """dockerd exited or did not answer in time."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def engine(folder: Path) -> Iterator[str]:
     """A dockerd of our own (as scripts/lib/dockerd.sh starts it, with an address pool of its
     own); yields its DOCKER_HOST."""
@@ -234,8 +234,9 @@ class Device:
             return subprocess.CompletedProcess(exc.cmd, -1, "", f"timed out after {timeout} s")
 
     def start(self, *args: str) -> subprocess.Popen:
+        """Run in a process group of its own, so that a cut can take its children (compose) too."""
         return subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL, env=device_env())
+                                stdin=subprocess.DEVNULL, env=device_env(), start_new_session=True)
 
     def status(self) -> dict:
         done = self.run("status", "--json")
@@ -382,7 +383,8 @@ def kill_at(cut: Cut, device: Device, process: subprocess.Popen, started: float)
                 cut.at = random.Random(cut.seed).randrange(len(nodes))
             cut.node = nodes[min(int(cut.at), len(nodes) - 1)]
             wait(lambda: node_done(device, cut.node), process, 120)
-    process.send_signal(signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # fioup-flow and whatever it runs: compose, too
     process.wait(timeout=30)
 
 

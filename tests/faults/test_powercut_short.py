@@ -8,8 +8,6 @@ app running, every blob intact, each event once and in order, no verified blob f
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -17,14 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
 import powercut  # noqa: E402
-from faults.powercutfs import PowercutMount  # noqa: E402
+from faults.needs import FUSE  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="mounting FUSE here needs root"),
-    pytest.mark.skipif(shutil.which("fusermount3") is None, reason="needs fuse3 (fusermount3)"),
-    pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(400),
-]
+pytestmark = [*FUSE, pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(400)]
 
 # (seed, scenario, mode, at): at < 0 draws the moment from the seed over the uninterrupted run;
 # in boundary mode `at` is the index of the node whose completion triggers the cut
@@ -39,14 +32,13 @@ CUTS = [
 
 
 def test_every_update_cut_by_a_power_failure_resumes_to_its_target_with_nothing_lost_or_repeated(
-        factory, engine, tmp_path: Path) -> None:
+        factory, engine, disk, tmp_path: Path) -> None:
     uris = powercut.publish_releases(factory.home.root)
-    with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as disk:
-        lab = powercut.Lab(factory.home, factory.info, engine, disk.mount, tmp_path, uris, disk)
-        try:
-            cuts = powercut.run_cuts(lab, [powercut.Cut(*cut) for cut in CUTS])
-        finally:
-            powercut.clean_engine(engine)
+    lab = powercut.Lab(factory.home, factory.info, engine, disk.mount, tmp_path, uris, disk)
+    try:
+        cuts = powercut.run_cuts(lab, [powercut.Cut(*cut) for cut in CUTS])
+    finally:
+        powercut.clean_engine(engine)
     print("\n".join(powercut.summary(cuts)))
     failed = {f"{c.scenario}@{c.mode}:{c.node or c.at}": c.failures for c in cuts if not c.converged}
     assert not failed, failed
