@@ -9,7 +9,14 @@ before the plan was frozen) and checks what a device owner relies on:
    target dropped still runs;
 2. every blob in the store verifies against its digest;
 3. the gateway holds each event of the final plan exactly once, in the protocol's order;
-4. no blob that was verified on disk after the cut is downloaded again (the registry's log).
+4. no blob that was verified on disk after the cut is downloaded again, and a partial resumes
+   from what the cut kept (the registry's log). Per cut it reports the bytes the device had
+   received but lost to the cut (a partial is synced every SYNC_EVERY bytes: up to 8 MiB).
+(Not checked yet: that no app stays stopped longer than in an uninterrupted run.)
+
+A cut kills the update's whole process group (compose included) and then drops the mount's
+unsynced writes. Setup (registration, reaching the start version) is fsynced file by file
+before the cut run, as an idle device's write-back would have done.
 
 Not modelled: the Docker engine's own state cannot live on the power-cut mount (dockerd needs
 overlayfs on a real filesystem), so containers and images survive each cut as they were; a cut
