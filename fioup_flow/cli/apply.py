@@ -42,12 +42,12 @@ def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
 
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
-    fetches = [n for n in plan.nodes() if n.kind == "fetch"]
-    missing = [n for n in fetches if not agent.store.has(n.params["uri"].rsplit("@", 1)[1], n.size)]
-    to_download = sum(n.size - agent.store.partial_size(n.params["uri"].rsplit("@", 1)[1]) for n in missing)
+    """The --dry-run summary: what the plan changes and what it still has to download."""
+    blobs = {n.params["uri"].rsplit("@", 1)[1]: n.size for n in plan.nodes() if n.kind == "fetch"}
+    missing = {digest: size for digest, size in blobs.items() if not agent.store.has(digest, size)}
     return {"plan_id": plan.plan_id, "target": plan.meta["target"], "version": plan.meta["version"],
-            "diff": plan.meta["diff"], "nodes": len(plan), "blobs": len(fetches), "blobs_to_download": len(missing),
-            "bytes_to_download": to_download}
+            "diff": plan.meta["diff"], "nodes": len(plan), "blobs": len(blobs), "blobs_to_download": len(missing),
+            "bytes_to_download": sum(size - agent.store.partial_size(d) for d, size in missing.items())}
 
 
 @click.command("apply")
