@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 from core_factory import Factory, start_factory, stop_factory
-from support import Device, new_device, publish
+from support import Device, clean_engine, new_device, publish
 
 # version -> the sample apps of that Target, published under the tag `updates`
 RELEASES = {
@@ -54,16 +54,6 @@ def releases(factory) -> str:
     for version, apps in RELEASES.items():
         publish(factory.home.root, version, apps, RELEASE_TAG)
     return RELEASE_TAG
-
-
-def clean_engine(engine: docker.DockerClient) -> None:
-    """Leave the engine as a fresh device's: no containers, networks, volumes or images."""
-    for container in engine.containers.list(all=True):
-        container.remove(force=True)
-    engine.networks.prune()
-    engine.volumes.prune()
-    for image in engine.images.list():
-        engine.images.remove(image.id, force=True)
 
 
 @pytest.fixture

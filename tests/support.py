@@ -88,3 +88,13 @@ def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: st
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def clean_engine(engine) -> None:
+    """Leave a Docker engine as a fresh device's: no containers, networks, volumes or images."""
+    for container in engine.containers.list(all=True):
+        container.remove(force=True)
+    engine.networks.prune()
+    engine.volumes.prune()
+    for image in engine.images.list():
+        engine.images.remove(image.id, force=True)

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from faults.netproxy import FaultProxy  # noqa: E402
 from faults.powercutfs import PowercutMount  # noqa: E402
+from support import clean_engine  # noqa: E402
 
 from fioup_flow.checkpoint import MARKER, CheckpointStore, store_path  # noqa: E402
 from fioup_flow.events import EVENT_TYPES  # noqa: E402
@@ -314,16 +315,6 @@ class Lab:
                     raise RuntimeError(f"could not bring the device to version {version}: {done.stderr}")
         sync_tree(self.device.sota)
         return self.device
-
-
-def clean_engine(engine: docker.DockerClient) -> None:
-    """Leave the engine as a fresh device's: no containers, networks, volumes or images."""
-    for container in engine.containers.list(all=True):
-        container.remove(force=True)
-    engine.networks.prune()
-    engine.volumes.prune()
-    for image in engine.images.list():
-        engine.images.remove(image.id, force=True)
 
 
 # --- one cut -----------------------------------------------------------------------------------------

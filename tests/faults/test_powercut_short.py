@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
 import powercut  # noqa: E402
 from faults.needs import FUSE  # noqa: E402
+from support import clean_engine  # noqa: E402
 
 pytestmark = [*FUSE, pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(400)]
 
@@ -38,7 +39,7 @@ def test_every_update_cut_by_a_power_failure_resumes_to_its_target_with_nothing_
     try:
         cuts = powercut.run_cuts(lab, [powercut.Cut(*cut) for cut in CUTS])
     finally:
-        powercut.clean_engine(engine)
+        clean_engine(engine)
     print("\n".join(powercut.summary(cuts)))
     failed = {f"{c.scenario}@{c.mode}:{c.node or c.at}": c.failures for c in cuts if not c.converged}
     assert not failed, failed
