@@ -133,12 +133,17 @@ class Agent:
             self._report_metadata(True, {"from_version": before, "to_version": after})
         return targets
 
+    def _queue_event(self, event_type: str, correlation_id: str, target_name: str, version: int | str,
+                     success: bool | None, details: dict, event_id: str | None = None) -> None:
+        """Queue an event that no plan node sends (check results, failures) in the durable outbox."""
+        event_id = event_id or str(uuid.uuid4())
+        self.outbox.put(event_id, EVENTS, make_event(event_id, event_type, correlation_id, target_name, version,
+                                                     success, details))
+
     def _report_metadata(self, success: bool, details: dict) -> None:
-        event_id = str(uuid.uuid4())
         current = current_target(self.config.flow_dir)
-        event = make_event(event_id, "MetadataUpdateCompleted", f"meta-{new_plan_id()}",
-                           current.name if current else "", current.version if current else 0, success, details)
-        self.outbox.put(event_id, EVENTS, event)
+        self._queue_event("MetadataUpdateCompleted", f"meta-{new_plan_id()}", current.name if current else "",
+                          current.version if current else 0, success, details)
 
     def flush_outbox(self) -> int:
         return self.outbox.flush(self.gateway)
@@ -190,10 +195,8 @@ class Agent:
         return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images)
 
     def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
-        event_id = str(uuid.uuid4())
-        event = make_event(event_id, "UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
-                           {"error": str(error)})
-        self.outbox.put(event_id, EVENTS, event)
+        self._queue_event("UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
+                          {"error": str(error)})
 
     def restore(self) -> RunResult | None:
         """After a cancelled update: bring back every app of the current Target that is not up.
@@ -227,7 +230,6 @@ class Agent:
         attempts = self.checkpoint.record(plan.plan_id, node_id).attempts
         event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{node_id}:{attempts}"))
         details = dict(self._live_details(event_type), error=f"{node_id}: {exc}")
-        event = make_event(event_id, event_type, plan.plan_id, plan.meta["target"], plan.meta["version"], False,
-                           details)
-        self.outbox.put(event_id, EVENTS, event)
+        self._queue_event(event_type, plan.plan_id, plan.meta["target"], plan.meta["version"], False, details,
+                          event_id)
 
