@@ -17,7 +17,7 @@ from fioup_flow.composeapp import AppTree, AppTreeLoader
 from fioup_flow.config import Config
 from fioup_flow.diskspace import storage_stat
 from fioup_flow.engine import EventHook, Executor, RunResult
-from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError
+from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError, NoSpaceError
 from fioup_flow.events import make_event
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
@@ -135,10 +135,21 @@ class Agent:
 
     def _queue_event(self, event_type: str, correlation_id: str, target_name: str, version: int | str,
                      success: bool | None, details: dict, event_id: str | None = None) -> None:
-        """Queue an event that no plan node sends (check results, failures) in the durable outbox."""
+        """Queue an event that no plan node sends (check results, failures) in the durable outbox.
+
+        On a full disk nothing can be queued: the event is sent at once instead, best effort, as
+        the gateway hearing why the update stopped matters more than keeping the report for later.
+        """
         event_id = event_id or str(uuid.uuid4())
-        self.outbox.put(event_id, EVENTS, make_event(event_id, event_type, correlation_id, target_name, version,
-                                                     success, details))
+        event = make_event(event_id, event_type, correlation_id, target_name, version, success, details)
+        try:
+            self.outbox.put(event_id, EVENTS, event)
+        except NoSpaceError as full:
+            log.warning("%s; sending %s now, without queueing it", full, event_type)
+            try:
+                self.gateway.post_json(EVENTS, [event])
+            except Exception as exc:  # noqa: BLE001 - a report must never hide the update's own error
+                log.warning("%s is lost: %s", event_type, exc)
 
     def _report_metadata(self, success: bool, details: dict) -> None:
         current = current_target(self.config.flow_dir)

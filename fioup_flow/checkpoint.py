@@ -10,7 +10,9 @@ A store that cannot be read is never guessed around: a corrupt or truncated data
 --discard-state`, which moves the folder aside (kept for inspection) and starts afresh. A
 database that vanished or was emptied is caught by a marker file written beside it when the
 store was created: the marker names a store id the database must hold. The frozen plan carries
-a SHA-256, checked whenever it is read, since SQLite has no checksums of its own.
+a SHA-256, checked whenever it is read, since SQLite has no checksums of its own. A write that
+fails because the disk is full is not damage (SQLite rolls it back): it raises `NoSpaceError`
+(exit 41), and `resume` goes on once space is freed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import diskcache
 from fioup_flow.durable import (
     DURABLE_CACHE_SETTINGS,
     fsync_dir,
+    full_disk_as_no_space,
     open_cache,
     write_atomic,
 )
@@ -95,7 +98,8 @@ class CheckpointStore:
     def _guard(self) -> Iterator[None]:
         """Turn SQLite and decoding failures into CheckpointStoreError, never a silent wrong resume."""
         try:
-            yield
+            with full_disk_as_no_space(self.path):
+                yield
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError) as exc:
             raise self._error(f"{exc.__class__.__name__}: {exc}") from exc
 

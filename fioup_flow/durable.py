@@ -7,10 +7,15 @@ empty or half-written file under the final name after a power cut, which is wors
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import diskcache
+
+from fioup_flow.errors import NoSpaceError
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,3 +84,19 @@ def open_cache(path: Path) -> diskcache.Cache:
     cache = diskcache.Cache(str(path), **DURABLE_CACHE_SETTINGS)
     fsync_dir(Path(path))
     return cache
+
+
+@contextlib.contextmanager
+def full_disk_as_no_space(where: Path) -> Iterator[None]:
+    """A write to the cache at `where` that SQLite refused for lack of space, as NoSpaceError (41).
+
+    SQLite rolls such a write back, so the database is intact: the caller has lost only this
+    write, and it must not be taken for damage (which would send the user to discard state).
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        raise NoSpaceError(f"the disk holding {where} is full: free some space, "
+                           f"then run `fioup-flow resume`") from exc

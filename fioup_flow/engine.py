@@ -39,7 +39,7 @@ from tenacity import (
 )
 
 from fioup_flow.checkpoint import CheckpointStore, NodeRecord
-from fioup_flow.errors import FioupFlowError, NoUpdateInProgressError
+from fioup_flow.errors import FioupFlowError, NoSpaceError, NoUpdateInProgressError
 from fioup_flow.graph import Plan, PlanError
 from fioup_flow.task import Node, Task, TaskContext, TransientError
 
@@ -274,8 +274,12 @@ class Executor:
                 self._save(plan_id, node, record, state="pending", ended=time.time())
             return "abandoned"
         log.error("node %s failed: %s", node.id, exc)
-        self._save(plan_id, node, record, state="failed", ended=time.time(), error=f"{exc.__class__.__name__}: {exc}",
-                   exit_code=exc.exit_code if isinstance(exc, FioupFlowError) else None)
+        try:
+            self._save(plan_id, node, record, state="failed", ended=time.time(),
+                       error=f"{exc.__class__.__name__}: {exc}",
+                       exit_code=exc.exit_code if isinstance(exc, FioupFlowError) else None)
+        except NoSpaceError as full:  # a full disk failed the node and its record alike: report the node's
+            log.error("could not record that node %s failed: %s", node.id, full)  # (resume re-checks it)
         self._emit(NodeEvent(node, "failed", error=exc))
         return exc
 

@@ -110,7 +110,7 @@ class FetchError(FioupFlowError):
 
 
 class NoSpaceError(FetchError):
-    """The update does not fit on the disk within `pacman.storage_watermark`."""
+    """The update does not fit on the disk within `pacman.storage_watermark`, or the disk filled up."""
 
     exit_code = 41
 

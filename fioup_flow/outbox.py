@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fioup_flow.durable import open_cache
+from fioup_flow.durable import full_disk_as_no_space, open_cache
+from fioup_flow.errors import NoSpaceError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Outbox:
     """Pending reports in send order, and the ids of those already delivered."""
 
     def __init__(self, path: Path):
+        self.path = Path(path)
         self.cache = open_cache(path)
         self._flush_lock = threading.Lock()
 
@@ -53,7 +55,8 @@ class Outbox:
         return self.cache.get(f"state:{item_id}") == "sent"
 
     def put(self, item_id: str, endpoint: str, payload: Any) -> None:
-        with self.cache.transact():
+        """Queue an item once; NoSpaceError when the disk is full (nothing was queued)."""
+        with full_disk_as_no_space(self.path), self.cache.transact():
             if self.known(item_id):
                 return
             seq = self.cache.incr("seq")
@@ -70,7 +73,7 @@ class Outbox:
         return items
 
     def _mark_sent(self, items: list[Item]) -> None:
-        with self.cache.transact():
+        with full_disk_as_no_space(self.path), self.cache.transact():
             for item in items:
                 self.cache.delete(item.key)
                 self.cache.set(f"state:{item.item_id}", "sent")
@@ -92,7 +95,11 @@ class Outbox:
                 except Exception as exc:  # noqa: BLE001 - any failure keeps the items for later
                     log.warning("could not deliver %d report(s) to the gateway: %s", len(pending), exc)
                     return len(pending)
-                self._mark_sent(batch)
+                try:
+                    self._mark_sent(batch)
+                except NoSpaceError as exc:  # delivered, not recorded: sent again later, kept once
+                    log.warning("could not record %d delivered report(s): %s", len(batch), exc)
+                    return len(pending)
                 pending = pending[len(batch):]
             return 0
 

@@ -127,7 +127,9 @@ class BlobStore:
             written = offset if offset == size else self._append(data_path, offset, size, open_at, h, progress)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise NoSpaceError(f"the disk holding {self.root} is full while fetching {digest}") from exc
+                raise NoSpaceError(f"the disk holding {self.root} is full while fetching {digest} (the "
+                                   f"{self.partial_size(digest)} bytes fetched are kept): free some space, then "
+                                   f"run `fioup-flow resume`") from exc
             raise
         if written != size or h.hexdigest() != expected:
             self.discard_partial(digest)
