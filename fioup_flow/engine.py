@@ -39,7 +39,7 @@ from tenacity import (
 )
 
 from fioup_flow.checkpoint import CheckpointStore, NodeRecord
-from fioup_flow.errors import FioupFlowError, NoSpaceError, NoUpdateInProgressError
+from fioup_flow.errors import NoSpaceError, NoUpdateInProgressError, exit_code_of
 from fioup_flow.graph import Plan, PlanError
 from fioup_flow.task import Node, Task, TaskContext, TransientError
 
@@ -87,14 +87,14 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0 completed; failed: the first failed node's FioupFlowError code (else 1); 128+signal; cancelled 1."""
+        """0 completed; failed: the first failed node's code (`exit_code_of`); 128+signal; cancelled 1."""
         if self.outcome == "completed":
             return 0
         if self.outcome == "interrupted":
             return 128 + (self.signal or signal.SIGTERM)
         if self.outcome == "failed":
             first = self.failed[min(self.failed)]
-            return first.exit_code if isinstance(first, FioupFlowError) else 1
+            return exit_code_of(first)
         return CANCELLED_EXIT_CODE
 
 
@@ -277,7 +277,7 @@ class Executor:
         try:
             self._save(plan_id, node, record, state="failed", ended=time.time(),
                        error=f"{exc.__class__.__name__}: {exc}",
-                       exit_code=exc.exit_code if isinstance(exc, FioupFlowError) else None)
+                       exit_code=exit_code_of(exc))
         except NoSpaceError as full:  # a full disk failed the node and its record alike: report the node's
             log.error("could not record that node %s failed: %s", node.id, full)  # (resume re-checks it)
         self._emit(NodeEvent(node, "failed", error=exc))

@@ -6,6 +6,8 @@ fioup keep working. The codes below 10 are ours, for failures fioup has no code 
 
 from __future__ import annotations
 
+import errno
+
 
 class FioupFlowError(Exception):
     """Base of every error that the CLI turns into a message and an exit code."""
@@ -131,3 +133,13 @@ class StartError(FioupFlowError):
     """Starting an app failed, or its services did not come up in time."""
 
     exit_code = 70
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code for `exc`: its own for our errors, 41 for a full disk wherever it struck
+    (installing a project, writing metadata), 1 for anything else."""
+    if isinstance(exc, FioupFlowError):
+        return exc.exit_code
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError.exit_code
+    return 1

@@ -15,7 +15,7 @@ import click
 
 from fioup_flow import __version__
 from fioup_flow.config import Config, cfg_dirs_from_env, split_list
-from fioup_flow.errors import FioupFlowError
+from fioup_flow.errors import FioupFlowError, NoSpaceError, exit_code_of
 
 
 @dataclass
@@ -39,6 +39,12 @@ class FioupFlowGroup(click.Group):
         except FioupFlowError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            if exit_code_of(exc) != NoSpaceError.exit_code:
+                raise
+            click.secho(f"error: the disk is full ({exc}): free some space, then run `fioup-flow resume`",
+                        fg="red", err=True)
+            sys.exit(NoSpaceError.exit_code)
 
 
 @click.group(cls=FioupFlowGroup, context_settings={"help_option_names": ["-h", "--help"]})

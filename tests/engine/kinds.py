@@ -69,7 +69,7 @@ class WriteFile:
 
 
 class AlwaysFails:
-    """Fails at once with a FetchError (exit 40): a permanent failure."""
+    """Fails at once with a FetchError (exit 40), or the OSError of `params["errno"]`: a permanent failure."""
 
     kind = "fail"
 
@@ -77,6 +77,8 @@ class AlwaysFails:
         return False
 
     def run(self, node: Node, ctx: TaskContext) -> None:
+        if "errno" in node.params:
+            raise OSError(node.params["errno"], os.strerror(node.params["errno"]))
         raise FetchError(node.params["message"])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from pathlib import Path
@@ -119,6 +120,14 @@ def test_a_failing_node_stops_its_dependents_and_independent_branches_finish(sto
     assert records["fetch:bad"].exit_code == 40
     assert records["write:after-bad"].state == "pending"
     assert store.current_plan_id() == plan.plan_id  # still in progress: resume retries the failed node
+
+
+def test_a_node_that_finds_the_disk_full_fails_with_exit_code_41_whatever_it_was_writing(store, work):
+    plan = Plan(meta={"target": "full-disk-target", "version": 9})
+    plan.add(Node("install:app", "fail", {"errno": errno.ENOSPC}))
+    result = executor(store, work).run(plan)
+    assert result.exit_code == 41
+    assert store.record(plan.plan_id, "install:app").exit_code == 41
 
 
 def test_a_done_node_whose_effect_vanished_runs_again_on_resume_and_others_do_not(store, work):
