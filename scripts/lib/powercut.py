@@ -11,8 +11,10 @@ before the plan was frozen) and checks what a device owner relies on:
 3. the gateway holds each event of the final plan exactly once, in the protocol's order;
 4. no blob that was verified on disk after the cut is downloaded again, and a partial resumes
    from what the cut kept (the registry's log). Per cut it reports the bytes the device had
-   received but lost to the cut (a partial is synced every SYNC_EVERY bytes: up to 8 MiB).
-(Not checked yet: that no app stays stopped longer than in an uninterrupted run.)
+   received but lost to the cut (a partial is synced every SYNC_EVERY bytes: up to 8 MiB);
+5. no app that runs before and after the update stays stopped, from the moment the device boots,
+   longer than it was stopped in an uninterrupted run of the same update (from the engine's own
+   event log), give or take WINDOW_SLACK for a noisy machine.
 
 A cut kills the update's whole process group (compose included) and then drops the mount's
 unsynced writes. Setup (registration, reaching the start version) is fsynced file by file
@@ -78,6 +80,9 @@ SCENARIOS: dict[str, tuple[int | None, int]] = {
     "install": (None, 1), "change": (1, 2), "add-remove": (2, 3), "downgrade": (3, 1)}
 UPDATE_EVENTS = EVENT_TYPES[EVENT_TYPES.index("UpdateInitStarted"):]
 NO_UPDATE_IN_PROGRESS = 24
+# invariant 5 compares two single measurements of compose runs on a busy machine: an app may stay
+# stopped up to this factor, plus this many seconds, longer than in the uninterrupted run
+WINDOW_SLACK = 1.5, 1.0
 RATE_LIMIT = "20M"
 _BLOB_GET = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
                        r'http.response.written=(\d+)')
@@ -335,6 +340,8 @@ class Cut:
     corrupt: int = 0
     lost_events: int = 0
     duplicated_events: int = 0
+    stopped: dict[str, float] = field(default_factory=dict)  # target app -> seconds stopped after boot
+    running_after: float = 0.0  # seconds from boot until every app of the target ran
 
     @property
     def converged(self) -> bool:
@@ -398,18 +405,75 @@ def boot(device: Device, version: int) -> str | None:
     return None
 
 
-def run_cut(lab: Lab, cut: Cut, durations: dict[str, float], say: Callable[[str], None] = print) -> Cut:
+@dataclass(frozen=True)
+class Baseline:
+    """An uninterrupted run of a scenario: how long it took, and how long each app that runs
+    before and after it stayed stopped (0 for an app it left alone)."""
+
+    seconds: float
+    stopped: dict[str, float]
+
+
+def kept_apps(scenario: str) -> set[str]:
+    """The apps that run before and after the scenario's update: the ones it could leave stopped."""
+    start, target = SCENARIOS[scenario]
+    return set(RELEASES[start][0]) & set(RELEASES[target][0]) if start else set()
+
+
+def apps_down(engine: docker.DockerClient, apps: set[str]) -> set[str]:
+    """The apps whose containers are not all running."""
+    down = set()
+    for app in apps:
+        containers = engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={app}"})
+        if not containers or any(c.status != "running" for c in containers):
+            down.add(app)
+    return down
+
+
+def container_events(engine: docker.DockerClient, apps: set[str], since: float) -> dict[str, dict[str, list[float]]]:
+    """Per app, when its containers started and died after `since`, from the engine's event log."""
+    seen: dict[str, dict[str, list[float]]] = {app: {"start": [], "die": []} for app in apps}
+    for event in engine.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
+                               filters={"type": "container", "event": ["start", "die"]}):
+        at = event["timeNano"] / 1e9
+        app = event["Actor"]["Attributes"].get("com.docker.compose.project")
+        if at >= since and app in seen:
+            seen[app][event["Action"]].append(at)
+    return seen
+
+
+def stopped_windows(seen: dict[str, dict[str, list[float]]], since: float, down: set[str]) -> dict[str, float]:
+    """Per app, from when it stopped (`since` for an app in `down`) to when its containers last
+    started; 0 if it never stopped, inf if it stopped and never started again."""
+    windows = {}
+    for app, times in seen.items():
+        stopped = since if app in down else min(times["die"], default=None)
+        starts = [at for at in times["start"] if stopped is not None and at >= stopped]
+        windows[app] = 0.0 if stopped is None else (max(starts) - stopped if starts else float("inf"))
+    return windows
+
+
+def uninterrupted(lab: Lab, scenario: str, say: Callable[[str], None]) -> Baseline:
+    start, target = lab.versions(scenario)
+    device = lab.bring_to(start)
+    began, wall = time.monotonic(), time.time()
+    done = device.run("apply", str(target))
+    seconds = time.monotonic() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"{scenario}: the uninterrupted run failed: {done.stderr}")
+    baseline = Baseline(seconds, stopped_windows(container_events(lab.engine, kept_apps(scenario), wall), wall, set()))
+    stops = ", ".join(f"{app} stopped {w:.1f} s" for app, w in sorted(baseline.stopped.items())) or "no app stopped"
+    say(f"{scenario}: an uninterrupted run takes {seconds:.1f} s ({stops})")
+    return baseline
+
+
+def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[str], None] = print) -> Cut:
     start, target = lab.versions(cut.scenario)
-    if cut.mode == "random" and cut.at < 0 and cut.scenario not in durations:  # once per scenario
-        device = lab.bring_to(start)
-        began = time.monotonic()
-        done = device.run("apply", str(target))
-        durations[cut.scenario] = time.monotonic() - began
-        if done.returncode != 0:
-            raise RuntimeError(f"{cut.scenario}: the uninterrupted run failed: {done.stderr}")
-        say(f"{cut.scenario}: an uninterrupted run takes {durations[cut.scenario]:.1f} s")
+    if cut.scenario not in baselines:  # once per scenario
+        baselines[cut.scenario] = uninterrupted(lab, cut.scenario, say)
+    baseline = baselines[cut.scenario]
     if cut.mode == "random" and cut.at < 0:
-        cut.at = round(random.Random(cut.seed).uniform(0, durations[cut.scenario]), 3)
+        cut.at = round(random.Random(cut.seed).uniform(0, baseline.seconds), 3)
     device = lab.bring_to(start)
     gets_at_start = len(registry_blob_gets(lab.home))
     process = device.start("apply", str(target))
@@ -424,13 +488,27 @@ def run_cut(lab: Lab, cut: Cut, durations: dict[str, float], say: Callable[[str]
     # bytes the device had received but lost to the cut: fetched once more after it
     cut.refetched = sum(max(0, sum(w for d, w in gets[gets_at_start:] if d == digest) - kept)
                         for digest, kept in kept_at_cut.items())
-    began = time.monotonic()
+    apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
+    down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
     why = boot(device, target)
     cut.boot_seconds = time.monotonic() - began
     if why:
         cut.failures["boot"] = why
+    seen = container_events(lab.engine, apps, wall)
+    cut.stopped = stopped_windows(seen, wall, down)
+    cut.running_after = max((max(times["start"]) - wall for times in seen.values() if times["start"]), default=0.0)
     check(lab, device, cut, target, verified_at_cut, gets_at_cut, kept_at_cut)
+    check_stopped(cut, baseline)
     return cut
+
+
+def check_stopped(cut: Cut, baseline: Baseline) -> None:
+    """Invariant 5: after boot, no app stays stopped much longer than in the uninterrupted run."""
+    factor, margin = WINDOW_SLACK
+    late = [f"{app} stopped {cut.stopped[app]:.1f} s after boot, {limit:.1f} s uninterrupted"
+            for app, limit in sorted(baseline.stopped.items()) if cut.stopped[app] > limit * factor + margin]
+    if late:
+        cut.failures["5-stopped"] = "; ".join(late)
 
 
 def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[str], gets_at_cut: int,
@@ -504,16 +582,16 @@ def plan_cuts(count: int, seed: int, mode: str, at: float | None, scenario: str 
 
 
 def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> list[Cut]:
-    durations: dict[str, float] = {}
+    baselines: dict[str, Baseline] = {}
     for index, cut in enumerate(cuts, 1):
         try:
-            run_cut(lab, cut, durations, say)
+            run_cut(lab, cut, baselines, say)
         except Exception as exc:  # noqa: BLE001 - a harness error on one cut is a failed cut, not the end
             cut.failures["harness"] = f"{exc.__class__.__name__}: {exc}"
             lab.device = None
         where = f"node {cut.node}" if cut.mode == "boundary" else f"{cut.at:.2f} s"
-        line = (f"[{index}/{len(cuts)}] {cut.scenario:10} cut at {where}: "
-                f"boot {cut.boot_seconds:.1f} s, re-fetched {cut.refetched} B")
+        line = (f"[{index}/{len(cuts)}] {cut.scenario:10} cut at {where}: apps running {cut.running_after:.1f} s "
+                f"after boot, update done {cut.boot_seconds:.1f} s, re-fetched {cut.refetched} B")
         say(line + ("" if cut.converged else "  FAILED"))
         for name, what in cut.failures.items():
             say(f"  FAIL {name}: seed={cut.seed} scenario={cut.scenario} mode={cut.mode} at={cut.at}: {what}"
@@ -523,16 +601,20 @@ def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> l
 
 
 def summary(cuts: list[Cut]) -> list[str]:
-    names = ["boot", "1-target", "2-blobs", "3-events", "4-refetch", "harness"]
+    names = ["boot", "1-target", "2-blobs", "3-events", "4-refetch", "5-stopped", "harness"]
     refetched = [c.refetched for c in cuts] or [0]
     boots = [c.boot_seconds for c in cuts if c.converged] or [0.0]
+    running = [c.running_after for c in cuts if c.converged] or [0.0]
+    stopped = [c.stopped[app] for c in cuts for app in kept_apps(c.scenario) if app in c.stopped] or [0.0]
     converged = sum(c.converged for c in cuts)
     return [
         "failures per invariant: " + ", ".join(f"{n} {sum(n in c.failures for c in cuts)}" for n in names),
         f"corrupt blobs {sum(c.corrupt for c in cuts)}, lost events {sum(c.lost_events for c in cuts)}, "
         f"duplicated events {sum(c.duplicated_events for c in cuts)}",
         f"bytes received before the cut and lost (fetched again): median {statistics.median(refetched):.0f}, max {max(refetched)}",
-        f"boot to apps running: median {statistics.median(boots):.1f} s",
+        f"boot to every app running: median {statistics.median(running):.1f} s, max {max(running):.1f} s; "
+        f"boot to update done: median {statistics.median(boots):.1f} s",
+        f"longest an app that runs before and after stayed stopped after boot: {max(stopped):.1f} s",
         f"converged {converged}/{len(cuts)}",
     ]
 

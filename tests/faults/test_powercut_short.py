@@ -2,8 +2,9 @@
 
 Each cut kills a real `fioup-flow apply` (sota dir on the power-cut filesystem), drops every
 unsynced write, boots (`resume`) and checks the harness's invariants: on the target with every
-app running, every blob intact, each event once and in order, no verified blob fetched again.
-`scripts/powercut --cuts N` runs many more.
+app running, every blob intact, each event once and in order, no verified blob fetched again,
+no app stopped after boot longer than an uninterrupted run stops it. `scripts/powercut --cuts N`
+runs many more.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ CUTS = [
     (14, "downgrade", "random", -1.0),
     (15, "change", "boundary", 8),   # among the blob fetches
     (16, "add-remove", "boundary", 16),  # among the stops and starts
+    (17, "change", "boundary", 17),  # right after the old shellhttpd stopped: boot must start it
 ]
 
 
