@@ -115,13 +115,21 @@ def sync_tree(top: Path) -> None:
 # --- the world a device lives in: engine, factory, releases ---------------------------------------
 
 
-def free_address_pool() -> str:
-    """A 10.N.0.0/16 no route uses yet: on this shared machine, bridges left by other engines
-    fill docker's default pools, and compose then cannot create an app's network."""
+def free_pool_octet() -> int:
+    """N such that no route uses 10.N.0.0/16 yet: on this shared machine, bridges left by other
+    engines fill docker's default pools, and compose then cannot create an app's network."""
     routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
     taken = {int(m) for m in re.findall(r"^10\.(\d+)\.", routes, re.MULTILINE)}
-    free = [n for n in range(100, 250) if n not in taken]
-    return f"base=10.{random.choice(free)}.0.0/16,size=24"
+    return random.choice([n for n in range(100, 250) if n not in taken])
+
+
+def delete_bridges(octet: int) -> None:
+    """Delete the bridges with an address in 10.`octet`.0.0/16: they outlive the engine that made them."""
+    addresses = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False).stdout
+    for line in addresses.splitlines():
+        fields = line.split()
+        if fields[1].startswith("br-") and fields[3].startswith(f"10.{octet}."):
+            subprocess.run(["ip", "link", "del", fields[1]], capture_output=True, check=False)
 
 
 @contextlib.contextmanager
@@ -149,11 +157,12 @@ def engine(folder: Path) -> Iterator[str]:
     own); yields its DOCKER_HOST."""
     folder.mkdir(parents=True, exist_ok=True)
     sock = folder / "docker.sock"
+    octet = free_pool_octet()
     with open(folder / "dockerd.log", "ab") as log:
         process = subprocess.Popen(
             ["dockerd", "--data-root", str(folder / "root"), "--exec-root", str(folder / "exec"),
-             "-H", f"unix://{sock}", "--pidfile", str(folder / "dockerd.pid"),
-             "--default-address-pool", free_address_pool()],
+             "-H", f"unix://{sock}", "--pidfile", str(folder / "dockerd.pid"), "--bridge", "none",
+             "--default-address-pool", f"base=10.{octet}.0.0/16,size=24"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     host = f"unix://{sock}"
     try:
@@ -174,6 +183,7 @@ def engine(folder: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        delete_bridges(octet)
 
 
 def factory_cli(*args: str) -> str:
@@ -693,6 +703,7 @@ def main() -> int:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="replay: this scenario only")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fioup-flow-powercut"))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the way Ctrl-C does: clean up
     print(f"powercut: seed {args.seed}, mode {'network' if args.network else args.mode}, work {args.work}")
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
