@@ -19,6 +19,10 @@ What each fault does (per connection unless said otherwise):
   a chunk from the client that starts with an HTTP/1.x request line: plain HTTP only.
 - `close_on_accept=K`: the next K connections are closed right after accept, before a byte.
 
+`stats.bytes_down` counts what the link carried to the client: a reset discards what the proxy's
+socket still held unsent or unacknowledged (often megabytes when the client reads slowly, as a
+rate-limited updater does), and those bytes are taken off again.
+
 Through TLS (the gateway's mutual TLS) the proxy sees only ciphertext: resets, stalls, rate
 and `close_on_accept` apply (the last is how a TLS upstream "fails"); `http_errors` never
 matches and does nothing.
@@ -31,6 +35,7 @@ forwards only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import functools
 import json
 import random
@@ -38,6 +43,7 @@ import re
 import select
 import socket
 import struct
+import termios
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -73,7 +79,7 @@ class Stats:
     """What went through: bytes each way and what the faults did."""
 
     bytes_up: int = 0  # client -> server
-    bytes_down: int = 0  # server -> client
+    bytes_down: int = 0  # server -> client (acknowledged by the client when a reset cut it short)
     connections: int = 0
     resets: int = 0
     http_errors_sent: int = 0
@@ -86,6 +92,14 @@ class _Downstream:
 
     sent: int = 0
     stalled: bool = False
+
+
+def _send_queue(sock: socket.socket) -> int:
+    """Bytes `sock` accepted but the peer has not acknowledged yet (TIOCOUTQ, i.e. SIOCOUTQ)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0)))[0]
+    except OSError:
+        return 0
 
 
 class _Reset(Exception):
@@ -232,8 +246,10 @@ class FaultProxy:
         try:
             self._pump(client, upstream, _Downstream())
         except _Reset:
+            unsent = _send_queue(client)  # dropped by the reset: these never reached the client
             with self._lock:
                 self._stats.resets += 1
+                self._stats.bytes_down -= unsent
             for sock in (client, upstream):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
