@@ -22,6 +22,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from fioup_flow.factory.api import ApiApp
+from fioup_flow.factory.faults import Faults
 from fioup_flow.factory.gateway import GatewayApp
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.http import Call, HttpError, Reply
@@ -51,8 +52,8 @@ class TlsListener(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, name: str, port: int, context: ssl.SSLContext, app: App):
-        self.name, self.context, self.app = name, context, app
+    def __init__(self, name: str, port: int, context: ssl.SSLContext, app: App, faults: Faults):
+        self.name, self.context, self.app, self.faults = name, context, app, faults
         super().__init__(("127.0.0.1", port), Handler)
 
     def get_request(self) -> tuple[socket.socket, tuple]:
@@ -79,7 +80,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         try:
-            reply = self.server.app.handle(self._call())
+            call = self._call()
+            injected = self.server.faults.take_http_error()
+            if injected:
+                raise HttpError(injected, "injected fault: the server is overloaded")
+            reply = self.server.app.handle(call)
         except HttpError as exc:
             reply = exc.reply()
         except Exception:
@@ -147,8 +152,8 @@ class Handler(BaseHTTPRequestHandler):
 def listeners(home: FactoryHome) -> list[TlsListener]:
     ports = home.load_state()["ports"]
     return [
-        TlsListener("gateway", ports["gateway"], tls_context(home, "gateway", True), GatewayApp(home)),
-        TlsListener("api", ports["api"], tls_context(home, "api", False), ApiApp(home)),
+        TlsListener("gateway", ports["gateway"], tls_context(home, "gateway", True), GatewayApp(home), Faults(home)),
+        TlsListener("api", ports["api"], tls_context(home, "api", False), ApiApp(home), Faults(home)),
     ]
 
 

@@ -62,6 +62,7 @@ from support import clean_engine  # noqa: E402
 from fioup_flow.checkpoint import MARKER, CheckpointStore, store_path  # noqa: E402
 from fioup_flow.events import EVENT_TYPES  # noqa: E402
 from fioup_flow.factory.devices import DeviceRecords  # noqa: E402
+from fioup_flow.factory.faults import Faults  # noqa: E402
 from fioup_flow.factory.home import FactoryHome  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
 
@@ -639,55 +640,103 @@ def point_gateway_at(device: Device, port: int) -> None:
     cfg.write_text(tomli_w.dumps(data))
 
 
+# each a FaultProxy setting, on the links to both the gateway and the registry, except
+# `server_errors`: the next N requests to the gateway and the api (tokens) get 503 from the factory
+# (through TLS the proxy cannot answer for the server)
 NETWORK_FAULTS = [
     {"reset_probability": 0.02},
     {"reset_after": 3_000_000},
     {"stall_after": 1_000_000, "stall_seconds": 4.0},
     {"close_on_accept": 3},
     {"reset_probability": 0.005, "rate": 4_000_000},
+    {"server_errors": 3},
 ]
 
 
-def run_network(lab: Lab, count: int, seed: int, proxies: tuple[FaultProxy, FaultProxy],
-                say: Callable[[str], None] = print) -> int:
-    """Updates through faulty links; returns how many converged (within three boots)."""
-    gateway, registry = proxies
+@dataclass
+class Trip:
+    """One update through faulty links, and what it cost."""
+
+    scenario: str
+    faults: dict
+    converged: bool = False
+    boots: int = 0
+    clean_bytes: int = 0  # what the registry link carried for an uninterrupted run of the scenario
+    extra_bytes: int = 0  # what it carried beyond that for this run
+
+    @property
+    def extra_share(self) -> float:
+        return self.extra_bytes / self.clean_bytes if self.clean_bytes else 0.0
+
+
+def plan_trips(count: int, seed: int) -> list[Trip]:
     rng = random.Random(seed)
+    return [Trip(rng.choice(sorted(SCENARIOS)), rng.choice(NETWORK_FAULTS)) for _ in range(count)]
+
+
+def run_network(lab: Lab, trips: list[Trip], proxies: tuple[FaultProxy, FaultProxy],
+                say: Callable[[str], None] = print) -> list[Trip]:
+    """Updates through faulty links, each given up to three boots (what a daemon's next rounds would do)."""
+    gateway, registry = proxies
     clean: dict[str, int] = {}
-    converged = 0
-    extra = []
-    for index in range(count):
-        scenario = rng.choice(sorted(SCENARIOS))
-        faults = rng.choice(NETWORK_FAULTS)
-        start, target = lab.versions(scenario)
-        if scenario not in clean:
+    for index, trip in enumerate(trips, 1):
+        start, target = lab.versions(trip.scenario)
+        if trip.scenario not in clean:
             device = lab.bring_to(start)
             point_gateway_at(device, gateway.port)
             before = registry.stats.bytes_down
             device.run("apply", str(target))
-            clean[scenario] = registry.stats.bytes_down - before
+            clean[trip.scenario] = registry.stats.bytes_down - before
         device = lab.bring_to(start)
         point_gateway_at(device, gateway.port)
         before = registry.stats.bytes_down
+        link_faults = {k: v for k, v in trip.faults.items() if k != "server_errors"}
         for proxy in proxies:
-            proxy.set(**faults)
-        device.run("apply", str(target), timeout=120)
-        tries = 1
-        while tries < 3 and device.version() != target:  # what the daemon would do on its next round
-            tries += 1
-            boot(device, target)
-        for proxy in proxies:
-            proxy.clear()
-        spent = registry.stats.bytes_down - before - clean[scenario]
-        extra.append(spent)
-        ok = device.version() == target
-        converged += ok
-        say(f"[{index + 1}/{count}] {scenario:10} faults {faults}: {'ok' if ok else 'FAILED'}, "
-            f"{tries} boot(s), {spent} bytes more than the {clean[scenario]} of an uninterrupted run")
-    say(f"extra registry bytes over an uninterrupted run: median {statistics.median(extra or [0]):.0f}, "
-        f"max {max(extra or [0])}")
-    say(f"converged {converged}/{count}")
-    return converged
+            proxy.set(**link_faults)
+        Faults(lab.home).set(http_errors=trip.faults.get("server_errors", 0))
+        try:
+            device.run("apply", str(target), timeout=120)
+            trip.boots = 1
+            while trip.boots < 3 and device.version() != target:
+                trip.boots += 1
+                boot(device, target)
+        finally:
+            for proxy in proxies:
+                proxy.clear()
+            Faults(lab.home).clear()
+        trip.clean_bytes = clean[trip.scenario]
+        trip.extra_bytes = registry.stats.bytes_down - before - trip.clean_bytes
+        trip.converged = device.version() == target
+        say(f"[{index}/{len(trips)}] {trip.scenario:10} faults {trip.faults}: "
+            f"{'ok' if trip.converged else 'FAILED'}, {trip.boots} boot(s), {trip.extra_bytes} bytes "
+            f"({trip.extra_share:.1%}) more than the {trip.clean_bytes} of an uninterrupted run")
+    return trips
+
+
+def network_summary(trips: list[Trip]) -> list[str]:
+    extra = [t.extra_bytes for t in trips] or [0]
+    shares = [t.extra_share for t in trips] or [0.0]
+    return [
+        f"extra registry bytes over an uninterrupted run: median {statistics.median(extra):.0f}, max {max(extra)} "
+        f"(median {statistics.median(shares):.1%}, max {max(shares):.1%} of the update)",
+        f"converged {sum(t.converged for t in trips)}/{len(trips)}",
+    ]
+
+
+@contextlib.contextmanager
+def proxied_releases(home: FactoryHome, registry_port: int, offset: int = 10) -> Iterator[dict[int, dict[str, str]]]:
+    """RELEASES published as versions offset+1.. with the registry named by `registry_port` (a
+    proxy's) in their app URIs and in hub-creds; the factory's own registry address comes back after."""
+    state = home.load_state()
+    proxied = dict(state, registry_host=f"127.0.0.1:{registry_port}")
+    # publish names the registry by ports.registry: only while publishing, so the Targets' URIs name the proxy
+    home.save_state(dict(proxied, ports=dict(state["ports"], registry=registry_port)))
+    try:
+        uris = publish_releases(home.root, offset=offset)
+        home.save_state(proxied)
+        yield uris
+    finally:
+        home.save_state(state)  # the other releases and their hub-creds name the registry itself
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -728,27 +777,20 @@ def main() -> int:
 
 
 def network_main(args: argparse.Namespace, home: FactoryHome, info: dict) -> int:
-    """Publish versions 11.. with the registry named by a proxy's port, run updates through it."""
+    """Run updates through a fault proxy in front of the gateway and one in front of the registry."""
     ports = home.load_state()["ports"]
     with FaultProxy(ports["gateway"], lifetime=3600, seed=args.seed) as gateway, \
-            FaultProxy(ports["registry"], lifetime=3600, seed=args.seed) as registry:
-        state = home.load_state()
-        proxied = dict(state, registry_host=f"127.0.0.1:{registry.port}")  # hub-creds' ServerURL
-        # publish names the registry by ports.registry: only while publishing, so the Targets'
-        # app URIs name the proxy
-        home.save_state(dict(proxied, ports=dict(state["ports"], registry=registry.port)))
-        try:
-            uris = publish_releases(home.root, offset=10)
-            home.save_state(proxied)
-            devices = args.work / "net-devices"
-            devices.mkdir(exist_ok=True)
-            lab = Lab(home, info, docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), devices, args.work, uris,
-                      offset=10)
-            converged = run_network(lab, args.cuts, args.seed, (gateway, registry))
-            clean_engine(lab.engine)
-        finally:
-            home.save_state(state)  # the releases 1..3 and their hub-creds name the registry itself
-    return 0 if converged == args.cuts else 1
+            FaultProxy(ports["registry"], lifetime=3600, seed=args.seed) as registry, \
+            proxied_releases(home, registry.port) as uris:
+        devices = args.work / "net-devices"
+        devices.mkdir(exist_ok=True)
+        lab = Lab(home, info, docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), devices, args.work, uris,
+                  offset=10)
+        trips = run_network(lab, plan_trips(args.cuts, args.seed), (gateway, registry))
+        clean_engine(lab.engine)
+    for line in network_summary(trips):
+        print(line)
+    return 0 if all(t.converged for t in trips) else 1
 
 
 if __name__ == "__main__":

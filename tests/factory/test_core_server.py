@@ -35,6 +35,7 @@ from tuf.ngclient import Updater
 from tuf.ngclient.fetcher import FetcherInterface
 
 from fioup_flow.factory.devices import DeviceRecords
+from fioup_flow.factory.faults import Faults
 from fioup_flow.factory.pki import issue_client_cert
 from fioup_flow.factory.token import SERVICE
 from fioup_flow.factory.tufrepo import TufRepository
@@ -219,6 +220,16 @@ def test_system_info_keeps_the_latest_of_each_kind(factory, device):
 
 def test_config_has_nothing_for_the_device(factory, device):
     assert _get(factory, device, "/config").status_code == 204
+
+
+def test_a_burst_of_server_errors_answers_the_next_requests_with_that_status_then_ends(factory, device):
+    faults = Faults(factory.home)
+    faults.set(http_errors=2, http_status=502)
+    try:
+        statuses = [_get(factory, device, "/device").status_code for _ in range(3)]
+    finally:
+        faults.clear()
+    assert statuses == [502, 502, 200]
 
 
 def test_unknown_gateway_paths_are_404(factory, device):

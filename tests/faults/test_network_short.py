@@ -1,0 +1,37 @@
+"""Real updates through faulty links converge: one pass of each of scripts/powercut's network faults.
+
+A fault proxy sits in front of the gateway and one in front of the registry (the Targets' app
+URIs name it); each update runs with one fault on (connections reset mid-blob or at random,
+stalls past the read timeout, refused connections, a slow line, a burst of 503s from the
+factory), and gets up to three boots, as a daemon's next rounds would give it.
+`scripts/powercut --network --cuts N` runs many more.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
+import powercut  # noqa: E402
+from faults.netproxy import FaultProxy  # noqa: E402
+from support import clean_engine  # noqa: E402
+
+pytestmark = [pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(600)]
+
+
+def test_an_update_through_each_kind_of_network_fault_converges(factory, engine, tmp_path: Path) -> None:
+    ports = factory.home.load_state()["ports"]
+    with FaultProxy(ports["gateway"], lifetime=600, seed=5) as gateway, \
+            FaultProxy(ports["registry"], lifetime=600, seed=5) as registry, \
+            powercut.proxied_releases(factory.home, registry.port, offset=20) as uris:
+        lab = powercut.Lab(factory.home, factory.info, engine, tmp_path, tmp_path, uris, offset=20)
+        try:
+            trips = powercut.run_network(lab, [powercut.Trip("change", f) for f in powercut.NETWORK_FAULTS],
+                                         (gateway, registry))
+        finally:
+            clean_engine(engine)
+    print("\n".join(powercut.network_summary(trips)))
+    assert all(t.converged for t in trips), [t for t in trips if not t.converged]
