@@ -1,6 +1,7 @@
 """Real updates through real power cuts: the harness behind `scripts/powercut`.
 
-Each cut runs a real `fioup-flow apply` whose whole sota dir lives on a power-cut filesystem
+Each cut (at a moment uniform over the update's duration, or, in boundary mode, right after
+each node of the plan in turn) runs a real `fioup-flow apply` whose whole sota dir lives on a power-cut filesystem
 (tests/faults/powercutfs.py), kills it with SIGKILL at a chosen moment and drops every write it
 had not made durable, then "boots" (`fioup-flow resume`, or `apply` again when the cut came
 before the plan was frozen) and checks what a device owner relies on:
@@ -345,6 +346,7 @@ class Cut:
     mode: str
     at: float  # seconds after start (random) or node index K (boundary); < 0: draw it from the seed
     node: str = ""
+    boundaries: int = 0  # boundary mode: how many nodes the plan has
     refetched: int = 0  # bytes received before the cut, lost to it
     boot_seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)  # invariant -> what was wrong
@@ -395,9 +397,8 @@ def kill_at(cut: Cut, device: Device, process: subprocess.Popen, started: float)
         nodes: list[str] = []
         wait(lambda: bool(nodes.extend(plan_nodes(device) or []) or nodes), process, 60)
         if nodes:
-            if cut.at < 0:
-                cut.at = random.Random(cut.seed).randrange(len(nodes))
-            cut.node = nodes[min(int(cut.at), len(nodes) - 1)]
+            cut.at = int(cut.at) % len(nodes)  # boundaries are counted round, so a long run takes each
+            cut.node, cut.boundaries = nodes[int(cut.at)], len(nodes)
             wait(lambda: node_done(device, cut.node), process, 120)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # fioup-flow and whatever it runs: compose, too
@@ -580,7 +581,14 @@ def check_events(lab: Lab, device: Device, cut: Cut) -> None:
 
 
 def plan_cuts(count: int, seed: int, mode: str, at: float | None, scenario: str | None) -> list[Cut]:
-    """The cuts of a run, each with a seed of its own so that one can be replayed alone."""
+    """The cuts of a run, each with a seed of its own so that one can be replayed alone.
+
+    Boundary mode without `at` takes the scenarios in turn and, in each, the node boundaries in
+    plan order: 4 x (nodes per plan) cuts cut after every node of every scenario.
+    """
+    if mode == "boundary" and at is None:
+        names = [scenario] if scenario else sorted(SCENARIOS)
+        return [Cut(seed, names[i % len(names)], mode, float(i // len(names))) for i in range(count)]
     rng = random.Random(seed)
     cuts = []
     for _ in range(count):
@@ -600,7 +608,7 @@ def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> l
         except Exception as exc:  # noqa: BLE001 - a harness error on one cut is a failed cut, not the end
             cut.failures["harness"] = f"{exc.__class__.__name__}: {exc}"
             lab.device = None
-        where = f"node {cut.node}" if cut.mode == "boundary" else f"{cut.at:.2f} s"
+        where = f"node {int(cut.at)}/{cut.boundaries} {cut.node}" if cut.mode == "boundary" else f"{cut.at:.2f} s"
         line = (f"[{index}/{len(cuts)}] {cut.scenario:10} cut at {where}: apps running {cut.running_after:.1f} s "
                 f"after boot, update done {cut.boot_seconds:.1f} s, re-fetched {cut.refetched} B")
         say(line + ("" if cut.converged else "  FAILED"))
@@ -746,7 +754,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cuts", type=int, default=10)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100000)
-    parser.add_argument("--mode", choices=["random", "boundary"], default="random")
+    parser.add_argument("--mode", choices=["random", "boundary"], default="random",
+                        help="random: a moment uniform over the update; boundary: after each node in turn")
     parser.add_argument("--network", action="store_true", help="network faults instead of power cuts")
     parser.add_argument("--at", type=float, help="replay: seconds after start (random) or node index (boundary)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="replay: this scenario only")
