@@ -1,9 +1,9 @@
 """Real updates through real power cuts: the harness behind `scripts/powercut`.
 
-Each cut (at a moment uniform over the update's duration, or, in boundary mode, right after
-each node of the plan in turn) runs a real `fioup-flow apply` whose whole sota dir lives on a power-cut filesystem
-(tests/faults/powercutfs.py), kills it with SIGKILL at a chosen moment and drops every write it
-had not made durable, then "boots" (`fioup-flow resume`, or `apply` again when the cut came
+Each cut runs a real `fioup-flow apply` whose whole sota dir lives on a power-cut filesystem
+(tests/faults/powercutfs.py), kills it with SIGKILL at a chosen moment (uniform over the update's
+duration, or, in boundary mode, right after each node of the plan in turn) and drops every write
+it had not made durable, then "boots" (`fioup-flow resume`, or `apply` again when the cut came
 before the plan was frozen) and checks what a device owner relies on:
 
 1. converged: the device is on the target, every target app runs the target's app, no app the
