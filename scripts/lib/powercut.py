@@ -21,9 +21,11 @@ A cut kills the update's whole process group (compose included) and then drops t
 unsynced writes. Setup (registration, reaching the start version) is fsynced file by file
 before the cut run, as an idle device's write-back would have done.
 
-Not modelled: the Docker engine's own state cannot live on the power-cut mount (dockerd needs
-overlayfs on a real filesystem), so containers and images survive each cut as they were; a cut
-is a power cut of fioup-flow's storage, not of the engine.
+The engine goes down with the power: the harness runs a dockerd of its own and a cut SIGKILLs it
+with containerd, the shims, the port proxies and every container; boot starts it again on the
+same data, and it restarts the containers their restart policy says to (`--keep-engine` leaves
+the engine running instead). Not modelled: the engine's own files cannot live on the power-cut
+mount (dockerd needs overlayfs on a real filesystem), so the engine keeps every write it made.
 
 `--network` runs updates through FaultProxy (tests/faults/netproxy.py) in front of both the
 gateway and the registry instead: the factory's `registry_host` is pointed at a proxy before
@@ -134,58 +136,106 @@ def delete_bridges(octet: int) -> None:
             subprocess.run(["ip", "link", "del", fields[1]], capture_output=True, check=False)
 
 
-@contextlib.contextmanager
-def private_engine(folder: Path) -> Iterator[str]:
-    """`engine` below, tried three times: two engines starting at once race to create the
-    same iptables chain, and the loser exits."""
-    for attempt in range(3):
-        try:
-            with engine(folder) as host:
-                yield host
-                return
-        except EngineDidNotStart:
-            if attempt == 2:
-                raise
-            time.sleep(random.uniform(1, 4))
-
-
 class EngineDidNotStart(RuntimeError):
     """dockerd exited or did not answer in time."""
 
 
-@contextlib.contextmanager
-def engine(folder: Path) -> Iterator[str]:
-    """A dockerd of our own (as scripts/lib/dockerd.sh starts it, with an address pool of its
-    own); yields its DOCKER_HOST."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sock = folder / "docker.sock"
-    octet = free_pool_octet()
-    with open(folder / "dockerd.log", "ab") as log:
-        process = subprocess.Popen(
-            ["dockerd", "--data-root", str(folder / "root"), "--exec-root", str(folder / "exec"),
-             "-H", f"unix://{sock}", "--pidfile", str(folder / "dockerd.pid"), "--bridge", "none",
-             "--default-address-pool", f"base=10.{octet}.0.0/16,size=24"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-    host = f"unix://{sock}"
-    try:
+class PrivateEngine:
+    """A dockerd of our own, as scripts/lib/dockerd.sh starts one (an address pool of its own, no
+    default bridge, its bridges deleted when it stops). `cut()` takes it down the way a power cut
+    does, containers and all; `boot()` starts it again on the same data, as a device boots."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.host = f"unix://{folder / 'docker.sock'}"
+        self.octet = free_pool_octet()
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> PrivateEngine:
+        self.boot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.host)
+
+    def boot(self) -> None:
+        """Start dockerd, three tries: two engines starting at once race to create the same
+        iptables chain, and the loser exits."""
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except EngineDidNotStart:
+                if attempt == 2:
+                    raise
+                time.sleep(random.uniform(1, 4))
+
+    def _start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "dockerd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["dockerd", "--data-root", str(self.folder / "root"), "--exec-root", str(self.folder / "exec"),
+                 "-H", self.host, "--pidfile", str(self.folder / "dockerd.pid"), "--bridge", "none",
+                 "--default-address-pool", f"base=10.{self.octet}.0.0/16,size=24"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
             try:
-                docker.DockerClient(base_url=host).ping()
-                break
+                self.client().ping()
+                return
             except Exception:  # noqa: BLE001 - not up yet
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise EngineDidNotStart(f"dockerd did not answer; see {folder / 'dockerd.log'}") from None
-                time.sleep(0.5)
-        yield host
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        delete_bridges(octet)
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.process.kill()
+                    self.process.wait()
+                    raise EngineDidNotStart(f"dockerd did not answer; see {self.folder / 'dockerd.log'}") from None
+                time.sleep(0.2)
+
+    def cut(self) -> None:
+        """SIGKILL the engine and all it runs at once: dockerd, containerd and the shims first, so
+        that nothing is left to restart a container, then each container's first process."""
+        containers = [c.attrs["State"]["Pid"] for c in self.client().containers.list()]
+        table = list(_processes())
+        engine = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}  # the shims: reparented
+        engine |= _descendants(table, self.process.pid)  # containerd, docker-proxy
+        engine = [self.process.pid, *sorted(engine - {self.process.pid})]
+        for pid in engine + containers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in engine + containers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        delete_bridges(self.octet)
+
+
+def _processes() -> Iterator[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process on the machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                yield int(entry.name), parent, cmdline
+
+
+def _descendants(table: list[tuple[int, int, str]], root: int) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent, _ in table if parent in frontier} - found
+        found |= frontier
+    return found
 
 
 def factory_cli(*args: str) -> str:
@@ -294,6 +344,18 @@ class Lab:
     disk: PowercutMount | None = None
     offset: int = 0  # the releases are versions offset+1..offset+3
     device: Device | None = None
+    power: PrivateEngine | None = None  # when set, a cut takes the engine down too, and boot starts it
+
+    def cut(self) -> None:
+        """The power goes: unsynced writes are lost and, if the lab owns the engine, it dies with them."""
+        self.disk.cut()
+        if self.power:
+            self.power.cut()
+
+    def boot_engine(self) -> None:
+        if self.power:
+            self.power.boot()
+            self.engine = self.power.client()
 
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]
@@ -490,7 +552,7 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     gets_at_start = len(registry_blob_gets(lab.home))
     process = device.start("apply", str(target))
     kill_at(cut, device, process, time.monotonic())
-    lab.disk.cut()
+    lab.cut()
     time.sleep(0.5)  # the registry logs the responses the kill cut short
     store = BlobStore(device.sota / "reset-apps")
     verified_at_cut = set(store.digests())
@@ -500,6 +562,7 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     # bytes the device had received but lost to the cut: fetched once more after it
     cut.refetched = sum(max(0, sum(w for d, w in gets[gets_at_start:] if d == digest) - kept)
                         for digest, kept in kept_at_cut.items())
+    lab.boot_engine()  # which restarts the containers that were running, as their restart policy says
     apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
     down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
     why = boot(device, target)
@@ -760,13 +823,15 @@ def main() -> int:
     parser.add_argument("--at", type=float, help="replay: seconds after start (random) or node index (boundary)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="replay: this scenario only")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fioup-flow-powercut"))
+    parser.add_argument("--keep-engine", action="store_true",
+                        help="cut fioup-flow's storage only; the Docker engine and its containers live on")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the way Ctrl-C does: clean up
     print(f"powercut: seed {args.seed}, mode {'network' if args.network else args.mode}, work {args.work}")
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
-    with private_engine(args.work / "docker") as host:
-        os.environ["DOCKER_HOST"] = host
+    with PrivateEngine(args.work / "docker") as engine:
+        os.environ["DOCKER_HOST"] = engine.host
         home = args.work / "factory"
         info = json.loads(factory_cli("up", "--home", str(home)))
         try:
@@ -775,7 +840,8 @@ def main() -> int:
                 return network_main(args, lab_home, info)
             uris = publish_releases(home)
             with PowercutMount(args.work / "backing", args.work / "mnt") as disk:
-                lab = Lab(lab_home, info, docker.DockerClient(base_url=host), disk.mount, args.work, uris, disk)
+                lab = Lab(lab_home, info, engine.client(), disk.mount, args.work, uris, disk,
+                          power=None if args.keep_engine else engine)
                 cuts = run_cuts(lab, plan_cuts(args.cuts, args.seed, args.mode, args.at, args.scenario))
                 clean_engine(lab.engine)
             for line in summary(cuts):

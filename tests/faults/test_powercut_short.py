@@ -1,7 +1,8 @@
 """Real updates survive power cuts: a few cuts of scripts/powercut's harness, so CI keeps it.
 
 Each cut kills a real `fioup-flow apply` (sota dir on the power-cut filesystem), drops every
-unsynced write, boots (`resume`) and checks the harness's invariants: on the target with every
+unsynced write, kills the test's own Docker engine with every container, boots (the engine,
+then `resume`) and checks the harness's invariants: on the target with every
 app running, every blob intact, each event once and in order, no verified blob fetched again,
 no app stopped after boot longer than an uninterrupted run stops it. `scripts/powercut --cuts N`
 runs many more.
@@ -9,7 +10,9 @@ runs many more.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,13 +38,19 @@ CUTS = [
 
 
 def test_every_update_cut_by_a_power_failure_resumes_to_its_target_with_nothing_lost_or_repeated(
-        factory, engine, disk, tmp_path: Path) -> None:
+        factory, disk, tmp_path: Path, monkeypatch) -> None:
     uris = powercut.publish_releases(factory.home.root)
-    lab = powercut.Lab(factory.home, factory.info, engine, disk.mount, tmp_path, uris, disk)
-    try:
-        cuts = powercut.run_cuts(lab, [powercut.Cut(*cut) for cut in CUTS])
-    finally:
-        clean_engine(engine)
+    # an engine of its own, to cut with the power; in a short folder, as containerd's sockets need
+    engine_dir = Path(tempfile.mkdtemp(prefix="fioup-flow-engine-"))
+    with powercut.PrivateEngine(engine_dir) as engine:
+        monkeypatch.setenv("DOCKER_HOST", engine.host)
+        lab = powercut.Lab(factory.home, factory.info, engine.client(), disk.mount, tmp_path, uris, disk,
+                           power=engine)
+        try:
+            cuts = powercut.run_cuts(lab, [powercut.Cut(*cut) for cut in CUTS])
+        finally:
+            clean_engine(lab.engine)
+    shutil.rmtree(engine_dir, ignore_errors=True)
     print("\n".join(powercut.summary(cuts)))
     failed = {f"{c.scenario}@{c.mode}:{c.node or c.at}": c.failures for c in cuts if not c.converged}
     assert not failed, failed
