@@ -34,6 +34,9 @@ CUTS = [
     (15, "change", "boundary", 8),   # among the blob fetches
     (16, "add-remove", "boundary", 16),  # among the stops and starts
     (17, "change", "boundary", 17),  # right after the old shellhttpd stopped: boot must start it
+    (18, "install", "boundary", 3),  # right after the space check, before any blob
+    (19, "downgrade", "boundary", 20),  # after the commit, before the last reports
+    (20, "change", "random", -1.0),
 ]
 
 
