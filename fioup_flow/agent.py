@@ -156,8 +156,14 @@ class Agent:
         self._queue_event("MetadataUpdateCompleted", f"meta-{new_plan_id()}", current.name if current else "",
                           current.version if current else 0, success, details)
 
-    def flush_outbox(self) -> int:
-        return self.outbox.flush(self.gateway)
+    def flush_outbox(self) -> int | None:
+        """Send what the outbox holds; how many reports are left, None if it cannot even be opened
+        (a full disk): a report that cannot go out now must never fail a command."""
+        try:
+            return self.outbox.flush(self.gateway)
+        except NoSpaceError as exc:
+            log.warning("reports not sent: %s", exc)
+            return None
 
     # --- planning ---------------------------------------------------------------------------
     def observe(self) -> Observed:

@@ -81,7 +81,8 @@ def open_cache(path: Path) -> diskcache.Cache:
     database created just now does not vanish with the power.
     """
     make_dirs(Path(path))
-    cache = diskcache.Cache(str(path), **DURABLE_CACHE_SETTINGS)
+    with full_disk_as_no_space(Path(path)):
+        cache = diskcache.Cache(str(path), **DURABLE_CACHE_SETTINGS)
     fsync_dir(Path(path))
     return cache
 
@@ -92,11 +93,21 @@ def full_disk_as_no_space(where: Path) -> Iterator[None]:
 
     SQLite rolls such a write back, so the database is intact: the caller has lost only this
     write, and it must not be taken for damage (which would send the user to discard state).
+    SQLite says SQLITE_FULL when a write does not fit, but a plain I/O error when it cannot even
+    create its shared-memory file: on a disk with no block left, that is a full disk too.
     """
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        if code != sqlite3.SQLITE_FULL and not (code == sqlite3.SQLITE_IOERR and _no_block_left(where)):
             raise
         raise NoSpaceError(f"the disk holding {where} is full: free some space, "
                            f"then run `fioup-flow resume`") from exc
+
+
+def _no_block_left(where: Path) -> bool:
+    try:
+        return os.statvfs(where).f_bavail == 0
+    except OSError:
+        return False

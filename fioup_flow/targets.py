@@ -25,7 +25,9 @@ from fioup_flow.durable import fsync_dir
 from fioup_flow.errors import (
     MetadataUpdateError,
     NoMatchingTargetError,
+    NoSpaceError,
     TargetNotFoundError,
+    exit_code_of,
 )
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.reference import PinnedRef, ReferenceError
@@ -141,7 +143,8 @@ class TufClient:
         self.hardware_id = hardware_id
 
     def refresh(self) -> list[Target]:
-        """Download and verify the newest metadata; any failure is MetadataUpdateError (exit 20)."""
+        """Download and verify the newest metadata; any failure is MetadataUpdateError (exit 20), but a
+        full disk, which is NoSpaceError (41): nothing is wrong with the metadata."""
         if not (self.metadata_dir / "root.json").exists():
             raise MetadataUpdateError(f"no trusted TUF root in {self.metadata_dir}; register the device first")
         try:
@@ -153,7 +156,12 @@ class TufClient:
                 bootstrap=None,
             )
             updater.refresh()
-        except (tuf_errors.RepositoryError, tuf_errors.DownloadError, OSError, ValueError) as exc:
+        except OSError as exc:
+            if exit_code_of(exc) == NoSpaceError.exit_code:
+                raise NoSpaceError(f"the disk holding {self.metadata_dir} is full while saving TUF metadata: "
+                                   f"free some space, then try again") from exc
+            raise MetadataUpdateError(f"TUF metadata update failed: {type(exc).__name__}: {exc}") from exc
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as exc:
             raise MetadataUpdateError(f"TUF metadata update failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._sync()

@@ -196,7 +196,8 @@ class PrivateEngine:
     def cut(self) -> None:
         """SIGKILL the engine and all it runs at once: dockerd, containerd and the shims first, so
         that nothing is left to restart a container, then each container's first process."""
-        containers = [c.attrs["State"]["Pid"] for c in self.client().containers.list()]
+        # a container between two lives has Pid 0, and kill(0) would take our own process group
+        containers = [pid for c in self.client().containers.list() if (pid := c.attrs["State"]["Pid"]) > 0]
         table = list(_processes())
         engine = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}  # the shims: reparented
         engine |= _descendants(table, self.process.pid)  # containerd, docker-proxy

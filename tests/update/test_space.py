@@ -156,3 +156,14 @@ def test_a_disk_that_fills_mid_fetch_stops_with_41_keeps_the_partial_and_resumes
     assert fetched_after <= FILLER_MB * MIB - kept + MIB, "the download resumes from what was kept"
     ids = [e["id"] for e in records.events(uuid)]
     assert len(ids) == len(set(ids)) and records.events(uuid)[-1]["eventType"]["id"] == "EcuInstallationCompleted"
+
+
+def test_a_full_disk_while_saving_new_metadata_is_41_not_a_metadata_failure(
+        factory, engine, small_disk, device_on_v1) -> None:
+    publish(factory.home.root, 3, {"shellhttpd": "shellhttpd/v1"}, TAG, "--hwid", HWID)  # metadata to save
+    ballast = small_disk.fill()
+    done = device_on_v1.run("check")
+    assert done.returncode == 41, done.stderr
+    assert "full while saving TUF metadata" in done.stderr
+    ballast.unlink()
+    assert device_on_v1.run("check").returncode == 0
