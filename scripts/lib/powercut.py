@@ -194,21 +194,28 @@ class PrivateEngine:
                 time.sleep(0.2)
 
     def cut(self) -> None:
-        """SIGKILL the engine and all it runs at once: dockerd, containerd and the shims first, so
-        that nothing is left to restart a container, then each container's first process."""
-        # a container between two lives has Pid 0, and kill(0) would take our own process group
-        containers = [pid for c in self.client().containers.list() if (pid := c.attrs["State"]["Pid"]) > 0]
-        table = list(_processes())
-        engine = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}  # the shims: reparented
-        engine |= _descendants(table, self.process.pid)  # containerd, docker-proxy
-        engine = [self.process.pid, *sorted(engine - {self.process.pid})]
-        for pid in engine + containers:
+        """SIGKILL the engine and all it runs at once: dockerd, containerd, the port proxies, the
+        shims and every container. They are stopped first, round after round until no new one
+        appears, so that nothing spawned mid-cut (a container, a port proxy) outlives the power."""
+        stopped: set[int] = set()
+        while fresh := self._processes() - stopped:
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= fresh
+        for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
         deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in engine + containers) and time.monotonic() < deadline:
+        while any(Path(f"/proc/{pid}").exists() for pid in stopped) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _processes(self) -> set[int]:
+        """dockerd, the shims (named by our folder: they are reparented) and all they started."""
+        table = list(_processes())
+        roots = {self.process.pid} | {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
+        return roots | _descendants(table, roots)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -231,8 +238,8 @@ def _processes() -> Iterator[tuple[int, int, str]]:
                 yield int(entry.name), parent, cmdline
 
 
-def _descendants(table: list[tuple[int, int, str]], root: int) -> set[int]:
-    found, frontier = set(), {root}
+def _descendants(table: list[tuple[int, int, str]], roots: set[int]) -> set[int]:
+    found, frontier = set(), set(roots)
     while frontier:
         frontier = {pid for pid, parent, _ in table if parent in frontier} - found
         found |= frontier
@@ -600,7 +607,7 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[
             services = ", ".join(f"{x['name']} {x['state']}/{x['health'] or '-'} ({x['status']})" for x in app["services"])
             problems.append(f"{app['name']} {app['state']} [{services}] {app['uri'].rsplit('@', 1)[-1][:19]}")
     running = {c.labels.get("com.docker.compose.project") for c in lab.engine.containers.list()}
-    problems += [f"{app} not running" for app in wanted if app not in running]
+    problems += [f"{app} not running: {container_story(lab.engine, app)}" for app in wanted if app not in running]
     problems += [f"dropped {app} still running" for app in running - set(wanted) if app]
     if problems:
         cut.failures["1-target"] = "; ".join(problems)
@@ -621,6 +628,17 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[
         resumed = sum(written for d, written in after if d == digest)
         if store.has(digest) and resumed > store.path(digest).stat().st_size - kept:
             cut.failures["4-refetch"] = f"{digest[:19]}: {kept} bytes kept at the cut, yet {resumed} fetched after"
+
+
+def container_story(engine: docker.DockerClient, app: str) -> str:
+    """What the engine says of an app's containers: state, exit code, error, last log line."""
+    stories = []
+    for container in engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={app}"}):
+        state = container.attrs["State"]
+        last = container.logs(tail=1).decode(errors="replace").strip()
+        stories.append(f"{container.name} {state['Status']} exit {state['ExitCode']} {state.get('Error') or ''}"
+                       f" restarts {container.attrs.get('RestartCount')} log {last!r}")
+    return "; ".join(stories) or "no container"
 
 
 def check_events(lab: Lab, device: Device, cut: Cut) -> None:
