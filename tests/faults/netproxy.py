@@ -20,8 +20,8 @@ What each fault does (per connection unless said otherwise):
 - `close_on_accept=K`: the next K connections are closed right after accept, before a byte.
 
 `stats.bytes_down` counts what the link carried to the client: a reset discards what the proxy's
-socket still held unsent or unacknowledged (often megabytes when the client reads slowly, as a
-rate-limited updater does), and those bytes are taken off again.
+socket still held unsent (often megabytes when the client reads slowly, as a rate-limited
+updater does), and those bytes are taken off again.
 
 Through TLS (the gateway's mutual TLS) the proxy sees only ciphertext: resets, stalls, rate
 and `close_on_accept` apply (the last is how a TLS upstream "fails"); `http_errors` never
@@ -35,7 +35,6 @@ forwards only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import json
 import random
@@ -43,7 +42,6 @@ import re
 import select
 import socket
 import struct
-import termios
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -94,10 +92,15 @@ class _Downstream:
     stalled: bool = False
 
 
-def _send_queue(sock: socket.socket) -> int:
-    """Bytes `sock` accepted but the peer has not acknowledged yet (TIOCOUTQ, i.e. SIOCOUTQ)."""
+_TCPI_NOTSENT_BYTES = 144  # offset of tcpi_notsent_bytes in Linux's struct tcp_info (since 4.6)
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes `sock` accepted but has not sent yet (tcp_info's notsent_bytes): a reset drops them
+    before they cross the link. Bytes sent and not yet acknowledged did cross it, so they count."""
     try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0)))[0]
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        return struct.unpack_from("I", info, _TCPI_NOTSENT_BYTES)[0] if len(info) >= _TCPI_NOTSENT_BYTES + 4 else 0
     except OSError:
         return 0
 
@@ -246,7 +249,7 @@ class FaultProxy:
         try:
             self._pump(client, upstream, _Downstream())
         except _Reset:
-            unsent = _send_queue(client)  # dropped by the reset: these never reached the client
+            unsent = _unsent(client)  # dropped by the reset: these never reached the client
             with self._lock:
                 self._stats.resets += 1
                 self._stats.bytes_down -= unsent
