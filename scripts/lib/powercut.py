@@ -710,11 +710,11 @@ def summary(cuts: list[Cut]) -> list[str]:
     converged = sum(c.converged for c in cuts)
     return [
         "failures per invariant: " + ", ".join(f"{n} {sum(n in c.failures for c in cuts)}" for n in names),
-        f"corrupt blobs {sum(c.corrupt for c in cuts)}, lost events {sum(c.lost_events for c in cuts)}, "
-        f"duplicated events {sum(c.duplicated_events for c in cuts)}",
+        (f"corrupt blobs {sum(c.corrupt for c in cuts)}, lost events {sum(c.lost_events for c in cuts)}, "
+         f"duplicated events {sum(c.duplicated_events for c in cuts)}"),
         f"bytes received before the cut and lost (fetched again): median {statistics.median(refetched):.0f}, max {max(refetched)}",
-        f"boot to every app running: median {statistics.median(running):.1f} s, max {max(running):.1f} s; "
-        f"boot to update done: median {statistics.median(boots):.1f} s",
+        (f"boot to every app running: median {statistics.median(running):.1f} s, max {max(running):.1f} s; "
+         f"boot to update done: median {statistics.median(boots):.1f} s"),
         f"longest an app that runs before and after stayed stopped after boot: {max(stopped):.1f} s",
         f"converged {converged}/{len(cuts)}",
     ]
@@ -806,9 +806,10 @@ def run_network(lab: Lab, trips: list[Trip], proxies: tuple[FaultProxy, FaultPro
 def network_summary(trips: list[Trip]) -> list[str]:
     extra = [t.extra_bytes for t in trips] or [0]
     shares = [t.extra_share for t in trips] or [0.0]
+    total = sum(t.extra_bytes for t in trips) / max(1, sum(t.clean_bytes for t in trips))
     return [
-        f"extra registry bytes over an uninterrupted run: median {statistics.median(extra):.0f}, max {max(extra)} "
-        f"(median {statistics.median(shares):.1%}, max {max(shares):.1%} of the update)",
+        (f"extra registry bytes over an uninterrupted run: median {statistics.median(extra):.0f}, max {max(extra)} "
+         f"(median {statistics.median(shares):.1%}, max {max(shares):.1%} of the update; {total:.1%} over all)"),
         f"converged {sum(t.converged for t in trips)}/{len(trips)}",
     ]
 
