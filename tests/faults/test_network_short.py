@@ -22,7 +22,7 @@ from support import clean_engine  # noqa: E402
 pytestmark = [pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(600)]
 
 
-def test_an_update_through_each_kind_of_network_fault_converges(factory, engine, tmp_path: Path) -> None:
+def test_an_update_through_each_kind_of_network_fault_converges_at_little_extra_cost(factory, engine, tmp_path: Path) -> None:
     ports = factory.home.load_state()["ports"]
     with FaultProxy(ports["gateway"], lifetime=600, seed=5) as gateway, \
             FaultProxy(ports["registry"], lifetime=600, seed=5) as registry, \
@@ -35,3 +35,5 @@ def test_an_update_through_each_kind_of_network_fault_converges(factory, engine,
             clean_engine(engine)
     print("\n".join(powercut.network_summary(trips)))
     assert all(t.converged for t in trips), [t for t in trips if not t.converged]
+    extra = sum(t.extra_bytes for t in trips) / sum(t.clean_bytes for t in trips)
+    assert extra < 0.05, "the faults cost less than 5% more bytes than the updates themselves"
