@@ -28,6 +28,7 @@ class ServiceState:
     state: str  # created | running | restarting | exited | ...
     health: str  # healthy | unhealthy | starting | "" (no health check)
     status: str  # Docker's human text, e.g. "Up 3 minutes (healthy)"
+    error: str = ""  # why the engine could not start the container, if it tried and failed
 
     @property
     def up(self) -> bool:
@@ -54,6 +55,7 @@ def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:
         found[name] = ServiceState(
             name=name, container_id=c["Id"], image_id=inspect["Image"], state=state["Status"],
             health=(state.get("Health") or {}).get("Status", ""), status=c.get("Status", ""),
+            error=state.get("Error") or "",
         )
     return [found[k] for k in sorted(found)]
 

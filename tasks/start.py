@@ -43,24 +43,41 @@ def healthy_node_for(tree: AppTree, timeout_s: float = 120.0) -> Node:
                 params=_params(tree, timeout_s), resource="cpu")
 
 
-def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> list[str]:
-    """Services of the version not yet running its image (or not yet healthy), each with the reason."""
+# Docker 20.10, after an unclean shutdown, can keep a host port allocated for a container it
+# removed at boot; nothing but a restart of the engine frees it
+PORT_TAKEN = "port is already allocated"
+PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut, the Docker engine still "
+                   "holds it for a container it removed at boot: free it (restarting the engine does), "
+                   "then run `fioup-flow resume`")
+
+
+def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> tuple[list[str], list[str]]:
+    """Services of the version not yet running its image (or not yet healthy), each with the reason,
+    and the start errors among them: the engine tried and failed, waiting will not help."""
     running = {s.name: s for s in appstate.services(engine, node.params["app"])}
-    problems = []
+    problems, failed = [], []
     for service, image_id in node.params["services"].items():
         state = running.get(service)
         if state is None:
             problems.append(f"{service}: no container")
         elif state.image_id != image_id:
             problems.append(f"{service}: runs another image")
+        elif state.state in ("created", "exited") and state.error:
+            failed.append(f"{service}: {state.error}")
         elif state.state != "running" or (need_health and not state.up):
             problems.append(f"{service}: {state.state}{' (' + state.health + ')' if state.health else ''}")
-    return problems
+    return problems + failed, failed
 
 
 def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while problems := pending(engine, node, need_health):
+    while True:
+        problems, failed = pending(engine, node, need_health)
+        if not problems:
+            return
+        if failed:
+            hint = f" ({PORT_TAKEN_HINT})" if any(PORT_TAKEN in f for f in failed) else ""
+            raise StartError(f"app {node.params['app']} failed to {what}: " + "; ".join(failed) + hint)
         if time.monotonic() > deadline:
             raise StartError(f"app {node.params['app']} did not {what} within {timeout_s:.0f} s: "
                              + "; ".join(problems))
@@ -78,7 +95,7 @@ class _VersionTask:
 
     def is_done(self, node: Node) -> bool:
         return (installed_uri(self.root / node.params["app"]) == node.params["uri"]
-                and not pending(self.engine, node, self.need_health))
+                and not pending(self.engine, node, self.need_health)[0])
 
 
 class StartApp(_VersionTask):

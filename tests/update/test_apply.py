@@ -6,6 +6,9 @@ v1 = shellhttpd v1 + pair v1, v2 = shellhttpd v2 + pair v1, v3 = shellhttpd v2 +
 
 from __future__ import annotations
 
+import os
+import socket
+
 import docker
 import pytest
 from support import sample_page
@@ -89,3 +92,17 @@ def test_dry_run_prints_the_plan_and_changes_nothing(device, engine) -> None:
     assert summary["bytes_to_download"] > 0 and summary["diff"]["add"] == ["pair", "shellhttpd"]
     assert projects(engine) == set()
     assert device.run("resume").stdout.strip() == "No update in progress"
+
+
+def test_a_port_another_program_holds_fails_the_start_at_once_with_70_and_resume_completes_once_freed(
+        device, engine) -> None:
+    with socket.socket() as holder:  # another program on the port shellhttpd publishes
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the last test's TIME_WAIT
+        holder.bind(("127.0.0.1", int(os.environ["SHELLHTTPD_PORT"])))
+        holder.listen()
+        done = device.run("apply", "1")
+    assert done.returncode == 70, done.stderr
+    assert "address already in use" in done.stderr and "within" not in done.stderr, \
+        "the engine's own error, at once, not after waiting out the start timeout"
+    assert device.run("resume").returncode == 0
+    assert "v1" in sample_page()
