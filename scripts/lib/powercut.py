@@ -217,6 +217,19 @@ class PrivateEngine:
         roots = {self.process.pid} | {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
         return roots | _descendants(table, roots)
 
+    def why_not_started(self) -> str:
+        """The panic or fatal line dockerd left in its log, if any."""
+        lines = (self.folder / "dockerd.log").read_text(errors="replace").splitlines()
+        return next((line for line in reversed(lines) if line.startswith("panic:") or "level=fatal" in line), "")
+
+    def forget_networks(self) -> None:
+        """What an operator does when dockerd will not start on the network database a cut left
+        (Docker 20.10 panics in libnetwork's reservePools): move it aside. compose recreates the
+        apps' networks."""
+        db = self.folder / "root" / "network" / "files" / "local-kv.db"
+        if db.exists():
+            db.rename(db.with_name(f"local-kv.db.{int(time.time())}"))
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -366,10 +379,15 @@ class Lab:
             self.engine = self.power.client()
 
     def restart_engine(self) -> None:
-        """A clean stop and start of the engine: what the device's next power-on gives."""
+        """A clean stop and start of the engine: what the device's next power-on gives (with the
+        operator's fix, should the engine not start on the network database a cut left)."""
         if self.power:
             self.power.stop()
-            self.boot_engine()
+            try:
+                self.boot_engine()
+            except EngineDidNotStart:
+                self.power.forget_networks()
+                self.boot_engine()
 
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]
@@ -577,7 +595,12 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     # bytes the device had received but lost to the cut: fetched once more after it
     cut.refetched = sum(max(0, sum(w for d, w in gets[gets_at_start:] if d == digest) - kept)
                         for digest, kept in kept_at_cut.items())
-    lab.boot_engine()  # which restarts the containers that were running, as their restart policy says
+    try:
+        lab.boot_engine()  # which restarts the containers that were running, as their restart policy says
+    except EngineDidNotStart as exc:
+        cut.failures["engine"] = f"the Docker engine did not start after the cut: {lab.power.why_not_started() or exc}"
+        lab.power.forget_networks()
+        lab.boot_engine()
     apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
     down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
     why = boot(device, target)
@@ -720,7 +743,7 @@ def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> l
 
 
 def summary(cuts: list[Cut]) -> list[str]:
-    names = ["boot", "1-target", "2-blobs", "3-events", "4-refetch", "5-stopped", "harness"]
+    names = ["engine", "boot", "1-target", "2-blobs", "3-events", "4-refetch", "5-stopped", "harness"]
     refetched = [c.refetched for c in cuts] or [0]
     boots = [c.boot_seconds for c in cuts if c.converged] or [0.0]
     running = [c.running_after for c in cuts if c.converged] or [0.0]
