@@ -16,7 +16,7 @@ import docker
 
 from fioup_flow.composeapp import AppTree
 from fioup_flow.errors import StartError
-from fioup_flow.task import Node, TaskContext
+from fioup_flow.task import Node, TaskContext, TransientError
 from tasks import appstate, compose
 from tasks.install import installed_uri
 
@@ -46,6 +46,7 @@ def healthy_node_for(tree: AppTree, timeout_s: float = 120.0) -> Node:
 # Docker 20.10, after an unclean shutdown, can keep a host port allocated for a container it
 # removed at boot; nothing but a restart of the engine frees it
 PORT_TAKEN = "port is already allocated"
+NO_CONTAINER = "no container"
 PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut, the Docker engine still "
                    "holds it for a container it removed at boot: free it (restarting the engine does), "
                    "then run `fioup-flow resume`")
@@ -59,7 +60,7 @@ def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> tuple
     for service, image_id in node.params["services"].items():
         state = running.get(service)
         if state is None:
-            problems.append(f"{service}: no container")
+            problems.append(f"{service}: {NO_CONTAINER}")
         elif state.image_id != image_id:
             problems.append(f"{service}: runs another image")
         elif state.state in ("created", "exited") and state.error:
@@ -98,6 +99,11 @@ class _VersionTask:
                 and not pending(self.engine, node, self.need_health)[0])
 
 
+class ContainerMissing(StartError, TransientError):
+    """compose up returned 0 yet a service has no container: compose exits 0 when the engine refuses
+    to create the app's network (an iptables hiccup, say), and that may heal: try again."""
+
+
 class StartApp(_VersionTask):
     kind = START
 
@@ -107,7 +113,11 @@ class StartApp(_VersionTask):
         if installed_uri(project) != node.params["uri"]:
             raise StartError(f"app {app}: the project in {project} is not the version to start")
         compose.up(app, project, StartError)
-        # compose can exit 0 with a container left "created" (a port taken, no address pool left)
+        # compose can exit 0 with a container left "created" (a port taken, no address pool left),
+        # or none at all (the engine refused the app's network)
+        missing = [p.split(":", 1)[0] for p in pending(self.engine, node, False)[0] if p.endswith(NO_CONTAINER)]
+        if missing:
+            raise ContainerMissing(f"app {app}: compose up left no container for " + ", ".join(missing))
         wait_until(self.engine, node, False, float(node.params["timeout_s"]), "start")
 
 

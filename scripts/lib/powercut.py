@@ -634,7 +634,7 @@ def check_stopped(cut: Cut, baseline: Baseline) -> None:
 def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[str], gets_at_cut: int,
           kept_at_cut: dict[str, int]) -> None:
     """The invariants, each failure written into `cut.failures`."""
-    status = device.status()
+    status = settled_status(device)
     wanted = lab.uris[target]
     problems = []
     if (status.get("current") or {}).get("version") != target:
@@ -665,6 +665,17 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[
         resumed = sum(written for d, written in after if d == digest)
         if store.has(digest) and resumed > store.path(digest).stat().st_size - kept:
             cut.failures["4-refetch"] = f"{digest[:19]}: {kept} bytes kept at the cut, yet {resumed} fetched after"
+
+
+def settled_status(device: Device, timeout: float = 20.0) -> dict:
+    """`status --json` once every app runs, or after `timeout`: after the engine's own boot an app
+    the update left alone may still be coming up under its restart policy when resume returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = device.status()
+        if all(app["state"] == "running" for app in status.get("apps", [])) or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
 
 
 def container_story(engine: docker.DockerClient, app: str) -> str:
