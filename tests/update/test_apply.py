@@ -106,3 +106,23 @@ def test_a_port_another_program_holds_fails_the_start_at_once_with_70_and_resume
         "the engine's own error, at once, not after waiting out the start timeout"
     assert device.run("resume").returncode == 0
     assert "v1" in sample_page()
+
+
+def test_an_engine_that_cannot_give_the_app_a_network_fails_the_start_with_70_and_resume_completes_after(
+        device, engine) -> None:
+    """compose exits 0 when the engine refuses the app's network; the start node must not take that for done."""
+    fillers = []
+    try:
+        while True:  # take every subnet of the engine's address pool
+            fillers.append(engine.networks.create(f"filler-{len(fillers)}", driver="bridge"))
+    except docker.errors.APIError as exc:
+        assert "address pool" in str(exc) or "available" in str(exc), exc
+    try:
+        done = device.run("apply", "1")
+    finally:
+        for network in fillers:
+            network.remove()
+    assert done.returncode == 70, done.stderr
+    assert "compose up left no container for" in done.stderr
+    assert device.run("resume").returncode == 0
+    assert "v1" in sample_page()
