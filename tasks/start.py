@@ -52,6 +52,16 @@ PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut
                    "then run `fioup-flow resume`")
 
 
+class StartRefused(StartError, TransientError):
+    """The engine tried to start a container and failed. Some causes pass (iptables busy while
+    another engine sets up its chains), others stay (a port taken): retry within the budget."""
+
+
+class ContainerMissing(StartError, TransientError):
+    """compose up returned 0 yet a service has no container: compose exits 0 when the engine refuses
+    to create the app's network (an iptables hiccup, say), and that may heal: try again."""
+
+
 def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> tuple[list[str], list[str]]:
     """Services of the version not yet running its image (or not yet healthy), each with the reason,
     and the start errors among them: the engine tried and failed, waiting will not help."""
@@ -78,7 +88,7 @@ def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeo
             return
         if failed:
             hint = f" ({PORT_TAKEN_HINT})" if any(PORT_TAKEN in f for f in failed) else ""
-            raise StartError(f"app {node.params['app']} failed to {what}: " + "; ".join(failed) + hint)
+            raise StartRefused(f"app {node.params['app']} failed to {what}: " + "; ".join(failed) + hint)
         if time.monotonic() > deadline:
             raise StartError(f"app {node.params['app']} did not {what} within {timeout_s:.0f} s: "
                              + "; ".join(problems))
@@ -97,11 +107,6 @@ class _VersionTask:
     def is_done(self, node: Node) -> bool:
         return (installed_uri(self.root / node.params["app"]) == node.params["uri"]
                 and not pending(self.engine, node, self.need_health)[0])
-
-
-class ContainerMissing(StartError, TransientError):
-    """compose up returned 0 yet a service has no container: compose exits 0 when the engine refuses
-    to create the app's network (an iptables hiccup, say), and that may heal: try again."""
 
 
 class StartApp(_VersionTask):
