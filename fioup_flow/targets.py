@@ -156,12 +156,10 @@ class TufClient:
                 bootstrap=None,
             )
             updater.refresh()
-        except OSError as exc:
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError, OSError, ValueError) as exc:
             if exit_code_of(exc) == NoSpaceError.exit_code:
                 raise NoSpaceError(f"the disk holding {self.metadata_dir} is full while saving TUF metadata: "
                                    f"free some space, then try again") from exc
-            raise MetadataUpdateError(f"TUF metadata update failed: {type(exc).__name__}: {exc}") from exc
-        except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as exc:
             raise MetadataUpdateError(f"TUF metadata update failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._sync()
