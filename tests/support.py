@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -98,3 +99,14 @@ def clean_engine(engine) -> None:
     engine.volumes.prune()
     for image in engine.images.list():
         engine.images.remove(image.id, force=True)
+
+
+_BLOB_GET = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
+                       r'http.response.written=(\d+)')
+
+
+def registry_blob_gets(home) -> list[tuple[str, int]]:
+    """(digest, bytes the registry wrote) of every blob GET the factory's registry answered so far,
+    from its own log: bytes counted where they leave, not where they arrive."""
+    text = home.log_file("registry").read_text(errors="replace")
+    return [(m[1], int(m[2])) for m in _BLOB_GET.finditer(text)]

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from faults.netproxy import FaultProxy  # noqa: E402
 from faults.powercutfs import PowercutMount  # noqa: E402
-from support import clean_engine  # noqa: E402
+from support import clean_engine, registry_blob_gets  # noqa: E402
 
 from fioup_flow.checkpoint import MARKER, CheckpointStore, store_path  # noqa: E402
 from fioup_flow.events import EVENT_TYPES  # noqa: E402
@@ -89,8 +89,6 @@ NO_UPDATE_IN_PROGRESS = 24
 # stopped up to this factor, plus this many seconds, longer than in the uninterrupted run
 WINDOW_SLACK = 1.5, 1.0
 RATE_LIMIT = "20M"
-_BLOB_GET = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
-                       r'http.response.written=(\d+)')
 
 
 def free_port() -> int:
@@ -296,12 +294,6 @@ def _app_uris(published: dict) -> dict[str, str]:
 
     walk(published)
     return found
-
-
-def registry_blob_gets(home: FactoryHome) -> list[tuple[str, int]]:
-    """(digest, bytes written) of every blob GET the registry answered so far, from its log."""
-    text = home.log_file("registry").read_text(errors="replace")
-    return [(m[1], int(m[2])) for m in _BLOB_GET.finditer(text)]
 
 
 # --- a device --------------------------------------------------------------------------------------

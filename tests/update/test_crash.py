@@ -7,7 +7,6 @@ writes too, is a separate suite.) Bytes are counted at the registry, from its ow
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from support import BIN, Device, new_device, publish, sample_page
+from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
 
 from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.factory.devices import DeviceRecords
@@ -27,16 +26,6 @@ pytestmark = [pytest.mark.factory, pytest.mark.docker]
 BIG_TAG = "big"
 BIG_HWID = "big-linux"  # a hardware id of its own, so its versions do not replace the shared releases
 BIG_MB = 48
-_WRITTEN = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
-                      r'http.response.written=(\d+)')
-
-
-def registry_blob_gets(factory) -> list[tuple[str, int]]:
-    """(digest, bytes the registry wrote) for every blob GET it answered so far."""
-    text = factory.home.log_file("registry").read_text(errors="replace")
-    return [(m[1], int(m[2])) for m in _WRITTEN.finditer(text)]
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -103,11 +92,11 @@ def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(fa
     kept = partials()
     finished = {f"sha256:{p.name}" for p in blobs.iterdir()}
     time.sleep(1)  # let the registry log the responses the kill cut short
-    at_kill = len(registry_blob_gets(factory))
+    at_kill = len(registry_blob_gets(factory.home))
     resume(device)
     assert "v1" in sample_page()
 
-    after = registry_blob_gets(factory)[at_kill:]
+    after = registry_blob_gets(factory.home)[at_kill:]
     assert not finished & {digest for digest, _ in after}, "a blob verified before the kill is fetched again"
     for digest, on_disk in kept.items():
         resumed = sum(written for d, written in after if d == digest)  # 0 if it was whole, only uncommitted

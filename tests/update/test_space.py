@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BIN, Device, new_device, publish, sample_page
-from test_crash import registry_blob_gets, wait_for
+from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
+from test_crash import wait_for
 
 from fioup_flow.diskspace import LAYER_RUNTIME_FACTOR, required_bytes
 from fioup_flow.factory.devices import DeviceRecords
@@ -146,13 +146,13 @@ def test_a_disk_that_fills_mid_fetch_stops_with_41_keeps_the_partial_and_resumes
     assert failed["eventType"]["id"] == "EcuDownloadCompleted" and failed["event"]["success"] is False, \
         "the gateway hears why the update stopped, though no report could be queued on the full disk"
 
-    at_full = len(registry_blob_gets(factory))
+    at_full = len(registry_blob_gets(factory.home))
     ballast.unlink()
     resumed = device_on_v1.run("resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "v2" in sample_page()
     digest = f"sha256:{partial.parent.name}"
-    fetched_after = sum(written for d, written in registry_blob_gets(factory)[at_full:] if d == digest)
+    fetched_after = sum(written for d, written in registry_blob_gets(factory.home)[at_full:] if d == digest)
     assert fetched_after <= FILLER_MB * MIB - kept + MIB, "the download resumes from what was kept"
     ids = [e["id"] for e in records.events(uuid)]
     assert len(ids) == len(set(ids)) and records.events(uuid)[-1]["eventType"]["id"] == "EcuInstallationCompleted"
