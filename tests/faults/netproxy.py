@@ -327,12 +327,21 @@ class FaultProxy:
             piece = data[offset: offset + step]
             self._wait_stall()
             self._limits[direction].take(len(piece), self.faults.rate, self._deadline)
-            to.sendall(piece)
-            with self._lock:
-                if direction == "up":
-                    self._stats.bytes_up += len(piece)
-                else:
-                    self._stats.bytes_down += len(piece)
+            # Counted before the send: the client may read the piece before this thread runs on,
+            # and a reader of `stats` must never see bytes delivered but not yet counted.
+            self._count(direction, len(piece))
+            try:
+                to.sendall(piece)
+            except OSError:
+                self._count(direction, -len(piece))
+                raise
+
+    def _count(self, direction: str, size: int) -> None:
+        with self._lock:
+            if direction == "up":
+                self._stats.bytes_up += size
+            else:
+                self._stats.bytes_down += size
 
     def _wait_stall(self) -> None:
         """Hold while a `stall_for` lasts (re-read each step: it may be extended or cleared)."""
