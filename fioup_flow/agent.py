@@ -31,6 +31,7 @@ from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
 from tasks.apps_states import apps_states_payload
+from tasks.portleak import EngineRestart
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Agent:
             space.SpaceCheck(self.store, self.config.storage_watermark),
             install.InstallApp(self.store, root, self.engine),
             stop.StopApp(self.engine),
-            start.StartApp(root, self.engine),
+            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine)),
             start.AppHealthy(root, self.engine),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),

@@ -9,6 +9,7 @@ on a FoundriesFactory device, and a device configured for fioup works unchanged.
 from __future__ import annotations
 
 import os
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,18 @@ class Config:
     @property
     def prune_unused_images(self) -> bool:
         return str(self.get("pacman", "prune_unused_images", "0")).strip().lower() in ("1", "true", "yes")
+
+    @property
+    def engine_restart_command(self) -> tuple[str, ...]:
+        """`pacman.engine_restart_command`, split as a shell would: how this device restarts its
+        Docker engine when the engine leaked a port after a power cut. Empty: never restart it."""
+        raw = self.get("pacman", "engine_restart_command", "")
+        if isinstance(raw, list):
+            return tuple(str(part) for part in raw)
+        try:
+            return tuple(shlex.split(str(raw)))
+        except ValueError as exc:
+            raise UsageError(f"pacman.engine_restart_command: {exc}") from exc
 
     @property
     def hardware_id(self) -> str:

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import docker
+import requests
 
 from fioup_flow.composeapp import AppTree
 from fioup_flow.errors import StartError
 from fioup_flow.task import Node, TaskContext, TransientError
 from tasks import appstate, compose
 from tasks.install import installed_uri
+from tasks.portleak import EngineRestart
 
 START = "start"
 HEALTHY = "healthy"
@@ -43,13 +45,11 @@ def healthy_node_for(tree: AppTree, timeout_s: float = 120.0) -> Node:
                 params=_params(tree, timeout_s), resource="cpu")
 
 
-# Docker 20.10, after an unclean shutdown, can keep a host port allocated for a container it
-# removed at boot; nothing but a restart of the engine frees it
 PORT_TAKEN = "port is already allocated"
 NO_CONTAINER = "no container"
 PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut, the Docker engine still "
-                   "holds it for a container it removed at boot: free it (restarting the engine does), "
-                   "then run `fioup-flow resume`")
+                   "holds it for a container it removed at boot (see `pacman.engine_restart_command`): "
+                   "free it (restarting the engine does), then run `fioup-flow resume`")
 
 
 class StartRefused(StartError, TransientError):
@@ -83,7 +83,10 @@ def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> tuple
 def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        problems, failed = pending(engine, node, need_health)
+        try:
+            problems, failed = pending(engine, node, need_health)
+        except requests.ConnectionError:  # the engine restarting (see tasks.portleak): wait for it
+            problems, failed = ["the Docker engine does not answer"], []
         if not problems:
             return
         if failed:
@@ -110,13 +113,28 @@ class _VersionTask:
 
 
 class StartApp(_VersionTask):
+    """`compose up`, then wait until every service runs its image. A start the engine refuses for
+    a port it leaked itself (see `tasks.portleak`) is tried once more after `engine_restart` ran."""
+
     kind = START
 
+    def __init__(self, compose_root: Path, engine: docker.DockerClient, engine_restart: EngineRestart):
+        super().__init__(compose_root, engine)
+        self.engine_restart = engine_restart
+
     def run(self, node: Node, ctx: TaskContext) -> None:
-        app = node.params["app"]
-        project = self.root / app
+        project = self.root / node.params["app"]
         if installed_uri(project) != node.params["uri"]:
-            raise StartError(f"app {app}: the project in {project} is not the version to start")
+            raise StartError(f"app {node.params['app']}: the project in {project} is not the version to start")
+        try:
+            self._start(node, project)
+        except StartError as exc:
+            if not self.engine_restart.frees(str(exc)):
+                raise
+            self._start(node, project)
+
+    def _start(self, node: Node, project: Path) -> None:
+        app = node.params["app"]
         compose.up(app, project, StartError)
         # compose can exit 0 with a container left "created" (a port taken, no address pool left),
         # or none at all (the engine refused the app's network)

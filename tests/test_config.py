@@ -41,3 +41,13 @@ def test_a_download_rate_limit_reads_like_a_person_writes_it(tmp_path: Path) -> 
     cfg = write(tmp_path / "sota.toml", '[pacman]\ndownload_rate_limit = "20M"\n')
     assert Config.load((str(cfg),)).download_rate == 20_000_000
     assert Config.load((str(write(tmp_path / "b.toml", "")),)).download_rate is None
+
+
+def test_the_engine_restart_command_is_split_as_a_shell_would_or_taken_as_a_list(tmp_path: Path) -> None:
+    def command(text: str) -> tuple[str, ...]:
+        return Config.load((str(write(tmp_path / "sota.toml", f"[pacman]\n{text}\n")),)).engine_restart_command
+
+    assert command("") == ()
+    assert command('engine_restart_command = "systemctl restart \'docker.service\'"') == (
+        "systemctl", "restart", "docker.service")
+    assert command('engine_restart_command = ["/usr/bin/my restart", "--now"]') == ("/usr/bin/my restart", "--now")

@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -69,6 +68,9 @@ from fioup_flow.factory.faults import Faults  # noqa: E402
 from fioup_flow.factory.home import FactoryHome  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
 from tasks.start import PORT_TAKEN  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+from engine import EngineDidNotStart, PrivateEngine  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HWID = "powercut-linux"  # a hardware id of its own: its versions never replace anyone else's
@@ -116,146 +118,6 @@ def sync_tree(top: Path) -> None:
 
 
 # --- the world a device lives in: engine, factory, releases ---------------------------------------
-
-
-def free_pool_octet() -> int:
-    """N such that no route uses 10.N.0.0/16 yet: on this shared machine, bridges left by other
-    engines fill docker's default pools, and compose then cannot create an app's network."""
-    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
-    taken = {int(m) for m in re.findall(r"^10\.(\d+)\.", routes, re.MULTILINE)}
-    return random.choice([n for n in range(100, 250) if n not in taken])
-
-
-def delete_bridges(octet: int) -> None:
-    """Delete the bridges with an address in 10.`octet`.0.0/16: they outlive the engine that made them."""
-    addresses = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False).stdout
-    for line in addresses.splitlines():
-        fields = line.split()
-        if fields[1].startswith("br-") and fields[3].startswith(f"10.{octet}."):
-            subprocess.run(["ip", "link", "del", fields[1]], capture_output=True, check=False)
-
-
-class EngineDidNotStart(RuntimeError):
-    """dockerd exited or did not answer in time."""
-
-
-class PrivateEngine:
-    """A dockerd of our own, as scripts/lib/dockerd.sh starts one (an address pool of its own, no
-    default bridge, its bridges deleted when it stops). `cut()` takes it down the way a power cut
-    does, containers and all; `boot()` starts it again on the same data, as a device boots."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.host = f"unix://{folder / 'docker.sock'}"
-        self.octet = free_pool_octet()
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> PrivateEngine:
-        self.boot()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.host)
-
-    def boot(self) -> None:
-        """Start dockerd, three tries: two engines starting at once race to create the same
-        iptables chain, and the loser exits."""
-        for attempt in range(3):
-            try:
-                self._start()
-                return
-            except EngineDidNotStart:
-                if attempt == 2:
-                    raise
-                time.sleep(random.uniform(1, 4))
-
-    def _start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "dockerd.log", "ab") as log:
-            self.process = subprocess.Popen(
-                ["dockerd", "--data-root", str(self.folder / "root"), "--exec-root", str(self.folder / "exec"),
-                 "-H", self.host, "--pidfile", str(self.folder / "dockerd.pid"), "--bridge", "none",
-                 "--default-address-pool", f"base=10.{self.octet}.0.0/16,size=24"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.client().ping()
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.process.kill()
-                    self.process.wait()
-                    raise EngineDidNotStart(f"dockerd did not answer; see {self.folder / 'dockerd.log'}") from None
-                time.sleep(0.2)
-
-    def cut(self) -> None:
-        """SIGKILL the engine and all it runs at once: dockerd, containerd, the port proxies, the
-        shims and every container. They are stopped first, round after round until no new one
-        appears, so that nothing spawned mid-cut (a container, a port proxy) outlives the power."""
-        stopped: set[int] = set()
-        while fresh := self._processes() - stopped:
-            for pid in fresh:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            stopped |= fresh
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.process.wait()
-        deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in stopped) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def _processes(self) -> set[int]:
-        """dockerd, the shims (named by our folder: they are reparented) and all they started."""
-        table = list(_processes())
-        roots = {self.process.pid} | {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
-        return roots | _descendants(table, roots)
-
-    def why_not_started(self) -> str:
-        """The panic or fatal line dockerd left in its log, if any."""
-        lines = (self.folder / "dockerd.log").read_text(errors="replace").splitlines()
-        return next((line for line in reversed(lines) if line.startswith("panic:") or "level=fatal" in line), "")
-
-    def forget_networks(self) -> None:
-        """What an operator does when dockerd will not start on the network database a cut left
-        (Docker 20.10 panics in libnetwork's reservePools): move it aside. compose recreates the
-        apps' networks."""
-        db = self.folder / "root" / "network" / "files" / "local-kv.db"
-        if db.exists():
-            db.rename(db.with_name(f"local-kv.db.{int(time.time())}"))
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        delete_bridges(self.octet)
-
-
-def _processes() -> Iterator[tuple[int, int, str]]:
-    """(pid, parent pid, command line) of every process on the machine."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                yield int(entry.name), parent, cmdline
-
-
-def _descendants(table: list[tuple[int, int, str]], roots: set[int]) -> set[int]:
-    found, frontier = set(), set(roots)
-    while frontier:
-        frontier = {pid for pid, parent, _ in table if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def factory_cli(*args: str) -> str:
@@ -382,6 +244,15 @@ class Lab:
                 self.power.forget_networks()
                 self.boot_engine()
 
+    def drop_in(self) -> dict:
+        """The device's own settings: a rate limit, so that a cut lands mid-download; and, when the
+        engine goes down with the power, how the device restarts it (see tasks/portleak.py)."""
+        pacman = {"download_rate_limit": RATE_LIMIT}
+        if self.power:
+            pacman["engine_restart_command"] = [sys.executable, str(ROOT / "scripts" / "lib" / "engine.py"),
+                                                "restart", str(self.power.folder)]
+        return {"pacman": pacman}
+
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]
         return (None if start is None else start + self.offset), target + self.offset
@@ -394,7 +265,7 @@ class Lab:
             shutil.rmtree(sota)
             sync_tree(self.devices_dir)
         drop_in = self.work / "powercut.toml"
-        drop_in.write_text(f'[pacman]\ndownload_rate_limit = "{RATE_LIMIT}"\n')
+        drop_in.write_text(tomli_w.dumps(self.drop_in()))
         name = f"powercut-{os.urandom(4).hex()}"
         done = subprocess.run(
             [str(BIN / "fioup-flow"), "register", "--server", self.info["api"], "--token",
@@ -443,6 +314,7 @@ class Cut:
     stopped: dict[str, float] = field(default_factory=dict)  # target app -> seconds stopped after boot
     second_boot: str = ""  # a failed cut: how invariants 1-4 stand after an engine restart and one more boot
     running_after: float = 0.0  # seconds from boot until every app of the target ran
+    engine_restarts: int = 0  # times fioup-flow restarted the engine to free a port it leaked
 
     @property
     def converged(self) -> bool:
@@ -603,7 +475,9 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
         lab.boot_engine()
     apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
     down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
+    starts = lab.power.starts() if lab.power else 0
     why = boot(device, target)
+    cut.engine_restarts = lab.power.starts() - starts if lab.power else 0
     cut.boot_seconds = time.monotonic() - began
     if why:
         cut.failures["boot"] = why
@@ -743,7 +617,8 @@ def run_cuts(lab: Lab, cuts: list[Cut], say: Callable[[str], None] = print) -> l
         where = f"node {int(cut.at)}/{cut.boundaries} {cut.node}" if cut.mode == "boundary" else f"{cut.at:.2f} s"
         line = (f"[{index}/{len(cuts)}] {cut.scenario:10} cut at {where}: apps running {cut.running_after:.1f} s "
                 f"after boot, update done {cut.boot_seconds:.1f} s, re-fetched {cut.refetched} B")
-        say(line + ("" if cut.converged else "  FAILED"))
+        say(line + (f", engine restarted {cut.engine_restarts}x to free a leaked port" if cut.engine_restarts else "")
+            + ("" if cut.converged else "  FAILED"))
         if cut.second_boot:
             say(f"  after an engine restart and one more boot: {cut.second_boot}")
         for name, what in cut.failures.items():
@@ -768,6 +643,8 @@ def summary(cuts: list[Cut]) -> list[str]:
         (f"boot to every app running: median {statistics.median(running):.1f} s, max {max(running):.1f} s; "
          f"boot to update done: median {statistics.median(boots):.1f} s"),
         f"longest an app that runs before and after stayed stopped after boot: {max(stopped):.1f} s",
+        (f"cuts after which fioup-flow restarted the engine to free a port it leaked: "
+         f"{sum(c.engine_restarts > 0 for c in cuts)}"),
         (f"failed cuts that converged after an engine restart and one more boot: "
          f"{sum(c.second_boot == 'converged' for c in cuts)}/{len(cuts) - converged} "
          f"({sum(c.engine_kept_the_port for c in cuts)} of them the engine's port leak)"),
@@ -905,6 +782,7 @@ def main() -> int:
     print(f"powercut: seed {args.seed}, mode {'network' if args.network else args.mode}, work {args.work}")
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
+    (args.work / "docker" / "pool-octet").unlink(missing_ok=True)  # chosen afresh: another engine may hold it now
     with PrivateEngine(args.work / "docker") as engine:
         os.environ["DOCKER_HOST"] = engine.host
         home = args.work / "factory"

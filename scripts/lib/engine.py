@@ -1,0 +1,276 @@
+"""A private Docker engine, found by its folder: started, stopped, restarted, and cut as power cuts it.
+
+The tests, the demo and the power-cut harness each run a dockerd of their own on a socket under a
+folder of theirs, never the system's. All there is to know about an engine is in its folder
+(socket, data, pidfile, log, address pool), and dockerd runs detached, as a system service does,
+so another process can restart the engine one process started: the harness gives its devices
+`python scripts/lib/engine.py restart DIR` as their `pacman.engine_restart_command`.
+
+Each engine gets an address pool of its own (10.N.0.0/16, N unused on this machine, kept in the
+folder so a restart finds its networks' subnets valid) and no default bridge, and its bridges are
+deleted when it stops: bridge interfaces outlive the daemon that made them, and engines sharing
+Docker's default pools run out of addresses.
+
+    python scripts/lib/engine.py start|stop|restart DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Self
+
+import docker
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+class EngineDidNotStart(RuntimeError):
+    """dockerd exited or did not answer in time."""
+
+
+def free_pool_octet() -> int:
+    """N such that no route uses 10.N.0.0/16 yet: on a shared machine, bridges left by other
+    engines fill docker's default pools, and compose then cannot create an app's network."""
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
+    taken = {int(m) for m in re.findall(r"^10\.(\d+)\.", routes, re.MULTILINE)}
+    return random.choice([n for n in range(100, 250) if n not in taken])
+
+
+def delete_bridges(octet: int) -> None:
+    """Delete the bridges with an address in 10.`octet`.0.0/16: they outlive the engine that made them."""
+    addresses = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False).stdout
+    for line in addresses.splitlines():
+        fields = line.split()
+        if fields[1].startswith("br-") and fields[3].startswith(f"10.{octet}."):
+            subprocess.run(["ip", "link", "del", fields[1]], capture_output=True, check=False)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie is dead (nothing reaps dockerd's orphans on some machines)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class PrivateEngine:
+    """A dockerd of our own. `cut()` takes it down the way a power cut does, containers and all;
+    `boot()` starts it again on the same data, as a device boots."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder.absolute()
+        self.host = f"unix://{self.folder / 'docker.sock'}"
+        self.pidfile = self.folder / "dockerd.pid"
+        self.log = self.folder / "dockerd.log"
+
+    def __enter__(self) -> Self:
+        self.boot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.host)
+
+    @property
+    def octet(self) -> int:
+        """The engine's address pool, 10.N.0.0/16: chosen at its first start, kept after."""
+        saved = self.folder / "pool-octet"
+        if not saved.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            saved.write_text(f"{free_pool_octet()}\n")
+        return int(saved.read_text())
+
+    @property
+    def started(self) -> bool:
+        """True once the engine was started in this folder (it may have stopped since)."""
+        return (self.folder / "pool-octet").exists()
+
+    def pid(self) -> int | None:
+        """dockerd's pid while it runs."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pidfile.read_text())
+            if alive(pid):
+                return pid
+        return None
+
+    def boot(self) -> None:
+        """Start dockerd, three tries: two engines starting at once race to create the same
+        iptables chain, and the loser exits. An engine that runs and answers is left as it is."""
+        if self.pid() is not None and self._answers():
+            return
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except EngineDidNotStart:
+                if attempt == 2:
+                    raise
+                time.sleep(random.uniform(1, 4))
+
+    def _start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pidfile.unlink(missing_ok=True)  # a dead engine's: dockerd refuses to start beside it
+        began = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            subprocess.run(
+                ["setsid", "--fork", "dockerd", "--data-root", str(self.folder / "root"),
+                 "--exec-root", str(self.folder / "exec"), "-H", self.host, "--pidfile", str(self.pidfile),
+                 "--bridge", "none", "--default-address-pool", f"base=10.{self.octet}.0.0/16,size=24"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._answers():
+            if self._last_words(began) or time.monotonic() > deadline:
+                self._kill()
+                raise EngineDidNotStart(f"dockerd did not answer on {self.host}: "
+                                        f"{self._last_words(began) or 'no answer'}; see {self.log}")
+            time.sleep(0.2)
+
+    def _answers(self) -> bool:
+        try:
+            with contextlib.closing(self.client()) as client:
+                return bool(client.ping())
+        except Exception:  # noqa: BLE001 - not up (yet)
+            return False
+
+    def _last_words(self, since: int = 0) -> str:
+        """The panic or fatal line dockerd wrote to its log after offset `since`, if any."""
+        with contextlib.suppress(OSError), open(self.log, "rb") as log:
+            log.seek(since)
+            lines = log.read().decode(errors="replace").splitlines()
+            return next((line for line in reversed(lines) if line.startswith("panic:") or "level=fatal" in line), "")
+        return ""
+
+    def starts(self) -> int:
+        """How many times dockerd came up in this folder: its log says so each time."""
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace").count("API listen on")
+        return 0
+
+    def why_not_started(self) -> str:
+        return self._last_words()
+
+    def cut(self) -> None:
+        """SIGKILL the engine and all it runs at once: dockerd, containerd, the port proxies, the
+        shims and every container. They are stopped first, round after round until no new one
+        appears, so that nothing spawned mid-cut (a container, a port proxy) outlives the power."""
+        stopped: set[int] = set()
+        while fresh := self._processes() - stopped:
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= fresh
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._wait_gone(stopped, 10)
+        self._forget_run_state()
+
+    def _forget_run_state(self) -> None:
+        """The exec root is /run/docker on a device, a tmpfs the power empties. Left in place, its
+        containerd pidfile names a dead process (a zombie, where nothing reaps orphans), and the
+        next dockerd waits a minute for that containerd, then exits."""
+        run = self.folder / "exec"
+        mounts = Path("/proc/mounts").read_text().split("\n")
+        for point in sorted({m.split()[1] for m in mounts if m.split()[1:2] and m.split()[1].startswith(f"{run}/")},
+                            reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(run, ignore_errors=True)
+
+    def _processes(self) -> set[int]:
+        """dockerd, the shims (named by our folder: they are reparented) and all they started."""
+        table = list(_processes())
+        roots = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
+        return roots | _descendants(table, roots)
+
+    def forget_networks(self) -> None:
+        """What an operator does when dockerd will not start on the network database a cut left
+        (Docker 20.10 panics in libnetwork's reservePools): move it aside. compose recreates the
+        apps' networks."""
+        db = self.folder / "root" / "network" / "files" / "local-kv.db"
+        if db.exists():
+            db.rename(db.with_name(f"local-kv.db.{int(time.time())}"))
+
+    def stop(self) -> None:
+        """SIGTERM, as a service manager stops it (SIGKILL after STOP_TIMEOUT_S), then its bridges go."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_gone({pid}, STOP_TIMEOUT_S):
+                self._kill()
+        if self.started:
+            delete_bridges(self.octet)
+
+    def restart(self) -> None:
+        self.stop()
+        self.boot()
+
+    def _kill(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_gone({pid}, 10)
+
+    @staticmethod
+    def _wait_gone(pids: set[int], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while any(alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def _processes() -> Iterator[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every live process on the machine."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if stat[0] != "Z":
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    yield int(entry.name), int(stat[1]), cmdline
+
+
+def _descendants(table: list[tuple[int, int, str]], roots: set[int]) -> set[int]:
+    found, frontier = set(), set(roots)
+    while frontier:
+        frontier = {pid for pid, parent, _ in table if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Start, stop or restart a private Docker engine.")
+    parser.add_argument("action", choices=["start", "stop", "restart"])
+    parser.add_argument("folder", type=Path, help="the engine's folder (socket, data, log)")
+    args = parser.parse_args()
+    engine = PrivateEngine(args.folder)
+    try:
+        getattr(engine, {"start": "boot"}.get(args.action, args.action))()
+    except EngineDidNotStart as exc:
+        print(exc, file=sys.stderr)
+        print("\n".join(engine.log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+        return 1
+    if args.action != "stop":
+        print(engine.host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
