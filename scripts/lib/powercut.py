@@ -67,7 +67,6 @@ from fioup_flow.factory.devices import DeviceRecords  # noqa: E402
 from fioup_flow.factory.faults import Faults  # noqa: E402
 from fioup_flow.factory.home import FactoryHome  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
-from tasks.start import PORT_TAKEN  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from engine import EngineDidNotStart, PrivateEngine  # noqa: E402
@@ -319,13 +318,6 @@ class Cut:
     @property
     def converged(self) -> bool:
         return not self.failures
-
-    @property
-    def engine_kept_the_port(self) -> bool:
-        """Failed only because the engine kept the app's host port after the cut (Docker 20.10's leak,
-        see the README), and converged once the engine restarted: nothing of fioup-flow's was lost."""
-        return (self.second_boot == "converged" and set(self.failures) <= {"boot", "1-target", "5-stopped"}
-                and PORT_TAKEN in self.failures.get("boot", ""))
 
 
 def plan_nodes(device: Device) -> list[str] | None:
@@ -646,8 +638,7 @@ def summary(cuts: list[Cut]) -> list[str]:
         (f"cuts after which fioup-flow restarted the engine to free a port it leaked: "
          f"{sum(c.engine_restarts > 0 for c in cuts)}"),
         (f"failed cuts that converged after an engine restart and one more boot: "
-         f"{sum(c.second_boot == 'converged' for c in cuts)}/{len(cuts) - converged} "
-         f"({sum(c.engine_kept_the_port for c in cuts)} of them the engine's port leak)"),
+         f"{sum(c.second_boot == 'converged' for c in cuts)}/{len(cuts) - converged}"),
         f"converged {converged}/{len(cuts)}",
     ]
 
