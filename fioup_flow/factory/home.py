@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from fioup_flow.durable import write_atomic
+from fioup_flow.errors import FioupFlowError
+
+
+class FactoryHomeError(FioupFlowError):
+    """The factory home cannot be used as it is (made by another version, say)."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from tuf.api.metadata import (
 
 from fioup_flow.durable import write_atomic
 from fioup_flow.factory.filelock import exclusive
-from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.home import FactoryHome, FactoryHomeError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 EXPIRY = {
@@ -75,9 +75,10 @@ class TufRepository:
         return (self.home.tuf_roots / "1.root.json").exists()
 
     def init(self) -> None:
-        """Create the keys and root version 1 (does nothing if the repository exists)."""
+        """Create the keys and root version 1; a repository that exists is only checked for its keys."""
         with exclusive(self.home.tuf_lock):
             if self.initialized():
+                self._check_keys()
                 return
             signers = {role: self._new_signer() for role in ROLES}
             root = Root(expires=_now() + EXPIRY["root"], consistent_snapshot=False)
@@ -248,6 +249,16 @@ class TufRepository:
         signer = CryptoSigner.generate_ed25519()
         write_atomic(self._key_path(signer.public_key.keyid), signer.private_bytes, mode=0o600)
         return signer
+
+    def _check_keys(self) -> None:
+        """Every key the current root names is here: a home another version of the factory made
+        may keep them elsewhere, and the gateway would then answer 500 to every device."""
+        root = Metadata[Root].from_bytes(self.trusted_root_json()).signed
+        missing = sorted(k for r in ROLES for k in root.roles[r].keyids if not self._key_path(k).exists())
+        if missing:
+            raise FactoryHomeError(f"the factory home {self.home.root} has no private key for {', '.join(missing)} "
+                                   "(made by another version of fioup-flow-factory?): stop it with `down`, "
+                                   "remove the folder, and run `up` again")
 
     def _signer(self, role: str) -> CryptoSigner:
         """The signer of the key the current root names for `role`."""

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
-from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.home import FactoryHome, FactoryHomeError
 from fioup_flow.factory.tufrepo import TufRepository
 
 
@@ -130,3 +130,12 @@ def test_a_device_switching_tags_gets_a_newer_version_so_its_client_takes_the_ne
     assert switched.signed.version > main
     again = repo.view_file("amd64-linux", ["devel"], "targets.json", device="d1")
     assert Metadata.from_bytes(again.read_bytes()).signed.version == switched.signed.version
+
+
+def test_a_home_without_the_keys_its_root_names_is_refused_with_the_way_out(repo) -> None:
+    """A home another version of the factory made keeps its keys elsewhere: refuse it at `up`
+    rather than answer 500 to every device."""
+    for key in repo.home.tuf_keys.glob("*.pem"):
+        key.rename(key.with_name("timestamp.pem"))
+    with pytest.raises(FactoryHomeError, match="remove the folder, and run `up` again"):
+        repo.init()
