@@ -50,8 +50,9 @@ def aligned(size: int, block: int) -> int:
 def required_bytes(missing: list[tuple[int, int, int | None]], block: int) -> int:
     """Room for blobs still to fetch: (size, bytes already fetched, unpacked size) each.
 
-    The unpacked size is None for a blob that is not a layer (it only takes its own size), and
-    -1 for a layer of unknown unpacked size (fioup's estimate applies).
+    Each takes its download in the store plus what the engine needs once it is loaded: the
+    unpacked size for a layer (-1 when unknown: fioup's estimate applies), the blob's own size
+    again for any other blob (None), whose copy the engine keeps too; composectl counts the same.
     """
     total = 0
     for size, fetched, unpacked in missing:

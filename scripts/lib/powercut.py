@@ -753,6 +753,18 @@ def proxied_releases(home: FactoryHome, registry_port: int, offset: int = 10) ->
         home.save_state(state)  # the other releases and their hub-creds name the registry itself
 
 
+@contextlib.contextmanager
+def faulty_links(home: FactoryHome, seed: int, lifetime: float,
+                 offset: int = 10) -> Iterator[tuple[tuple[FaultProxy, FaultProxy], dict[int, dict[str, str]]]]:
+    """A fault proxy in front of the gateway and one in front of the registry, and RELEASES
+    published through the latter: ((gateway proxy, registry proxy), their app URIs)."""
+    ports = home.load_state()["ports"]
+    with FaultProxy(ports["gateway"], lifetime=lifetime, seed=seed) as gateway, \
+            FaultProxy(ports["registry"], lifetime=lifetime, seed=seed) as registry, \
+            proxied_releases(home, registry.port, offset=offset) as uris:
+        yield (gateway, registry), uris
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
@@ -797,15 +809,12 @@ def main() -> int:
 
 def network_main(args: argparse.Namespace, home: FactoryHome, info: dict) -> int:
     """Run updates through a fault proxy in front of the gateway and one in front of the registry."""
-    ports = home.load_state()["ports"]
-    with FaultProxy(ports["gateway"], lifetime=3600, seed=args.seed) as gateway, \
-            FaultProxy(ports["registry"], lifetime=3600, seed=args.seed) as registry, \
-            proxied_releases(home, registry.port) as uris:
+    with faulty_links(home, args.seed, lifetime=3600) as (proxies, uris):
         devices = args.work / "net-devices"
         devices.mkdir(exist_ok=True)
         lab = Lab(home, info, docker.DockerClient(base_url=os.environ["DOCKER_HOST"]), devices, args.work, uris,
                   offset=10)
-        trips = run_network(lab, plan_trips(args.cuts, args.seed), (gateway, registry))
+        trips = run_network(lab, plan_trips(args.cuts, args.seed), proxies)
         clean_engine(lab.engine)
     for line in network_summary(trips):
         print(line)

@@ -16,21 +16,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
 import powercut  # noqa: E402
-from faults.netproxy import FaultProxy  # noqa: E402
 from support import clean_engine  # noqa: E402
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(600)]
 
 
 def test_an_update_through_each_kind_of_network_fault_converges_at_little_extra_cost(factory, engine, tmp_path: Path) -> None:
-    ports = factory.home.load_state()["ports"]
-    with FaultProxy(ports["gateway"], lifetime=600, seed=5) as gateway, \
-            FaultProxy(ports["registry"], lifetime=600, seed=5) as registry, \
-            powercut.proxied_releases(factory.home, registry.port, offset=20) as uris:
+    with powercut.faulty_links(factory.home, seed=5, lifetime=600, offset=20) as (proxies, uris):
         lab = powercut.Lab(factory.home, factory.info, engine, tmp_path, tmp_path, uris, offset=20)
         try:
-            trips = powercut.run_network(lab, [powercut.Trip("change", f) for f in powercut.NETWORK_FAULTS],
-                                         (gateway, registry))
+            trips = powercut.run_network(lab, [powercut.Trip("change", f) for f in powercut.NETWORK_FAULTS], proxies)
         finally:
             clean_engine(engine)
     print("\n".join(powercut.network_summary(trips)))
