@@ -56,10 +56,11 @@ def project_files(project: Path) -> list[str]:
     return files
 
 
-def up(name: str, project: Path, error: type[FioupFlowError]) -> None:
+def up(name: str, project: Path, error: type[FioupFlowError], recreate: bool = False) -> None:
+    """Start the app; `recreate` makes new containers even for services whose config is unchanged."""
     run_compose(["-p", name, "--project-directory", str(project), *project_files(project),
-                 "up", "-d", "--remove-orphans", "--pull", "never", "--no-build"], error, f"starting app {name}",
-                cwd=project)
+                 "up", "-d", "--remove-orphans", "--pull", "never", "--no-build",
+                 *(["--force-recreate"] if recreate else [])], error, f"starting app {name}", cwd=project)
 
 
 def stop(name: str, error: type[FioupFlowError]) -> None:

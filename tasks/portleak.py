@@ -1,14 +1,15 @@
 """A host port the Docker engine keeps for a container it no longer has, and the one cure for it.
 
 Docker 20.10 (Debian 12's `docker.io`), booting after a power cut that came while a container
-with a published port was starting, maps the port again for the dead container's endpoint,
-removes the endpoint and never frees the port. Every start of that app then fails with "Bind for
-IP:PORT failed: port is already allocated" until the engine restarts. The power-cut harness
-meets this in about one cut in twenty of those that take the engine down.
+with a published port was starting, maps the port again for the dead container's endpoint (a
+`docker-proxy` listens on it), removes the endpoint, and never frees the port nor stops the
+proxy. Every start of that app then fails with "Bind for IP:PORT failed: port is already
+allocated" until the engine restarts. The power-cut harness meets this in about one cut in
+twenty of those that take the engine down.
 
 The same words come when another container of the engine publishes the port, which no restart
-cures. So a port counts as leaked only when no container of the engine publishes it and nothing
-on the host listens on it (binding it succeeds).
+cures. So a port counts as leaked only when no container of the engine publishes it, and either
+nothing listens on it or the listener is a `docker-proxy` for that very address and port.
 
 Restarting the engine stops every container for a moment (unless the engine runs with
 live-restore) and brings back those whose restart policy says so. That is the device owner's
@@ -19,6 +20,7 @@ port will not free it the second time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shlex
@@ -27,6 +29,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 
@@ -60,7 +63,7 @@ def published_ports(engine: docker.DockerClient) -> set[int]:
 
 
 def nobody_listens(port: HostPort) -> bool:
-    """True when binding the port succeeds: no program (no port proxy either) holds it."""
+    """True when binding the port succeeds: no program holds it."""
     family = socket.AF_INET6 if ":" in port.ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT is nobody
@@ -71,10 +74,27 @@ def nobody_listens(port: HostPort) -> bool:
     return True
 
 
+def proxied_ports() -> set[HostPort]:
+    """The host ports a `docker-proxy` process serves (its command line names them)."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        if args[0].endswith("docker-proxy"):
+            flags = dict(zip(args[1::2], args[2::2], strict=False))
+            with contextlib.suppress(KeyError, ValueError):
+                found.add(HostPort(flags["-host-ip"], int(flags["-host-port"])))
+    return found
+
+
 def leaked_ports(engine: docker.DockerClient, text: str) -> list[HostPort]:
     """The ports `text` says are allocated that only the engine's own bookkeeping holds."""
     published = published_ports(engine)
-    return sorted(p for p in allocated_ports(text) if p.port not in published and nobody_listens(p))
+    candidates = [p for p in allocated_ports(text) if p.port not in published]
+    proxied = proxied_ports() if candidates else set()
+    return sorted(p for p in candidates if p in proxied or nobody_listens(p))
 
 
 class EngineRestart:

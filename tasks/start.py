@@ -9,6 +9,7 @@ the Docker slot: the next app can be stopped and started meanwhile.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def healthy_node_for(tree: AppTree, timeout_s: float = 120.0) -> Node:
 
 
 PORT_TAKEN = "port is already allocated"
+# a container attached to a network the engine no longer has (its network database lost, or moved
+# aside, after a power cut): compose keeps a container whose config is unchanged, so only
+# recreating it attaches it to the app's network as compose makes it anew
+NETWORK_GONE = re.compile(r"network [0-9a-f]{64} not found")
 NO_CONTAINER = "no container"
 PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut, the Docker engine still "
                    "holds it for a container it removed at boot (see `pacman.engine_restart_command`): "
@@ -80,7 +85,10 @@ def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> tuple
     return problems + failed, failed
 
 
-def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeout_s: float, what: str) -> None:
+def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeout_s: float, what: str,
+               after_up: bool = False) -> None:
+    """Poll until the version runs (and is healthy if `need_health`). Right `after_up`, a service
+    with no container is a failure: compose exits 0 when the engine refuses the app's network."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -89,6 +97,8 @@ def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeo
             problems, failed = ["the Docker engine does not answer"], []
         if not problems:
             return
+        if after_up and (missing := [p.split(":", 1)[0] for p in problems if p.endswith(NO_CONTAINER)]):
+            raise ContainerMissing(f"app {node.params['app']}: compose up left no container for " + ", ".join(missing))
         if failed:
             hint = f" ({PORT_TAKEN_HINT})" if any(PORT_TAKEN in f for f in failed) else ""
             raise StartRefused(f"app {node.params['app']} failed to {what}: " + "; ".join(failed) + hint)
@@ -113,8 +123,9 @@ class _VersionTask:
 
 
 class StartApp(_VersionTask):
-    """`compose up`, then wait until every service runs its image. A start the engine refuses for
-    a port it leaked itself (see `tasks.portleak`) is tried once more after `engine_restart` ran."""
+    """`compose up`, then wait until every service runs its image. Two refusals that a power cut
+    leaves behind get one more try: a port the engine leaked itself (see `tasks.portleak`), after
+    `engine_restart` ran, and a container on a network the engine lost, recreated."""
 
     kind = START
 
@@ -129,19 +140,18 @@ class StartApp(_VersionTask):
         try:
             self._start(node, project)
         except StartError as exc:
-            if not self.engine_restart.frees(str(exc)):
+            if self.engine_restart.frees(str(exc)):
+                self._start(node, project)
+            elif NETWORK_GONE.search(str(exc)):
+                self._start(node, project, recreate=True)
+            else:
                 raise
-            self._start(node, project)
 
-    def _start(self, node: Node, project: Path) -> None:
-        app = node.params["app"]
-        compose.up(app, project, StartError)
+    def _start(self, node: Node, project: Path, recreate: bool = False) -> None:
         # compose can exit 0 with a container left "created" (a port taken, no address pool left),
-        # or none at all (the engine refused the app's network)
-        missing = [p.split(":", 1)[0] for p in pending(self.engine, node, False)[0] if p.endswith(NO_CONTAINER)]
-        if missing:
-            raise ContainerMissing(f"app {app}: compose up left no container for " + ", ".join(missing))
-        wait_until(self.engine, node, False, float(node.params["timeout_s"]), "start")
+        # or none at all (the engine refused the app's network): wait_until tells both apart
+        compose.up(node.params["app"], project, StartError, recreate)
+        wait_until(self.engine, node, False, float(node.params["timeout_s"]), "start", after_up=True)
 
 
 class AppHealthy(_VersionTask):

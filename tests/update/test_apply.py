@@ -126,3 +126,17 @@ def test_an_engine_that_cannot_give_the_app_a_network_fails_the_start_with_70_an
     assert "compose up left no container for" in done.stderr
     assert device.run("resume").returncode == 0
     assert "v1" in sample_page()
+
+
+def test_an_app_on_a_network_the_engine_lost_is_recreated_and_started(device, engine) -> None:
+    """A power cut can cost the engine its network database (or an operator moves it aside so that
+    dockerd starts): the app's containers then name a network that is gone, and compose, seeing
+    their config unchanged, would start them as they are, forever failing."""
+    assert device.run("apply", "1").returncode == 0
+    for container in engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"}):
+        container.stop(timeout=1)
+    engine.networks.get("shellhttpd_default").remove()
+
+    done = device.run("apply", "1")  # the app is not up: the plan repairs it
+    assert done.returncode == 0, done.stderr
+    assert "v1" in sample_page()
