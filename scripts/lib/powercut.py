@@ -69,7 +69,7 @@ from fioup_flow.factory.home import FactoryHome  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
-from engine import EngineDidNotStart, PrivateEngine  # noqa: E402
+from private_engine import EngineDidNotStart, PrivateEngine  # noqa: E402
 
 BIN = Path(sys.executable).parent
 HWID = "powercut-linux"  # a hardware id of its own: its versions never replace anyone else's
@@ -248,8 +248,8 @@ class Lab:
         engine goes down with the power, how the device restarts it (see tasks/portleak.py)."""
         pacman = {"download_rate_limit": RATE_LIMIT}
         if self.power:
-            pacman["engine_restart_command"] = [sys.executable, str(ROOT / "scripts" / "lib" / "engine.py"),
-                                                "restart", str(self.power.folder)]
+            pacman["engine_restart_command"] = [
+                sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart", str(self.power.folder)]
         return {"pacman": pacman}
 
     def versions(self, scenario: str) -> tuple[int | None, int]:

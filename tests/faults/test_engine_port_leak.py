@@ -2,9 +2,9 @@
 fioup-flow tells that leak from a real conflict and frees it with the device's restart command.
 
 The leak is made for real: a container with a published port and a restart policy is started on
-an engine of the test's own, and the engine goes down with the power (scripts/lib/engine.py's
-cut) a random moment later, until a boot finds the port held by an orphaned `docker-proxy`. On
-Debian 12's engine about one such cut in four leaks; an engine that never does is skipped.
+an engine of the test's own, and the engine goes down with the power (PrivateEngine.cut) a
+random moment later, until a boot finds the port held by an orphaned `docker-proxy`. On Debian
+12's engine about one such cut in four leaks; an engine that never does is skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
-from engine import PrivateEngine  # noqa: E402
+from private_engine import PrivateEngine  # noqa: E402
 
 from fioup_flow.factory.images import BlobDir, ImageSpec, build_image, docker_save_tar  # noqa: E402
 from tasks.portleak import EngineRestart, HostPort, leaked_ports  # noqa: E402
@@ -101,8 +101,8 @@ def test_a_port_the_engine_leaked_in_a_power_cut_is_told_apart_and_freed_by_one_
     assert leaked_ports(client, refused) == [HostPort("127.0.0.1", port)], \
         "no container publishes it, and the listener is the engine's own orphaned docker-proxy"
 
-    restart = EngineRestart([sys.executable, str(ROOT / "scripts" / "lib" / "engine.py"), "restart",
-                             str(power.folder)], client)
+    command = [sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart", str(power.folder)]
+    restart = EngineRestart(command, client)
     assert restart.frees(refused)
 
     container = power.client().containers.get(name)

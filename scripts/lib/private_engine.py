@@ -4,14 +4,14 @@ The tests, the demo and the power-cut harness each run a dockerd of their own on
 folder of theirs, never the system's. All there is to know about an engine is in its folder
 (socket, data, pidfile, log, address pool), and dockerd runs detached, as a system service does,
 so another process can restart the engine one process started: the harness gives its devices
-`python scripts/lib/engine.py restart DIR` as their `pacman.engine_restart_command`.
+`python scripts/lib/private_engine.py restart DIR` as their `pacman.engine_restart_command`.
 
 Each engine gets an address pool of its own (10.N.0.0/16, N unused on this machine, kept in the
 folder so a restart finds its networks' subnets valid) and no default bridge, and its bridges are
 deleted when it stops: bridge interfaces outlive the daemon that made them, and engines sharing
 Docker's default pools run out of addresses.
 
-    python scripts/lib/engine.py start|stop|restart DIR
+    python scripts/lib/private_engine.py start|stop|restart DIR
 """
 
 from __future__ import annotations
