@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Self
 
@@ -155,11 +156,27 @@ class PrivateEngine:
             return next((line for line in reversed(lines) if line.startswith("panic:") or "level=fatal" in line), "")
         return ""
 
-    def starts(self) -> int:
-        """How many times dockerd came up in this folder: its log says so each time."""
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace").count("API listen on")
-        return 0
+    def log_size(self) -> int:
+        """Where dockerd's log ends now: `restarts_since` reads on from here."""
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def restarts_since(self, offset: int) -> list[float]:
+        """The restarts (a SIGTERM, then up again) the log shows after `offset`, each as the seconds
+        from the start the engine refused just before it (or from the SIGTERM) until it answered."""
+        with open(self.log, "rb") as log:
+            log.seek(offset)
+            lines = log.read().decode(errors="replace").splitlines()
+        windows, since, refused = [], None, None
+        for line in lines:
+            when = _log_time(line)
+            if "port is already allocated" in line and since is None:
+                refused = when
+            elif "Processing signal 'terminated'" in line:
+                since = refused or when
+            elif "API listen on" in line and since is not None and when is not None:
+                windows.append((when - since).total_seconds())
+                since = refused = None
+        return windows
 
     def why_not_started(self) -> str:
         return self._last_words()
@@ -234,6 +251,12 @@ class PrivateEngine:
                 return False
             time.sleep(0.05)
         return True
+
+
+def _log_time(line: str) -> datetime | None:
+    """The time dockerd stamped `line` with (to the microsecond)."""
+    found = re.match(r'time="([0-9T:-]+)(\.\d{1,6})?\d*Z"', line)
+    return datetime.fromisoformat(found[1] + (found[2] or "")) if found else None
 
 
 def _processes() -> Iterator[tuple[int, int, str]]:
