@@ -4,8 +4,8 @@ Docker 20.10 (Debian 12's `docker.io`), booting after a power cut that came whil
 with a published port was starting, maps the port again for the dead container's endpoint (a
 `docker-proxy` listens on it), removes the endpoint, and never frees the port nor stops the
 proxy. Every start of that app then fails with "Bind for IP:PORT failed: port is already
-allocated" until the engine restarts. The power-cut harness meets this in about one cut in
-twenty of those that take the engine down.
+allocated" until the engine restarts. The power-cut harness meets it in 4 of 200 cuts that take the
+engine down at a random moment of an update.
 
 The same words come when another container of the engine publishes the port, which no restart
 cures. So a port counts as leaked only when no container of the engine publishes it, and either
