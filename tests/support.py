@@ -18,7 +18,8 @@ import requests
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing on 127.0.0.1 holds right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -26,7 +27,7 @@ def _free_port() -> int:
 
 # The sample shellhttpd publishes $SHELLHTTPD_PORT (compose reads it from fioup-flow's
 # environment); a port of the test run's own keeps it clear of anything else on this machine.
-os.environ.setdefault("SHELLHTTPD_PORT", str(_free_port()))
+os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
 
 
 def sample_page() -> str:

@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -90,12 +89,6 @@ NO_UPDATE_IN_PROGRESS = 24
 # stopped up to this factor, plus this many seconds, longer than in the uninterrupted run
 WINDOW_SLACK = 1.5, 1.0
 RATE_LIMIT = "20M"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sync_tree(top: Path) -> None:
@@ -463,7 +456,7 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     try:
         lab.boot_engine()  # which restarts the containers that were running, as their restart policy says
     except EngineDidNotStart as exc:
-        cut.failures["engine"] = f"the Docker engine did not start after the cut: {lab.power.why_not_started() or exc}"
+        cut.failures["engine"] = f"the Docker engine did not start after the cut: {lab.power.last_words() or exc}"
         lab.power.forget_networks()
         lab.boot_engine()
     apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
@@ -791,7 +784,6 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the way Ctrl-C does: clean up
     print(f"powercut: seed {args.seed}, mode {'network' if args.network else args.mode}, work {args.work}")
     args.work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
     (args.work / "docker" / "pool-octet").unlink(missing_ok=True)  # chosen afresh: another engine may hold it now
     with PrivateEngine(args.work / "docker") as engine:
         os.environ["DOCKER_HOST"] = engine.host

@@ -135,10 +135,10 @@ class PrivateEngine:
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._answers():
-            if self._last_words(began) or time.monotonic() > deadline:
+            if self.last_words(began) or time.monotonic() > deadline:
                 self._kill()
                 raise EngineDidNotStart(f"dockerd did not answer on {self.host}: "
-                                        f"{self._last_words(began) or 'no answer'}; see {self.log}")
+                                        f"{self.last_words(began) or 'no answer'}; see {self.log}")
             time.sleep(0.2)
 
     def _answers(self) -> bool:
@@ -148,7 +148,7 @@ class PrivateEngine:
         except Exception:  # noqa: BLE001 - not up (yet)
             return False
 
-    def _last_words(self, since: int = 0) -> str:
+    def last_words(self, since: int = 0) -> str:
         """The panic or fatal line dockerd wrote to its log after offset `since`, if any."""
         with contextlib.suppress(OSError), open(self.log, "rb") as log:
             log.seek(since)
@@ -178,9 +178,6 @@ class PrivateEngine:
                 since = refused = None
         return windows
 
-    def why_not_started(self) -> str:
-        return self._last_words()
-
     def cut(self) -> None:
         """SIGKILL the engine and all it runs at once: dockerd, containerd, the port proxies, the
         shims and every container. They are stopped first, round after round until no new one
@@ -202,9 +199,9 @@ class PrivateEngine:
         containerd pidfile names a dead process (a zombie, where nothing reaps orphans), and the
         next dockerd waits a minute for that containerd, then exits."""
         run = self.folder / "exec"
-        mounts = Path("/proc/mounts").read_text().split("\n")
-        for point in sorted({m.split()[1] for m in mounts if m.split()[1:2] and m.split()[1].startswith(f"{run}/")},
-                            reverse=True):
+        points = {fields[1] for fields in map(str.split, Path("/proc/mounts").read_text().splitlines())
+                  if fields[1].startswith(f"{run}/")}
+        for point in sorted(points, reverse=True):  # the deepest first
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         shutil.rmtree(run, ignore_errors=True)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -27,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from private_engine import PrivateEngine  # noqa: E402
+from support import free_port  # noqa: E402
 
 from fioup_flow.factory.images import BlobDir, ImageSpec, build_image, docker_save_tar  # noqa: E402
 from tasks.portleak import EngineRestart, HostPort, leaked_ports  # noqa: E402
@@ -48,12 +48,6 @@ def power(tmp_path: Path) -> Iterator[PrivateEngine]:
         engine.client().images.load(tar.getvalue())
         yield engine
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_in_a_power_cut(power: PrivateEngine, name: str, port: int) -> str:

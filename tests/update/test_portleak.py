@@ -7,15 +7,10 @@ import os
 import socket
 
 import pytest
+from support import free_port
 
 from fioup_flow.errors import StartError
 from tasks.portleak import EngineRestart, HostPort, leaked_ports, published_ports
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def refused(port: int) -> str:
