@@ -12,6 +12,11 @@ deleted when it stops: bridge interfaces outlive the daemon that made them, and 
 Docker's default pools run out of addresses.
 
     python scripts/lib/private_engine.py start|stop|restart DIR
+
+A power cut stops everything in the same instant. `Freeze` does that for a set of processes (the
+engine's, and the power-cut harness adds the updater's): a cgroup v1 freezer where the machine
+has one, else SIGSTOP round after round; it then says which of them ran a step after the freeze
+(their scheduler run time moved) and which processes of the set escaped it, and kills them all.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Self
@@ -35,6 +40,8 @@ import docker
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+FREEZER = Path("/sys/fs/cgroup/freezer")
+FREEZE_TIMEOUT_S = 10.0
 
 
 class EngineDidNotStart(RuntimeError):
@@ -180,22 +187,14 @@ class PrivateEngine:
 
     def cut(self) -> None:
         """SIGKILL the engine and all it runs at once: dockerd, containerd, the port proxies, the
-        shims and every container. They are stopped first, round after round until no new one
-        appears, so that nothing spawned mid-cut (a container, a port proxy) outlives the power."""
-        stopped: set[int] = set()
-        while fresh := self._processes() - stopped:
-            for pid in fresh:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            stopped |= fresh
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self._wait_gone(stopped, 10)
-        self._forget_run_state()
+        shims and every container, frozen in one instant first so that none runs a step more."""
+        Freeze(f"engine-{self.octet}", self.processes).kill()
+        self.forget_run_state()
 
-    def _forget_run_state(self) -> None:
-        """The exec root is /run/docker on a device, a tmpfs the power empties. Left in place, its
+    def forget_run_state(self) -> None:
+        """What the power leaves of an engine whose processes are gone: its data, not /run.
+
+        The exec root is /run/docker on a device, a tmpfs the power empties. Left in place, its
         containerd pidfile names a dead process (a zombie, where nothing reaps orphans), and the
         next dockerd waits a minute for that containerd, then exits."""
         run = self.folder / "exec"
@@ -205,7 +204,7 @@ class PrivateEngine:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         shutil.rmtree(run, ignore_errors=True)
 
-    def _processes(self) -> set[int]:
+    def processes(self) -> set[int]:
         """dockerd, the shims (named by our folder: they are reparented) and all they started."""
         table = list(_processes())
         roots = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
@@ -224,7 +223,7 @@ class PrivateEngine:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            if not self._wait_gone({pid}, STOP_TIMEOUT_S):
+            if not wait_gone({pid}, STOP_TIMEOUT_S):
                 self._kill()
         if self.started:
             delete_bridges(self.octet)
@@ -238,16 +237,107 @@ class PrivateEngine:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            self._wait_gone({pid}, 10)
+            wait_gone({pid}, 10)
 
-    @staticmethod
-    def _wait_gone(pids: set[int], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while any(alive(pid) for pid in pids):
+
+class Freeze:
+    """The processes `find()` names, stopped in one instant and kept stopped until `kill()`.
+
+    With a cgroup v1 freezer, every process is moved into a cgroup of ours (round after round
+    until `find()` names no new one; a child forked meanwhile inherits the cgroup), then the
+    cgroup is frozen with one write. Without one, SIGSTOP round after round. Either way nothing
+    of the set may run a step once `Freeze` returned: `ran()` names those whose scheduler run
+    time moved since, `escaped()` the processes `find()` names now that were not frozen.
+    """
+
+    def __init__(self, name: str, find: Callable[[], set[int]]) -> None:
+        self.find = find
+        self.cgroup = FREEZER / f"fioup-flow-{name}-{os.getpid()}" if _writable(FREEZER) else None
+        self.pids: set[int] = set()
+        if self.cgroup is not None:
+            self.cgroup.mkdir(exist_ok=True)
+            self._gather(self._move)
+            (self.cgroup / "freezer.state").write_text("FROZEN")
+            self._wait_frozen()
+            # and the children forked, into the cgroup, between the last round and the freeze
+            self.pids |= {int(pid) for pid in (self.cgroup / "cgroup.procs").read_text().split()}
+        else:
+            self._gather(lambda pid: os.kill(pid, signal.SIGSTOP))
+        self.run_times = _run_times(self.pids)
+
+    def _gather(self, stop: Callable[[int], None]) -> None:
+        while fresh := self.find() - self.pids:
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    stop(pid)
+            self.pids |= fresh
+
+    def _move(self, pid: int) -> None:
+        (self.cgroup / "cgroup.procs").write_text(str(pid))
+
+    def _wait_frozen(self) -> None:
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while (self.cgroup / "freezer.state").read_text().strip() != "FROZEN":
             if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+                raise RuntimeError(f"{self.cgroup} did not freeze in {FREEZE_TIMEOUT_S} s")
+            time.sleep(0.001)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    @property
+    def how(self) -> str:
+        return "cgroup freezer" if self.cgroup is not None else "SIGSTOP"
+
+    def ran(self) -> set[int]:
+        """The frozen processes that ran since the freeze (a check that must stay empty)."""
+        now = _run_times(self.pids)
+        return {pid for pid, spent in now.items() if spent != self.run_times.get(pid, spent)}
+
+    def escaped(self) -> set[int]:
+        """Processes of the set alive now that the freeze did not stop (must stay empty)."""
+        return {pid for pid in self.find() - self.pids if alive(pid)}
+
+    def kill(self) -> None:
+        """SIGKILL every frozen process and let them die (a frozen one dies once thawed)."""
+        if self.cgroup is not None and self.cgroup.exists():
+            self.pids |= {int(pid) for pid in (self.cgroup / "cgroup.procs").read_text().split()}
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            (self.cgroup / "freezer.state").write_text("THAWED")
+        wait_gone(self.pids, 10)
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                self.cgroup.rmdir()
+
+
+def wait_gone(pids: set[int], timeout_s: float) -> bool:
+    """Wait until none of `pids` runs; False if some still do after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def _run_times(pids: set[int]) -> dict[int, int]:
+    """Per process, nanoseconds its threads spent on a CPU so far (/proc/PID/task/*/schedstat)."""
+    spent = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            spent[pid] = sum(int((task / "schedstat").read_text().split()[0])
+                             for task in Path(f"/proc/{pid}/task").iterdir())
+    return spent
 
 
 def _log_time(line: str) -> datetime | None:
