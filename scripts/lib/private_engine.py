@@ -357,6 +357,11 @@ def _processes() -> Iterator[tuple[int, int, str]]:
                     yield int(entry.name), int(stat[1]), cmdline
 
 
+def process_tree(pid: int) -> set[int]:
+    """`pid` and every process it started, and theirs (what a kill of a command takes with it)."""
+    return {pid} | _descendants(list(_processes()), {pid})
+
+
 def _descendants(table: list[tuple[int, int, str]], roots: set[int]) -> set[int]:
     found, frontier = set(), set(roots)
     while frontier:
