@@ -35,7 +35,7 @@ CUTS = [
     (16, "add-remove", "boundary", 16),  # among the stops and starts
     (17, "change", "boundary", 17),  # right after the old shellhttpd stopped: boot must start it
     (18, "install", "boundary", 3),  # early: among the first reports and the space check
-    (19, "downgrade", "boundary", 20),  # late: among the last starts, the commit and reports
+    (19, "downgrade", "boundary", 32),  # late: among the last starts, the commit and reports
     (20, "change", "random", -1.0),
 ]
 
