@@ -21,7 +21,7 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from fioup_flow.durable import fsync_dir
+from fioup_flow.durable import fsync_dir, write_atomic
 from fioup_flow.errors import (
     MetadataUpdateError,
     NoMatchingTargetError,
@@ -134,6 +134,26 @@ class GatewayFetcher(FetcherInterface):
         return response.iter_content(chunk_size=16384)
 
 
+class DurableUpdater(Updater):
+    """ngclient's Updater, its writes made durable. ngclient writes metadata to a temporary file and
+    renames it over the old one without syncing either, and replaces the `root.json` link to the
+    trusted root by removing it first; it does both at every refresh. A disk may keep such a rename
+    without the data renamed, or the removal without the new link: the device would be left with
+    torn metadata, or no trusted root, and never update again. Here every file goes through
+    `write_atomic` (synced, renamed, folder synced) and the link is made aside and renamed over."""
+
+    def _persist_file(self, filename: str, data: bytes) -> None:
+        write_atomic(Path(filename), data)
+
+    def _update_root_symlink(self) -> None:
+        link = Path(self._dir, "root.json")
+        aside = link.with_name(f".root.json.link-{os.getpid()}")
+        aside.unlink(missing_ok=True)
+        os.symlink(os.path.join("root_history", f"{self._trusted_set.root.version}.root.json"), aside)
+        os.replace(aside, link)
+        fsync_dir(link.parent)
+
+
 class TufClient:
     """The device's trusted view of its Targets, kept in `metadata_dir` (`<storage.path>/tuf`)."""
 
@@ -148,7 +168,7 @@ class TufClient:
         if not (self.metadata_dir / "root.json").exists():
             raise MetadataUpdateError(f"no trusted TUF root in {self.metadata_dir}; register the device first")
         try:
-            updater = Updater(
+            updater = DurableUpdater(
                 metadata_dir=str(self.metadata_dir),
                 metadata_base_url=self.gateway.url("repo/"),
                 fetcher=GatewayFetcher(self.gateway),

@@ -49,8 +49,10 @@ def healthy_node_for(tree: AppTree, timeout_s: float = 120.0) -> Node:
 PORT_TAKEN = "port is already allocated"
 # a container attached to a network the engine no longer has (its network database lost, or moved
 # aside, after a power cut): compose keeps a container whose config is unchanged, so only
-# recreating it attaches it to the app's network as compose makes it anew
-NETWORK_GONE = re.compile(r"network [0-9a-f]{64} not found")
+# recreating it attaches it to the app's network as compose makes it anew. The daemon says "not
+# found"; libnetwork, when the daemon still knew the network but its store lost it (an engine
+# stopped mid-request by the power), "failed to create endpoint ...: network <id> does not exist"
+NETWORK_GONE = re.compile(r"network [0-9a-f]{64} (not found|does not exist)")
 NO_CONTAINER = "no container"
 PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut, the Docker engine still "
                    "holds it for a container it removed at boot (see `pacman.engine_restart_command`): "

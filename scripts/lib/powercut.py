@@ -225,7 +225,8 @@ class Device:
 
     def start(self, *args: str) -> Update:
         return Update(subprocess.Popen(self.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                       stdin=subprocess.DEVNULL, env=device_env(), text=True))
+                                       stdin=subprocess.DEVNULL, env=device_env(), text=True,
+                                       start_new_session=True))  # a Ctrl-C of the harness is not the power
 
     def store(self) -> StoreView:
         """The checkpoint store, read without touching the device's disk (its durable state)."""
@@ -355,7 +356,7 @@ class Lab:
             cut.running = update.process.poll() is None  # frozen: it cannot end now
             cut.kept = self.disk.cut(cut.disk_seed if self.disk.mode == "reorder" else None)
             ran, escaped = frozen.ran(), frozen.escaped()
-            cut.frozen = f"{len(frozen.pids)} processes, {frozen.how}"
+            cut.frozen, cut.late, cut.freezer = len(frozen.pids), len(frozen.late), frozen.how
             if ran or escaped:
                 cut.failures["harness"] = (f"the cut did not stop everything at once: ran after the freeze "
                                            f"{_names(ran)}; escaped it {_names(escaped)}")
@@ -450,7 +451,9 @@ class Cut:
     boundaries: int = 0  # boundary mode: how many nodes the plan has
     hit: str = ""  # one of HITS
     running: bool = False  # fioup-flow still ran when the power went
-    frozen: str = ""  # what the freeze stopped, and how
+    frozen: int = 0  # processes the cut froze in one instant
+    late: int = 0  # of them, container processes runc was moving out of the freezer: frozen right after
+    freezer: str = ""  # how (cgroup freezer, SIGSTOP)
     kept: str = ""  # reorder disk: what it kept beyond the synced state
     refetched: int = 0  # bytes received before the cut, lost to it
     boot_seconds: float = 0.0
@@ -777,6 +780,8 @@ def cut_line(index: int, count: int, cut: Cut) -> str:
         line += f", engine restarted to free a leaked port ({', '.join(f'{w:.1f} s' for w in cut.engine_restarts)})"
     if cut.networks_moved:
         line += ", engine's network database moved aside"
+    if cut.late:
+        line += f", {cut.late} of {cut.frozen} processes frozen a moment late (containers runc was starting)"
     if cut.kept:
         line += f"; disk {cut.kept}"
     return line + ("" if cut.converged else "  FAILED")
@@ -797,6 +802,9 @@ def summary(cuts: list[Cut]) -> list[str]:
     return [
         "failures per invariant: " + ", ".join(f"{n} {sum(n in c.failures for c in cuts)}" for n in names),
         "cuts by what they hit: " + ", ".join(f"{h} {sum(c.hit == h for c in cuts)}" for h in HITS),
+        (f"the cut froze fioup-flow and the engine in one instant ({', '.join(sorted({c.freezer for c in cuts} - {''}))}"
+         f"): {sum(c.frozen for c in cuts)} processes; {sum(c.late for c in cuts)} container processes frozen a "
+         f"moment late in {sum(bool(c.late) for c in cuts)} cuts"),
         (f"corrupt blobs {sum(c.corrupt for c in counted)}, lost events {sum(c.events.lost for c in counted)}, "
          f"events recorded twice {sum(c.events.duplicated for c in counted)}, events sent again: "
          f"{sum(resends)} in all, per cut median {statistics.median(resends):.0f} max {max(resends)}"),

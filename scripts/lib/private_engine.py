@@ -67,11 +67,7 @@ def delete_bridges(octet: int) -> None:
 
 def alive(pid: int) -> bool:
     """True while `pid` runs; a zombie is dead (nothing reaps dockerd's orphans on some machines)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return _state(pid) not in ("Z", None)
 
 
 class PrivateEngine:
@@ -245,24 +241,32 @@ class Freeze:
 
     With a cgroup v1 freezer, every process is moved into a cgroup of ours (round after round
     until `find()` names no new one; a child forked meanwhile inherits the cgroup), then the
-    cgroup is frozen with one write. Without one, SIGSTOP round after round. Either way nothing
-    of the set may run a step once `Freeze` returned: `ran()` names those whose scheduler run
-    time moved since, `escaped()` the processes `find()` names now that were not frozen.
+    cgroup is frozen with one write (`late`: the container processes runc moved out meanwhile,
+    frozen right after). Without one, SIGSTOP round after round. Either way nothing of the set
+    may run a step once `Freeze` returned: `ran()` names those whose scheduler run time moved
+    since, `escaped()` the processes `find()` names now that were not frozen.
     """
 
     def __init__(self, name: str, find: Callable[[], set[int]]) -> None:
         self.find = find
         self.cgroup = FREEZER / f"fioup-flow-{name}-{os.getpid()}" if _writable(FREEZER) else None
         self.pids: set[int] = set()
-        if self.cgroup is not None:
-            self.cgroup.mkdir(exist_ok=True)
-            self._gather(self._move)
-            (self.cgroup / "freezer.state").write_text("FROZEN")
-            self._wait_frozen()
-            # and the children forked, into the cgroup, between the last round and the freeze
-            self.pids |= {int(pid) for pid in (self.cgroup / "cgroup.procs").read_text().split()}
-        else:
-            self._gather(lambda pid: os.kill(pid, signal.SIGSTOP))
+        self.late: set[int] = set()  # frozen a moment after the others (see `_sweep`)
+        try:
+            if self.cgroup is not None:
+                self.cgroup.mkdir(exist_ok=True)
+                self._gather(self._move)
+                (self.cgroup / "freezer.state").write_text("FROZEN")
+                self._wait_frozen()
+                # and the children forked, into the cgroup, between the last round and the freeze
+                self.pids |= self._members()
+                self.late = self._sweep()
+            else:
+                self._gather(lambda pid: os.kill(pid, signal.SIGSTOP))
+                self._wait_stopped()
+        except BaseException:
+            self.kill()  # never leave a half-frozen set behind
+            raise
         self.run_times = _run_times(self.pids)
 
     def _gather(self, stop: Callable[[int], None]) -> None:
@@ -274,6 +278,23 @@ class Freeze:
 
     def _move(self, pid: int) -> None:
         (self.cgroup / "cgroup.procs").write_text(str(pid))
+
+    def _members(self) -> set[int]:
+        return {int(pid) for pid in (self.cgroup / "cgroup.procs").read_text().split()}
+
+    def _sweep(self) -> set[int]:
+        """runc moves a container's first process into the container's own cgroup as it starts it:
+        one it moved out of ours between the last round and the freeze still runs. Each such one
+        joins the frozen cgroup now (and freezes there), a moment late; returns them."""
+        late: set[int] = set()
+        while stray := {pid for pid in self.find() - self._members() if alive(pid)}:
+            for pid in stray:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    self._move(pid)
+            late |= stray
+            self.pids |= stray
+            self._wait_frozen()
+        return late
 
     def _wait_frozen(self) -> None:
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
@@ -287,6 +308,15 @@ class Freeze:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+    def _wait_stopped(self) -> None:
+        """A SIGSTOP takes effect a moment after kill() returns: until every process shows it (or
+        sleeps uninterruptibly, as a parent waiting for the child it vforked: it stops on waking)."""
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while running := {pid: _state(pid) for pid in self.pids if _state(pid) not in ("T", "t", "D", "Z", None)}:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes did not stop in {FREEZE_TIMEOUT_S} s: {running}")
+            time.sleep(0.001)
 
     @property
     def how(self) -> str:
@@ -311,9 +341,12 @@ class Freeze:
         if self.cgroup is not None:
             (self.cgroup / "freezer.state").write_text("THAWED")
         wait_gone(self.pids, 10)
-        if self.cgroup is not None:
+        for _ in range(50):  # the cgroup empties a moment after its last process died
+            if self.cgroup is None or not self.cgroup.exists():
+                return
             with contextlib.suppress(OSError):
                 self.cgroup.rmdir()
+            time.sleep(0.02)
 
 
 def wait_gone(pids: set[int], timeout_s: float) -> bool:
@@ -324,6 +357,14 @@ def wait_gone(pids: set[int], timeout_s: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter (R, S, D, T, Z...), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _writable(folder: Path) -> bool:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Root
+
 from faults.needs import FUSE
 from fioup_flow.durable import open_cache, write_atomic
+from fioup_flow.targets import DurableUpdater
 from fioup_flow.store import CHUNK, SYNC_EVERY, BlobStore, PartialCorruptError
 
 pytestmark = [*FUSE, pytest.mark.timeout(60)]
@@ -98,3 +103,26 @@ def test_a_partial_a_disk_kept_with_a_torn_tail_is_thrown_away_or_verified_never
         assert open_at.asked[-1] == 0, "then fetched once more from zero"
     assert open_at.asked[1] == kept, "the resume asks for what the disk kept, torn or not"
     assert store.verify(digest)
+
+
+def a_signed_root() -> bytes:
+    signer = CryptoSigner.generate_ed25519()
+    root = Root(expires=datetime.now(timezone.utc) + timedelta(days=30))
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        root.add_key(signer.public_key, role)
+    metadata = Metadata(root)
+    metadata.sign(signer)
+    return metadata.to_bytes()
+
+
+@pytest.mark.parametrize("disk", ["reorder"], indirect=True)
+def test_the_trusted_tuf_root_survives_a_cut_while_the_tuf_client_rewrites_it(disk) -> None:
+    """Every TUF refresh starts by rewriting the trusted root (root_history/N.root.json, and the
+    root.json link to it); a disk that keeps that rename without its data, or the link's removal
+    without the new link, would leave the device with no trusted root: no update ever again."""
+    tuf = disk.mount / "sota" / "tuf"
+    write_atomic(tuf / "root.json", a_signed_root())
+    for seed in range(40):
+        DurableUpdater(metadata_dir=str(tuf), metadata_base_url="http://127.0.0.1:9/", bootstrap=None)  # refresh()'s start
+        disk.cut(seed)
+        assert Root.type == Metadata.from_bytes((tuf / "root.json").read_bytes()).signed.type, f"seed {seed}"

@@ -1,6 +1,6 @@
 """A power cut stops the updater, compose, dockerd, containerd, the shims and the containers in
 the same instant: `Freeze` stops a set of processes at once and can tell whether any of them ran
-a step afterwards, or escaped it. Here the set is a few shells that fork a child every few
+a step afterwards, or escaped it. Here the set is a few processes that fork a child every few
 milliseconds, as compose and dockerd keep starting processes."""
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from private_engine import Freeze, alive  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="freezing other processes needs root"),
               pytest.mark.timeout(60)]
-BUSY = "while true; do sleep 0.005; done"
+BUSY = """
+import os, time
+while True:
+    child = os.fork()
+    if child == 0:
+        time.sleep(0.005)
+        os._exit(0)
+    os.waitpid(child, 0)
+"""
 
 
 @pytest.fixture(params=["cgroup freezer", "SIGSTOP"])
@@ -35,7 +43,7 @@ def how(request, monkeypatch) -> str:
 
 @pytest.fixture
 def busy() -> Iterator[list[subprocess.Popen]]:
-    shells = [subprocess.Popen(["sh", "-c", BUSY], start_new_session=True) for _ in range(3)]
+    shells = [subprocess.Popen([sys.executable, "-c", BUSY], start_new_session=True) for _ in range(3)]
     yield shells
     for shell in shells:
         shell.kill()
@@ -78,3 +86,20 @@ def test_a_process_the_freeze_did_not_stop_is_named(how, busy) -> None:
     with Freeze("test", lambda: family([device])) as frozen:  # the updater stopped, the engine not: the old cut
         frozen.find = lambda: family(busy)  # what the cut is about: both
         assert {shell.pid for shell in engine} <= frozen.escaped()
+
+
+def test_a_process_runc_moves_out_of_the_freezer_as_it_freezes_is_frozen_right_after(busy, monkeypatch) -> None:
+    if not os.access(private_engine.FREEZER, os.W_OK):
+        pytest.skip("this machine has no writable cgroup v1 freezer")
+    moved = busy[0].pid
+    gather = Freeze._gather
+
+    def then_runc_moves_one(self, stop) -> None:  # as runc puts a container's process in its own cgroup
+        gather(self, stop)
+        (private_engine.FREEZER / "cgroup.procs").write_text(str(moved))
+
+    monkeypatch.setattr(Freeze, "_gather", then_runc_moves_one)
+    with Freeze("test", lambda: family(busy)) as frozen:
+        assert moved in frozen.late  # and whatever it forked meanwhile
+        time.sleep(0.3)
+        assert frozen.ran() == set() and frozen.escaped() == set()

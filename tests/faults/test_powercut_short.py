@@ -25,7 +25,7 @@ from support import clean_engine  # noqa: E402
 pytestmark = [*FUSE, pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(400)]
 
 # (seed, scenario, mode, at): at < 0 draws the moment from the seed over the uninterrupted run;
-# in boundary mode `at` is the index of the node whose completion triggers the cut
+# in boundary mode `at` is K: the cut comes right after the (K+1)-th node finished (its progress line)
 CUTS = [
     (11, "install", "random", -1.0),
     (12, "change", "random", -1.0),
