@@ -843,7 +843,7 @@ NETWORK_FAULTS = [
     {"reset_after": 3_000_000},
     {"stall_after": 1_000_000, "stall_seconds": 4.0},
     {"close_on_accept": 3},
-    {"reset_probability": 0.005, "rate": 4_000_000},
+    {"reset_after": 2_000_000, "rate": 4_000_000},  # a slow line that also breaks: both fire on any sizeable blob
     {"server_errors": 3},
 ]
 
@@ -862,7 +862,7 @@ class Trip:
 
     @property
     def converged(self) -> bool:
-        return not self.problems and self.fired > 0
+        return not self.problems
 
     @property
     def extra_share(self) -> float:
@@ -942,14 +942,17 @@ def fired(faults: dict, before: dict[str, float], after: dict[str, float]) -> in
 
 
 def network_summary(trips: list[Trip]) -> list[str]:
+    fired = [t for t in trips if t.fired]
+    idle = [t for t in trips if not t.fired]
     extra = [t.extra_bytes for t in trips] or [0]
     shares = [t.extra_share for t in trips] or [0.0]
     total = sum(t.extra_bytes for t in trips) / max(1, sum(t.clean_bytes for t in trips))
     return [
         (f"extra registry bytes over an uninterrupted run: median {statistics.median(extra):.0f}, max {max(extra)} "
          f"(median {statistics.median(shares):.1%}, max {max(shares):.1%} of the update; {total:.1%} over all)"),
-        f"trips whose fault never fired (they count as failed): {sum(t.fired == 0 for t in trips)}",
-        f"converged {sum(t.converged for t in trips)}/{len(trips)}",
+        (f"trips whose fault never fired (they tested nothing; not counted below): {len(idle)}, "
+         f"converged {sum(t.converged for t in idle)}/{len(idle)}"),
+        f"converged {sum(t.converged for t in fired)}/{len(fired)}",
     ]
 
 
