@@ -499,7 +499,7 @@ def wait_for_the_moment(cut: Cut, update: Update) -> None:
                                    f"{update.finished} of {update.total} nodes")
 
 
-def what_was_hit(cut: Cut, device: Device, plans: PlanCatcher) -> str:
+def what_was_hit(cut: Cut, plans: PlanCatcher) -> str:
     """Whether the cut hit a running update, and where (see HITS), from the durable store."""
     if not cut.running:
         return NOTHING
@@ -609,7 +609,7 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
         update = device.start("apply", str(target))
         wait_for_the_moment(cut, update)
         lab.cut(update, cut)
-        cut.hit = what_was_hit(cut, device, plans)
+        cut.hit = what_was_hit(cut, plans)
         at_cut = measure_at_cut(lab, device, cut, gets_at_start, events_at_start, deliveries_at_start)
         apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
         boot_engine(lab, cut)

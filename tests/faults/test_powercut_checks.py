@@ -222,7 +222,7 @@ def a_cut(**changes) -> powercut.Cut:
 
 
 def test_a_cut_after_the_update_ended_hit_nothing_and_is_reported_apart_not_counted() -> None:
-    assert powercut.what_was_hit(a_cut(running=False), device=None, plans=None) == powercut.NOTHING
+    assert powercut.what_was_hit(a_cut(running=False), plans=None) == powercut.NOTHING
     cuts = [a_cut(hit="mid-update"), a_cut(hit=powercut.NOTHING), a_cut(hit=powercut.NOTHING, failures={"boot": "x"})]
     lines = powercut.summary(cuts)
     assert lines[-1] == "converged 1/1"
