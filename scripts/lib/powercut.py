@@ -357,6 +357,8 @@ class Lab:
             cut.kept = self.disk.cut(cut.disk_seed if self.disk.mode == "reorder" else None)
             ran, escaped = frozen.ran(), frozen.escaped()
             cut.frozen, cut.late, cut.freezer = len(frozen.pids), len(frozen.late), frozen.how
+            if frozen.stuck:  # which one the freezer could not hold is not told: where each waited
+                cut.stuck = "; ".join(sorted(set(frozen.stuck.values())))
             if ran or escaped:
                 cut.failures["harness"] = (f"the cut did not stop everything at once: ran after the freeze "
                                            f"{_names(ran)}; escaped it {_names(escaped)}")
@@ -454,6 +456,7 @@ class Cut:
     frozen: int = 0  # processes the cut froze in one instant
     late: int = 0  # of them, container processes runc was moving out of the freezer: frozen right after
     freezer: str = ""  # how (cgroup freezer, SIGSTOP)
+    stuck: str = ""  # the freezer did not settle: where its processes waited (name, state, wchan)
     kept: str = ""  # reorder disk: what it kept beyond the synced state
     refetched: int = 0  # bytes received before the cut, lost to it
     boot_seconds: float = 0.0
@@ -782,6 +785,8 @@ def cut_line(index: int, count: int, cut: Cut) -> str:
         line += ", engine's network database moved aside"
     if cut.late:
         line += f", {cut.late} of {cut.frozen} processes frozen a moment late (containers runc was starting)"
+    if cut.stuck:
+        line += f", the freezer did not settle (SIGSTOP too): {cut.stuck}"
     if cut.kept:
         line += f"; disk {cut.kept}"
     return line + ("" if cut.converged else "  FAILED")
@@ -804,7 +809,8 @@ def summary(cuts: list[Cut]) -> list[str]:
         "cuts by what they hit: " + ", ".join(f"{h} {sum(c.hit == h for c in cuts)}" for h in HITS),
         (f"the cut froze fioup-flow and the engine in one instant ({', '.join(sorted({c.freezer for c in cuts} - {''}))}"
          f"): {sum(c.frozen for c in cuts)} processes; {sum(c.late for c in cuts)} container processes frozen a "
-         f"moment late in {sum(bool(c.late) for c in cuts)} cuts"),
+         f"moment late in {sum(bool(c.late) for c in cuts)} cuts; the freezer did not settle in "
+         f"{sum('did not settle' in c.freezer for c in cuts)} cuts (SIGSTOP too)"),
         (f"corrupt blobs {sum(c.corrupt for c in counted)}, lost events {sum(c.events.lost for c in counted)}, "
          f"events recorded twice {sum(c.events.duplicated for c in counted)}, events sent again: "
          f"{sum(resends)} in all, per cut median {statistics.median(resends):.0f} max {max(resends)}"),

@@ -41,7 +41,8 @@ import docker
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 FREEZER = Path("/sys/fs/cgroup/freezer")
-FREEZE_TIMEOUT_S = 10.0
+FREEZE_TIMEOUT_S = 3.0  # a freezer not settled by then gets SIGSTOP's help (see Freeze)
+SIGSTOP_TIMEOUT_S = 10.0
 
 
 class EngineDidNotStart(RuntimeError):
@@ -252,6 +253,7 @@ class Freeze:
         self.cgroup = FREEZER / f"fioup-flow-{name}-{os.getpid()}" if _writable(FREEZER) else None
         self.pids: set[int] = set()
         self.late: set[int] = set()  # frozen a moment after the others (see `_sweep`)
+        self.stuck: dict[int, str] = {}  # when the freezer did not settle: each member, where it waited
         try:
             if self.cgroup is not None:
                 self.cgroup.mkdir(exist_ok=True)
@@ -297,10 +299,20 @@ class Freeze:
         return late
 
     def _wait_frozen(self) -> None:
+        """Until the cgroup is FROZEN. A task the freezer cannot hold (asleep in the kernel where
+        it may not be frozen) keeps it FREEZING: then every member gets a SIGSTOP as well, which
+        stops such a task on its way back to user space; `stuck` says where each one waited,
+        and `ran()` still tells whether anything ran."""
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
         while (self.cgroup / "freezer.state").read_text().strip() != "FROZEN":
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.cgroup} did not freeze in {FREEZE_TIMEOUT_S} s")
+                self.stuck = {pid: _waiting_in(pid) for pid in self._members()}
+                for pid in self.stuck:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                self.pids |= set(self.stuck)
+                self._wait_stopped()
+                return
             time.sleep(0.001)
 
     def __enter__(self) -> Self:
@@ -312,20 +324,26 @@ class Freeze:
     def _wait_stopped(self) -> None:
         """A SIGSTOP takes effect a moment after kill() returns: until every process shows it (or
         sleeps uninterruptibly, as a parent waiting for the child it vforked: it stops on waking)."""
-        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        deadline = time.monotonic() + SIGSTOP_TIMEOUT_S
         while running := {pid: _state(pid) for pid in self.pids if _state(pid) not in ("T", "t", "D", "Z", None)}:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"processes did not stop in {FREEZE_TIMEOUT_S} s: {running}")
+                raise RuntimeError(f"processes did not stop in {SIGSTOP_TIMEOUT_S} s: {running}")
             time.sleep(0.001)
 
     @property
     def how(self) -> str:
-        return "cgroup freezer" if self.cgroup is not None else "SIGSTOP"
+        if self.cgroup is None:
+            return "SIGSTOP"
+        return "cgroup freezer" + (" and SIGSTOP (the freezer did not settle)" if self.stuck else "")
 
     def ran(self) -> set[int]:
-        """The frozen processes that ran since the freeze (a check that must stay empty)."""
+        """The frozen processes that ran since the freeze (a check that must stay empty). One that
+        was exiting as the freeze came only finished dying (no freezer holds an exiting task): a
+        zombie now, it is not counted."""
         now = _run_times(self.pids)
-        return {pid for pid, spent in now.items() if spent != self.run_times.get(pid, spent)}
+        return {pid for pid, (started, spent) in now.items()
+                if pid in self.run_times and self.run_times[pid][0] == started and self.run_times[pid][1] != spent
+                and _state(pid) != "Z"}
 
     def escaped(self) -> set[int]:
         """Processes of the set alive now that the freeze did not stop (must stay empty)."""
@@ -367,17 +385,28 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def _waiting_in(pid: int) -> str:
+    """Where in the kernel a process sleeps (its wchan), with its name and state: for a report."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        return f"{name} {_state(pid)} {Path(f'/proc/{pid}/wchan').read_text().strip() or '-'}"
+    except OSError:
+        return "gone"
+
+
 def _writable(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def _run_times(pids: set[int]) -> dict[int, int]:
-    """Per process, nanoseconds its threads spent on a CPU so far (/proc/PID/task/*/schedstat)."""
+def _run_times(pids: set[int]) -> dict[int, tuple[int, int]]:
+    """Per process, (its start time, nanoseconds its threads spent on a CPU so far): the start time
+    tells a process from a later one that was given its pid (/proc/PID/stat, task/*/schedstat)."""
     spent = {}
     for pid in pids:
-        with contextlib.suppress(OSError, ValueError):
-            spent[pid] = sum(int((task / "schedstat").read_text().split()[0])
-                             for task in Path(f"/proc/{pid}/task").iterdir())
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            spent[pid] = (started, sum(int((task / "schedstat").read_text().split()[0])
+                                       for task in Path(f"/proc/{pid}/task").iterdir()))
     return spent
 
 

@@ -103,3 +103,16 @@ def test_a_process_runc_moves_out_of_the_freezer_as_it_freezes_is_frozen_right_a
         assert moved in frozen.late  # and whatever it forked meanwhile
         time.sleep(0.3)
         assert frozen.ran() == set() and frozen.escaped() == set()
+
+
+def test_a_freezer_that_does_not_settle_falls_back_to_sigstop_and_says_where_each_waited(busy, monkeypatch) -> None:
+    if not os.access(private_engine.FREEZER, os.W_OK):
+        pytest.skip("this machine has no writable cgroup v1 freezer")
+    monkeypatch.setattr(private_engine, "FREEZE_TIMEOUT_S", 0.0)  # as if a task could not be frozen
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "FREEZING" if self.name == "freezer.state"
+                        else real(self, *a, **k))
+    with Freeze("test", lambda: family(busy)) as frozen:
+        assert "did not settle" in frozen.how and frozen.stuck
+        time.sleep(0.3)
+        assert frozen.ran() == set() and frozen.escaped() == set()
