@@ -2,8 +2,8 @@
 
 Each scenario starts from a device running v1 (shellhttpd v1 + pair v1, both up). The broken
 Targets carry shellhttpd v2 broken one way (`fioup_flow.factory.broken`) beside pair v1:
-a layer whose bytes do not match its digest, a bundle with a `../escape` entry, a compose file
-that is not YAML. The release lives under its own hardware id, so its versions are its own.
+a layer whose bytes do not match its digest, a bundle with a `../escape` entry, a bundle whose
+links lead a later file out of the project, a compose file that is not YAML. The release lives under its own hardware id, so its versions are its own.
 """
 
 from __future__ import annotations
@@ -17,22 +17,22 @@ import pytest
 from conftest import clean_engine
 from support import BIN, Device, new_device, publish, sample_page
 
-from fioup_flow.factory.broken import ESCAPE_ENTRY
+from fioup_flow.factory.broken import ESCAPE_NAME
 from fioup_flow.factory.devices import DeviceRecords
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
 HWID = "bad-input-linux"
 TAG = "bad-input"
-OLD, GOOD = 1, 5
+OLD, GOOD = 1, 6
 OLD_APPS = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
 GOOD_APPS = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
-BROKEN = {"digest": 2, "path-escape": 3, "bad-compose": 4}  # kind -> version
+BROKEN = {"digest": 2, "path-escape": 3, "bad-compose": 4, "symlink-chain": 5}  # kind -> version
 
 
 @pytest.fixture(scope="module")
 def bad_release(factory) -> None:
-    """v1 and v5 good, v2..v4 broken (through the `publish-broken` command), all under HWID/TAG."""
+    """v1 and v6 good, v2..v5 broken (through the `publish-broken` command), all under HWID/TAG."""
     publish(factory.home.root, OLD, OLD_APPS, TAG, "--hwid", HWID)
     publish(factory.home.root, GOOD, GOOD_APPS, TAG, "--hwid", HWID)
     for kind, version in BROKEN.items():
@@ -113,16 +113,21 @@ def test_a_layer_that_does_not_match_its_digest_fails_the_fetch_with_exit_40(dev
     assert_good_target_applies(device)
 
 
-def test_a_bundle_entry_that_escapes_the_project_fails_the_install_with_exit_60(device, engine, factory) -> None:
-    assert_refused(device, engine, "path-escape", 60, "points outside the project")
-    assert not (device.sota_dir / "compose-apps" / "escape").exists()
-    assert not (device.sota_dir / "compose-apps" / ".staging" / "shellhttpd").exists()
-    assert not (device.sota_dir / "compose-apps" / ".staging" / ESCAPE_ENTRY).exists()
+@pytest.mark.parametrize("kind, message", [
+    ("path-escape", "points outside the project"),  # `../escape`
+    ("symlink-chain", "passes through 'a', a symlink"),  # `a -> .`, `a/b -> ..`, `a/b/c -> ..`, `a/b/c/escape`
+])
+def test_a_bundle_entry_that_escapes_the_project_fails_the_install_with_exit_60(device, engine, factory, kind,
+                                                                               message) -> None:
+    assert_refused(device, engine, kind, 60, message)
+    apps = device.sota_dir / "compose-apps"
+    assert [p for p in device.sota_dir.rglob(ESCAPE_NAME)] == [], "nothing was written outside the project"
+    assert not (apps / ".staging" / "shellhttpd").exists()
     status = device.json("status", "--json")
     assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [60]
     (event,) = failure_events(factory, device)
     assert event["eventType"]["id"] == "EcuInstallationCompleted"
-    assert "points outside the project" in event["event"]["details"]
+    assert message in event["event"]["details"]
 
     assert device.run("cancel").returncode == 0
     assert_good_target_applies(device)
