@@ -41,12 +41,22 @@ MAX_TOTAL = COMPOSE_MAX + MAX_FILE
 MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit: a longer chain is taken for a loop
 
 
-def entry_path(name: str, app: str) -> PurePosixPath:
-    """Where a bundle entry lands, relative to the project (`./x` and `x` alike); refused if outside it."""
+def lands_at(name: str) -> PurePosixPath | None:
+    """Where a bundle entry lands, relative to the project, or None if it names a path outside it.
+
+    PurePosixPath drops `.` parts and repeated or trailing slashes, so `./a//b` lands at `a/b`
+    (and `.` at the project itself), while `.a` and `../a` stay what they are.
+    """
     path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts:
+    return None if path.is_absolute() or ".." in path.parts else path
+
+
+def entry_path(name: str, app: str) -> PurePosixPath:
+    """Where a bundle entry lands, relative to the project; InstallError if it would land outside."""
+    path = lands_at(name)
+    if path is None:
         raise InstallError(f"app {app}: bundle entry {name!r} points outside the project; nothing was installed")
-    return path  # PurePosixPath drops `.` parts and repeated slashes: `./a//b` is `a/b`, `.` is `.`
+    return path
 
 
 def _check_member(member: tarfile.TarInfo, app: str, total: int) -> PurePosixPath:
