@@ -189,7 +189,7 @@ class AppTreeLoader:
         if self.registry is None:
             raise FetchError(f"{kind} {ref} is not in the store and there is no registry to fetch it from")
         if kind in MANIFEST_KINDS:
-            data, _ = self.registry.manifest(ref)
+            data, _ = self.registry.manifest(ref, limit)
             self.store.put_bytes(ref.digest, data)
         else:
             if size is None or size > limit:

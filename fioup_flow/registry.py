@@ -5,16 +5,21 @@ whose `WWW-Authenticate: Bearer realm=..,service=..,scope=..` says where to get 
 token is fetched from the realm with the device's registry credentials (HTTP Basic, from the
 gateway's `/hub-creds/`) and cached per scope until it nears expiry. Blobs are streamed and can
 start at an offset (`Range`), which is how a partial download resumes.
+
+Every answer is streamed, and what is buffered (a manifest, a token) is read under a cap: a
+hostile or broken registry cannot make the device hold more than the cap plus one chunk, and an
+error answer's body is never read at all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import requests
 
@@ -30,9 +35,12 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ])
 MAX_MANIFEST_SIZE = 100 * 1024
+TOKEN_MAX = 64 * 1024  # a token answer: a JWT with its certificate chain is a few KiB
+READ_CHUNK = 16 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 Credentials = Callable[[], tuple[str, str]]
+T = TypeVar("T")
 
 
 class RegistryError(FetchError):
@@ -67,23 +75,28 @@ class RegistryClient:
                 return cached[0]
             user, secret = self.credentials()
             params = {k: v for k, v in challenge.items() if k in ("service", "scope")}
-            response = self.session.get(challenge["realm"], params=params, auth=(user, secret), timeout=(10, 30))
+            response = self.session.get(challenge["realm"], params=params, auth=(user, secret), timeout=(10, 30),
+                                        stream=True)
             if response.status_code >= 500:
                 raise ServerError(response)
             if not response.ok:
                 raise RegistryError(f"the registry's token service refused the device: {response.status_code}")
-            body = response.json()
+            try:
+                body = json.loads(read_bounded(response, TOKEN_MAX, "the registry's token answer"))
+            except ValueError as exc:
+                raise RegistryError(f"the registry's token answer is not JSON: {exc}") from exc
             token = body.get("token") or body.get("access_token")
             lifetime = float(body.get("expires_in", 60))
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 30, lifetime / 2))
             return token
 
-    def _get(self, repository: str, url: str, headers: dict[str, str], stream: bool = False) -> requests.Response:
+    def _get(self, repository: str, url: str, headers: dict[str, str]) -> requests.Response:
         """GET with the token dance: send the repository's cached token, get one on 401, try once more.
 
         Once a repository answered with a challenge, its token goes with the first request, so
         each blob costs one request, not three (401, credentials and token, then the blob); only
-        a token the registry refuses is fetched anew.
+        a token the registry refuses is fetched anew. The answer is streamed: its body is the
+        caller's to read, within bounds.
         """
         challenge = self._challenges.get(repository)
         token_refused = False
@@ -91,7 +104,7 @@ class RegistryClient:
             request_headers = dict(headers)
             if challenge:
                 request_headers["Authorization"] = f"Bearer {self._token(challenge, force=token_refused)}"
-            response = self.session.get(url, headers=request_headers, stream=stream, timeout=(10, 60))
+            response = self.session.get(url, headers=request_headers, stream=True, timeout=(10, 60))
             if response.status_code != 401:
                 break
             response.close()
@@ -104,7 +117,7 @@ class RegistryClient:
             raise RegistryError(f"GET {url}: the registry answered {response.status_code} {response.reason}")
         return response
 
-    def _with_retries(self, what: str, fn: Callable[[], requests.Response]) -> requests.Response:
+    def _with_retries(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return retrying(self.retry_seconds)(fn)
         except (requests.RequestException, ServerError) as exc:
@@ -115,25 +128,43 @@ class RegistryClient:
     def _url(ref: PinnedRef, kind: str) -> str:
         return f"https://{ref.host}/v2/{ref.repository}/{kind}/{ref.digest}"
 
-    def manifest(self, ref: PinnedRef) -> tuple[bytes, str]:
-        """The manifest `ref` pins, verified against its digest; returns (bytes, media type)."""
+    def manifest(self, ref: PinnedRef, limit: int = MAX_MANIFEST_SIZE) -> tuple[bytes, str]:
+        """The manifest `ref` pins (at most `limit` bytes), verified against its digest; returns (bytes, media type)."""
         url = self._url(ref, "manifests")
-        response = self._with_retries(f"manifest {ref}",
-                                      lambda: self._get(_repository(ref), url, {"Accept": MANIFEST_TYPES}))
-        data = response.content
-        if len(data) > MAX_MANIFEST_SIZE:
-            raise RegistryError(f"manifest {ref} is larger than {MAX_MANIFEST_SIZE} bytes")
+
+        def fetch() -> tuple[bytes, str]:
+            response = self._get(_repository(ref), url, {"Accept": MANIFEST_TYPES})
+            return read_bounded(response, limit, f"manifest {ref}"), response.headers.get("Content-Type", "")
+
+        data, media_type = self._with_retries(f"manifest {ref}", fetch)
         if "sha256:" + hashlib.sha256(data).hexdigest() != ref.digest:
             raise RegistryError(f"manifest {ref} does not match its digest")
-        return data, response.headers.get("Content-Type", "")
+        return data, media_type
 
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from `offset` on; a server that ignores `Range` has the head skipped."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         url = self._url(ref, "blobs")
-        response = self._with_retries(f"blob {ref}",
-                                      lambda: self._get(_repository(ref), url, headers, stream=True))
+        response = self._with_retries(f"blob {ref}", lambda: self._get(_repository(ref), url, headers))
         return _from_offset(response, offset)
+
+
+def read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
+    """The body of a streamed answer, refused (RegistryError) as soon as it passes `limit` bytes.
+
+    An announced length past the cap is refused before a byte is read; otherwise at most `limit`
+    plus one chunk is ever held, whatever the server sends or claims.
+    """
+    with response:
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > limit:
+            raise RegistryError(f"{what} is larger than {limit} bytes ({announced} announced)")
+        body = bytearray()
+        for chunk in response.iter_content(chunk_size=READ_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise RegistryError(f"{what} is larger than {limit} bytes")
+        return bytes(body)
 
 
 def _repository(ref: PinnedRef) -> str:
