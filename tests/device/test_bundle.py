@@ -104,6 +104,7 @@ def file(name: str, data: bytes = b"written\n") -> tuple[tarfile.TarInfo, bytes]
     pytest.param([link("a", "."), link("s", "a/../victim"), hard("h", "s")], id="hard-link-to-a-link-leading-out"),
     pytest.param([link("a", "."), link("b", "a/..")], id="link-resolving-outside-through-a-link"),
     pytest.param([link("b", "a/.."), link("a", ".")], id="link-made-to-leave-by-a-later-link"),
+    pytest.param([link("a", "b"), link("b", "/etc")], id="link-to-a-link-with-an-absolute-target"),
     pytest.param([link("loop", "loop")], id="link-loop"),
     pytest.param([folder("sub"), link("d", "sub"), file("d/x")], id="file-under-a-link-to-an-inner-folder"),
     pytest.param([folder("d"), link("d", "..")], id="folder-replaced-by-a-link"),
