@@ -164,9 +164,13 @@ class BlobStore:
         return written
 
     def _commit(self, data_path: Path, digest: str) -> None:
+        """Rename the verified partial to its digest, its data and mode synced first, whoever wrote
+        them: a partial found whole at the start (a crash before its last sync) may be unsynced."""
         final = self.path(digest)
         make_dirs(final.parent)
         os.chmod(data_path, 0o444)
+        with open(data_path, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(data_path, final)
         fsync_dir(final.parent)
         shutil.rmtree(data_path.parent, ignore_errors=True)
