@@ -8,6 +8,8 @@ Guarantees (documented in the README):
 - The checkpoint is a hint, the world is the truth: before running any node, and before
   trusting a node recorded `done`, the engine asks the task `is_done(node)`. An effect already
   in place is recorded done without running; a `done` node whose effect vanished runs again.
+  One exception: a point of no return (`Node.point_of_no_return`) recorded done settles itself
+  and every node before it; they are neither asked nor run again (the update is history there).
 - A failed node stops its dependents (they stay `pending`); independent branches finish. The
   update stays in progress, so a resume retries the failed node (and runs what waits on it).
 - TransientError is retried with jittered exponential backoff, bounded in attempts and time;
@@ -121,6 +123,7 @@ class Executor:
         self._stopping = threading.Event()
         self._signal: int | None = None
         self._cancelled = False
+        self._settled: set[str] = set()
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -157,6 +160,7 @@ class Executor:
             plan = self.store.freeze(plan)
         self._stopping.clear()
         self._signal, self._cancelled = None, False
+        self._settled = self._settled_nodes(plan)
         previous = self._install_signals()
         try:
             result = self._schedule(plan)
@@ -166,6 +170,14 @@ class Executor:
         if result.outcome in ("completed", "cancelled"):
             self.store.finish(plan, result.outcome)
         return result
+
+    def _settled_nodes(self, plan: Plan) -> set[str]:
+        """Each point of no return recorded done, with every node before it: what is history."""
+        settled: set[str] = set()
+        for node in plan.nodes():
+            if node.point_of_no_return and self.store.record(plan.plan_id, node.id).state == "done":
+                settled |= plan.ancestors(node.id) | {node.id}
+        return settled
 
     def _schedule(self, plan: Plan) -> RunResult:
         result = RunResult(plan.plan_id, "completed")
@@ -243,7 +255,7 @@ class Executor:
         task = self.tasks[node.kind]
         record = self.store.record(plan_id, node.id)
         try:
-            if task.is_done(node):
+            if node.id in self._settled or task.is_done(node):
                 if record.state != "done":
                     now = time.time()
                     self._save(plan_id, node, record, state="done", started=record.started or now, ended=now,

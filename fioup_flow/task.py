@@ -28,6 +28,10 @@ class Node:
 
     `resource` is the scheduling class that bounds how many such nodes run at once; `size` is the
     number of bytes the node is expected to move, for progress only.
+
+    `point_of_no_return` marks the node after which the update is history: once it is recorded
+    done, the engine trusts it and every node before it without looking at the world again (what
+    changes there later is the next update's business), and re-checks only the nodes after it.
     """
 
     id: str
@@ -35,14 +39,20 @@ class Node:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     resource: str = "cpu"
     size: int = 0
+    point_of_no_return: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "params": self.params, "resource": self.resource, "size": self.size}
+        data = {"id": self.id, "kind": self.kind, "params": self.params, "resource": self.resource, "size": self.size}
+        if self.point_of_no_return:  # only where set: every other node freezes to the bytes it always did
+            data["point_of_no_return"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Node:
+        """A frozen node; one frozen before a field existed gets the field's default."""
         return cls(id=data["id"], kind=data["kind"], params=data.get("params", {}),
-                   resource=data.get("resource", "cpu"), size=int(data.get("size", 0)))
+                   resource=data.get("resource", "cpu"), size=int(data.get("size", 0)),
+                   point_of_no_return=bool(data.get("point_of_no_return", False)))
 
 
 ProgressSink = Callable[[Node, int, "int | None"], None]

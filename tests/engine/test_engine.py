@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import threading
 import time
@@ -193,3 +194,38 @@ def test_the_progress_hook_hears_each_node_run_report_bytes_and_finish(store, wo
         assert states == ["running", "progress", "done"]
     progress = next(e for e in events if e.state == "progress")
     assert progress.done_bytes == len(progress.node.params["content"])
+
+
+def committed_plan() -> Plan:
+    """write:a -> write:commit (the point of no return) -> write:after -> fetch:bad (fails for good)."""
+    plan = Plan(meta={"target": "committed-target", "version": 10})
+    plan.add(write_node("write:a"))
+    plan.add(dataclasses.replace(write_node("write:commit"), point_of_no_return=True), ["write:a"])
+    plan.add(write_node("write:after"), ["write:commit"])
+    plan.add(Node("fetch:bad", "fail", {"message": "registry said no"}, resource="network"), ["write:after"])
+    return plan
+
+
+def test_once_a_point_of_no_return_is_done_the_nodes_before_it_are_history_and_the_nodes_after_it_are_not(
+        store, work):
+    plan = committed_plan()
+    assert executor(store, work).run(plan).outcome == "failed"
+    for name in ("write_a", "write_commit", "write_after"):  # the world changed behind the checkpoint's back
+        (work / "out" / name).unlink()
+    events: list[NodeEvent] = []
+    result = executor(store, work, on_event=events.append).run()
+    assert result.ran == ["write:after", "fetch:bad"]
+    assert not (work / "out" / "write_a").exists() and not (work / "out" / "write_commit").exists()
+    assert {e.node.id for e in events if e.already} == {"write:a", "write:commit"}
+    records = store.records(plan.plan_id, plan.graph.nodes)
+    assert [records[n].state for n in ("write:a", "write:commit", "write:after")] == ["done"] * 3
+
+
+def test_a_point_of_no_return_not_yet_done_protects_nothing(store, work):
+    plan = Plan(meta={"target": "uncommitted-target", "version": 11})
+    plan.add(write_node("write:a"))
+    plan.add(Node("fetch:bad", "fail", {"message": "registry said no"}, resource="network"), ["write:a"])
+    plan.add(dataclasses.replace(write_node("write:commit"), point_of_no_return=True), ["fetch:bad"])
+    assert executor(store, work).run(plan).outcome == "failed"
+    (work / "out" / "write_a").unlink()
+    assert "write:a" in executor(store, work).run().ran

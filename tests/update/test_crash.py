@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.factory, pytest.mark.docker]
 BIG_TAG = "big"
 BIG_HWID = "big-linux"  # a hardware id of its own, so its versions do not replace the shared releases
 BIG_MB = 48
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -151,3 +153,27 @@ def test_cancelling_an_update_cut_between_stop_and_start_brings_the_old_version_
     status = device.json("status", "--json")
     assert status["current"]["version"] == 1 and status["in_progress"] is None
     assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
+
+
+def test_an_update_cut_after_its_commit_is_history_and_an_app_stopped_since_stays_as_it_is(factory, device,
+                                                                                          engine) -> None:
+    """Once the commit is recorded, resume finishes the update without judging the apps again:
+    an app stopped by hand after the commit neither fails the update nor is started by it."""
+    assert device.run("apply", "1").returncode == 0
+    faults = Faults(factory.home)
+    process = start_apply(device, "2")
+    try:
+        wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
+        faults.set(events_delay_s=30)  # the next report, right after the commit, keeps the device waiting
+        wait_for(lambda: node_state(device, "commit:") == "done", 120, "the commit")
+        kill(process)
+    finally:
+        faults.clear()
+    for container in engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"}):
+        container.stop()  # `docker stop` by hand
+    resume(device)
+    status = device.json("status", "--json")
+    assert status["in_progress"] is None and status["history"][0]["outcome"] == "completed"
+    assert status["current"]["version"] == 2
+    assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "stopped"}
+    assert not engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"})
