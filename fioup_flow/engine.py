@@ -15,10 +15,12 @@ Guarantees (documented in the README):
 - TransientError is retried with jittered exponential backoff, bounded in attempts and time;
   any other exception fails the node at once and is kept for the caller (exit codes).
 - SIGINT/SIGTERM: scheduling stops, running nodes are asked to stop (`ctx.cancelled`) and
-  waited for; the update stays in progress (exit 128+signal, like shells). A second signal
-  kills the process at once: running nodes are abandoned and re-checked on resume.
-- Cancel (a flag in the store, set by `fioup-flow cancel`) is seen at the next node boundary:
-  nothing new starts, running nodes finish, and the plan moves to history as cancelled.
+  waited for; the update stays in progress (exit 128+signal, like shells). A task that stops
+  early raises `Interrupted`: its node goes back to pending, its partial work kept. A second
+  signal kills the process at once: running nodes are abandoned and re-checked on resume.
+- Cancel (a flag in the store, set by `fioup-flow cancel`) is seen within `poll_s`: nothing new
+  starts, running nodes are asked to stop as for a signal, and the plan moves to history as
+  cancelled.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from tenacity import (
 from fioup_flow.checkpoint import CheckpointStore, NodeRecord
 from fioup_flow.errors import NoSpaceError, NoUpdateInProgressError, exit_code_of
 from fioup_flow.graph import Plan, PlanError
-from fioup_flow.task import Node, Task, TaskContext, TransientError
+from fioup_flow.task import Interrupted, Node, Task, TaskContext, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,6 @@ class RunResult:
             first = self.failed[min(self.failed)]
             return exit_code_of(first)
         return CANCELLED_EXIT_CODE
-
-
-class _Abandoned(Exception):
-    """A node not (re)started because the runner is stopping."""
 
 
 EventHook = Callable[[NodeEvent], None]
@@ -262,15 +260,13 @@ class Executor:
                                bytes=node.size, error=None, exit_code=None)
                 self._emit(NodeEvent(node, "done", node.size, node.size or None, already=True))
                 return "done"
-            if self._stopping.is_set():
-                raise _Abandoned()
-            result.ran.append(node.id)
             ctx = TaskContext(node, self._stopping, self._progress_sink)
+            ctx.stop_point()
+            result.ran.append(node.id)
             record.started = time.time()
             for attempt in self._retrying(node):
                 with attempt:
-                    if self._stopping.is_set():
-                        raise _Abandoned()
+                    ctx.stop_point()
                     self._save(plan_id, node, record, state="running", attempts=record.attempts + 1, error=None)
                     self._emit(NodeEvent(node, "running", 0, node.size or None))
                     task.run(node, ctx)
@@ -281,7 +277,7 @@ class Executor:
         return "done"
 
     def _failed(self, plan_id: str, node: Node, record: NodeRecord, exc: Exception) -> str | Exception:
-        if self._stopping.is_set() and (isinstance(exc, _Abandoned) or record.state == "running"):
+        if self._stopping.is_set() and (isinstance(exc, Interrupted) or record.state == "running"):
             if record.state == "running":  # stopped mid-way: pending again, re-checked on resume
                 self._save(plan_id, node, record, state="pending", ended=time.time())
             return "abandoned"
