@@ -132,7 +132,7 @@ class Executor:
         self._stopping.set()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        log.warning("signal %d: stopping at the next node boundary (again to abandon running nodes)", signum)
+        log.warning("signal %d: stopping running nodes at their next stop point (again to abandon them)", signum)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         self.stop(signum)
