@@ -217,12 +217,14 @@ class Agent:
                           {"error": str(error)})
 
     def restore(self) -> RunResult | None:
-        """After a cancelled update: bring back every app of the current Target that is not up.
+        """After a cancelled update: drop its partial downloads (no update is in progress to resume
+        them), and bring back every app of the current Target that is not up.
 
         Works offline: the current Target's blobs are still in the store (only a completed update
         prunes), so the plan walks the apps from the store and its fetch nodes are all in place.
         Returns None when everything already runs.
         """
+        self.store.discard_partials()
         current = current_target(self.config.flow_dir)
         observed = self.observe()
         if current is None or all(observed.apps_up.values()):

@@ -86,16 +86,18 @@ class InstallApp:
             tree = self._tree(node)
         except FetchError as exc:
             raise InstallError(f"app {node.params['app']}: {exc}") from exc
-        self._load_images(tree)
+        self._load_images(tree, ctx)
         if not self._project_ok(tree):
             self._put_in_place(self._stage(tree), tree.name)
 
-    def _load_images(self, tree: AppTree) -> None:
+    def _load_images(self, tree: AppTree, ctx: TaskContext) -> None:
+        """Stream the missing images into the engine; a stop request ends the stream at its next
+        chunk, and the engine drops a load cut short whole (as after a power cut)."""
         missing = self._missing_images(tree)
         if not missing:
             return
         try:
-            for message in self.engine.api.load_image(save_stream(missing, self.store)):
+            for message in self.engine.api.load_image(ctx.checked(save_stream(missing, self.store))):
                 if "error" in message or "errorDetail" in message:
                     raise InstallError(f"app {tree.name}: the engine refused an image: {message.get('error', message)}")
         except docker.errors.APIError as exc:

@@ -85,10 +85,13 @@ def pending(engine: docker.DockerClient, node: Node, need_health: bool) -> tuple
     return problems + failed, failed
 
 
-def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeout_s: float, what: str,
+def wait_until(engine: docker.DockerClient, ctx: TaskContext, need_health: bool, what: str,
                after_up: bool = False) -> None:
     """Poll until the version runs (and is healthy if `need_health`). Right `after_up`, a service
-    with no container is a failure: compose exits 0 when the engine refuses the app's network."""
+    with no container is a failure: compose exits 0 when the engine refuses the app's network.
+    A stop request ends the wait (Interrupted): waiting has no effect to leave half done."""
+    node = ctx.node
+    timeout_s = float(node.params["timeout_s"])
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -105,7 +108,7 @@ def wait_until(engine: docker.DockerClient, node: Node, need_health: bool, timeo
         if time.monotonic() > deadline:
             raise StartError(f"app {node.params['app']} did not {what} within {timeout_s:.0f} s: "
                              + "; ".join(problems))
-        time.sleep(POLL_S)
+        ctx.sleep(POLL_S)
 
 
 class _VersionTask:
@@ -138,20 +141,21 @@ class StartApp(_VersionTask):
         if installed_uri(project) != node.params["uri"]:
             raise StartError(f"app {node.params['app']}: the project in {project} is not the version to start")
         try:
-            self._start(node, project)
+            self._start(ctx, project)
         except StartError as exc:
             if self.engine_restart.frees(str(exc)):
-                self._start(node, project)
+                self._start(ctx, project)
             elif NETWORK_GONE.search(str(exc)):
-                self._start(node, project, recreate=True)
+                self._start(ctx, project, recreate=True)
             else:
                 raise
 
-    def _start(self, node: Node, project: Path, recreate: bool = False) -> None:
+    def _start(self, ctx: TaskContext, project: Path, recreate: bool = False) -> None:
         # compose can exit 0 with a container left "created" (a port taken, no address pool left),
-        # or none at all (the engine refused the app's network): wait_until tells both apart
-        compose.up(node.params["app"], project, StartError, recreate)
-        wait_until(self.engine, node, False, float(node.params["timeout_s"]), "start", after_up=True)
+        # or none at all (the engine refused the app's network): wait_until tells both apart.
+        # A compose up under way is never cut short; the wait after it is.
+        compose.up(ctx.node.params["app"], project, StartError, recreate)
+        wait_until(self.engine, ctx, False, "start", after_up=True)
 
 
 class AppHealthy(_VersionTask):
@@ -159,4 +163,4 @@ class AppHealthy(_VersionTask):
     need_health = True
 
     def run(self, node: Node, ctx: TaskContext) -> None:
-        wait_until(self.engine, node, True, float(node.params["timeout_s"]), "turn healthy")
+        wait_until(self.engine, ctx, True, "turn healthy")

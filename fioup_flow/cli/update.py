@@ -3,7 +3,7 @@
 They read the checkpoint store under `config.flow_dir`; none of them runs a node. `graph` with
 no update in progress shows the plan `apply` would run (which needs the gateway and registry).
 `cancel` takes the instance lock to tell whether a runner is active: if one is, it only raises
-the cancel flag, which the runner sees at its next node boundary.
+the cancel flag, which the runner sees within a fraction of a second (it stops as on a signal).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
                    f"version {current['version']}, started {_when(current['started'])})")
         click.echo("  " + ", ".join(f"{state} {n}" for state, n in current["counts"].items() if n))
         if current["cancel_requested"]:
-            click.echo("  cancel requested: the runner stops at the next node boundary")
+            click.echo("  cancel requested: the runner stops its running nodes at their next stop point")
         for failed in current["failed"]:
             click.secho(f"  failed {failed['id']}: {failed['error']}", fg="red")
     if data["history"]:
@@ -172,7 +172,7 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
               help="Move the checkpoint store aside (e.g. when it is corrupt) and forget the update in progress.")
 @click.pass_context
 def cancel(ctx: click.Context, discard_state: bool) -> None:
-    """Abandon the update in progress at a node boundary."""
+    """Abandon the update in progress, dropping its partial downloads."""
     flow_dir = ctx.obj.config.flow_dir
     if discard_state:
         with InstanceLock(flow_dir / LOCK_NAME):
@@ -191,7 +191,7 @@ def cancel(ctx: click.Context, discard_state: bool) -> None:
             restore(Agent(ctx.obj.config))
     except LockedError:
         store.request_cancel(plan.plan_id)
-        click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at the next node boundary")
+        click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at its next stop point")
 
 
 COMMANDS: list[click.Command] = [graph, status, cancel]
