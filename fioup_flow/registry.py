@@ -154,7 +154,8 @@ class RegistryClient:
             raise ServerError(response)
         if not response.ok:
             response.close()
-            raise RegistryError(f"GET {url}: the registry answered {response.status_code} {response.reason}")
+            where = "the registry" if response.url == url else f"{response.url}, where the registry redirected,"
+            raise RegistryError(f"GET {url}: {where} answered {response.status_code} {response.reason}")
         return response
 
     def _follow(self, url: str, headers: dict[str, str], stream: bool) -> requests.Response:

@@ -89,14 +89,15 @@ def write_public_ca_bundle(home: FactoryHome) -> None:
     write_atomic(home.public_ca_bundle, bundle, mode=0o644)
 
 
-def issue_client_cert(home: FactoryHome, csr_pem: bytes, factory: str) -> bytes:
+def issue_client_cert(home: FactoryHome, csr_pem: bytes, factory: str | None = None) -> bytes:
     """Sign a device's CSR as factory-registration-ref does: the subject kept as the CSR has it
     (CN = the device uuid, OU = the factory, businessCategory = `production` for a production
     device), the serial number the uuid's, for client authentication only.
 
     Raises RegistrationError when the CSR is unreadable, badly signed, has no uuid as CN, or
-    names another factory in its OU.
+    names another factory (default: this home's) in its OU.
     """
+    factory = factory or home.load_state()["factory"]
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
