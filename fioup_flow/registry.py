@@ -124,7 +124,10 @@ class RegistryClient:
             return token
 
     def _basic_auth(self, registry: str) -> tuple[str, str] | None:
-        """The device's credentials for this registry's realm: only the registry they belong to gets them."""
+        """The device's credentials for this registry's realm: only the registry they belong to gets them.
+
+        Asked for every token, a third party's too: which registry they belong to is in the answer.
+        """
         credentials = self.credentials()
         return (credentials.username, credentials.secret) if credentials.registry == registry else None
 
@@ -154,7 +157,7 @@ class RegistryClient:
             raise ServerError(response)
         if not response.ok:
             response.close()
-            where = "the registry" if response.url == url else f"{response.url}, where the registry redirected,"
+            where = "the registry" if origin(response.url) == registry else f"{response.url}, where it redirected,"
             raise RegistryError(f"GET {url}: {where} answered {response.status_code} {response.reason}")
         return response
 

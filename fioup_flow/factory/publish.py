@@ -17,8 +17,9 @@ its compose file rewritten as composectl publish does: `image:` pinned to
 `127.0.0.1:<port>/<factory>/<name>@sha256:<manifest digest>`, `x-fioup-build` removed, label
 `io.compose-spec.config-hash` added. An image built with `registry: third-party` is pushed to the
 registry standing for a third party's (anonymous pull, like Docker Hub's public images) under
-its own name, not the factory's, and pinned as `127.0.0.1:<its port>/<name>@sha256:<digest>`. Sample apps ship in the package: `sample:<app>/<version>`
-(e.g. `sample:shellhttpd/v1`) names `fioup_flow/factory/samples/<app>/<version>`.
+its own name, not the factory's, and pinned as `127.0.0.1:<its port>/<name>@sha256:<digest>`.
+Sample apps ship in the package: `sample:<app>/<version>` (e.g. `sample:shellhttpd/v1`) names
+`fioup_flow/factory/samples/<app>/<version>`.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def pin_app(pusher: RegistryPusher, blobs: BlobDir, app_dir: Path, version: int,
         spec = _image_spec(app_dir, image_name, recipe, filler_mb if index == 0 else 0, filler_seed)
         image = images[service_name] = build_image(spec, blobs)
         layers_meta.update(image.layers_meta)
-        target, repository = _destination(pusher, recipe.get("registry", "hub"), image_name, f"{app_dir}: {service_name}")
+        where = f"{app_dir}: service {service_name}"
+        target, repository = _destination(pusher, recipe.get("registry", "hub"), image_name, where)
         _push_image(target, repository, image, str(version))
         services[service_name] = _pin_service(service, f"{target.host}/{repository}@{image.digest}")
     return PinnedApp(compose, layers_meta, images)
