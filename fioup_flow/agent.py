@@ -24,7 +24,7 @@ from fioup_flow.graph import Plan, new_plan_id
 from fioup_flow.installed import current_target
 from fioup_flow.outbox import EVENTS, Outbox
 from fioup_flow.planner import Observed, compile_update, diff_apps
-from fioup_flow.registry import RegistryClient
+from fioup_flow.registry import HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import Target, TufClient, select_target
 from fioup_flow.task import Task
@@ -69,13 +69,13 @@ class Agent:
     def checkpoint(self) -> CheckpointStore:
         return CheckpointStore(store_path(self.config.flow_dir))
 
-    def _registry_credentials(self) -> tuple[str, str]:
+    def _registry_credentials(self) -> HubCredentials:
         """The device's registry credentials, from the gateway (what `docker-credential-fioup` does).
 
-        Every repository's token needs them. Once the gateway stayed out of reach through a
-        whole retry budget, the blobs after it fail at once instead of each waiting out a budget
-        of its own (a dead gateway cost budget x blobs); the update stays in progress and the
-        next run asks again.
+        Every token needs them, if only to tell their registry (`ServerURL`) from the others. Once
+        the gateway stayed out of reach through a whole retry budget, the blobs after it fail at
+        once instead of each waiting out a budget of its own (a dead gateway cost budget x
+        blobs); the update stays in progress and the next run asks again.
         """
         if self._credentials_error is not None:
             raise FetchError(self._credentials_error)
@@ -84,7 +84,7 @@ class Agent:
         except GatewayError as exc:
             self._credentials_error = f"cannot get registry credentials from the gateway: {exc}"
             raise FetchError(self._credentials_error) from exc
-        return creds["Username"], creds["Secret"]
+        return HubCredentials.from_answer(creds)
 
     def tasks(self) -> dict[str, Task]:
         root = self.config.compose_apps_root

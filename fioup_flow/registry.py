@@ -1,10 +1,19 @@
 """The device's registry client: the Docker token flow, manifests, and blobs by byte range.
 
 Authentication follows the registry's own instructions: an unauthenticated request gets a 401
-whose `WWW-Authenticate: Bearer realm=..,service=..,scope=..` says where to get a token; the
-token is fetched from the realm with the device's registry credentials (HTTP Basic, from the
-gateway's `/hub-creds/`) and cached per scope until it nears expiry. Blobs are streamed and can
-start at an offset (`Range`), which is how a partial download resumes.
+whose `WWW-Authenticate: Bearer realm=..,service=..,scope=..` says where to get a token, and the
+token is cached per scope until it nears expiry. As containerd's docker authorizer does (which
+composeapp fetches through), the credentials are chosen by the host of the registry that sent
+the challenge: the device's own (`/hub-creds/`) go, as HTTP Basic, only to the realm named by
+the registry its `ServerURL` names; any other registry (a third party's, Docker Hub) gets an
+anonymous token request. Stricter than containerd: a realm must be https, since it receives the
+credentials.
+
+Redirects are followed here, not by requests: the real hub and Docker Hub answer blob GETs with
+a 307 to cloud storage on another host, and neither the bearer token nor anything else of the
+registry's may go there; a redirect to another origin drops the Authorization header, and one
+to plain http is refused. Blobs are streamed and can start at an offset (`Range`, which follows
+a redirect), which is how a partial download resumes.
 
 Every answer is streamed, and what is buffered (a manifest, a token) is read under a cap: a
 hostile or broken registry cannot make the device hold more than the cap plus one chunk, and an
@@ -18,15 +27,17 @@ import json
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from fioup_flow.errors import FetchError
-from fioup_flow.reference import PinnedRef
+from fioup_flow.reference import PinnedRef, registry_host
 from fioup_flow.retry import ServerError, describe, retrying
-from fioup_flow.tls import PinnedCASession
+from fioup_flow.tls import SystemTrustSession
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -37,14 +48,40 @@ MANIFEST_TYPES = ", ".join([
 MAX_MANIFEST_SIZE = 100 * 1024
 TOKEN_MAX = 64 * 1024  # a token answer: a JWT with its certificate chain is a few KiB
 READ_CHUNK = 16 * 1024
+MAX_REDIRECTS = 10  # as Go's http client, which containerd uses
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-Credentials = Callable[[], tuple[str, str]]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HubCredentials:
+    """The device's registry credentials (`/hub-creds/`) and the one registry they belong to."""
+
+    registry: str  # host[:port] of the registry named by ServerURL, as `origin` gives it
+    username: str
+    secret: str
+
+    @classmethod
+    def from_answer(cls, answer: dict) -> "HubCredentials":
+        """From the gateway's answer, a Docker credential helper's `{ServerURL, Username, Secret}`."""
+        try:
+            return cls(origin(str(answer["ServerURL"])), str(answer["Username"]), str(answer["Secret"]))
+        except (KeyError, TypeError) as exc:
+            raise RegistryError(f"the gateway's registry credentials lack {exc}") from exc
+
+
+Credentials = Callable[[], HubCredentials]
 
 
 class RegistryError(FetchError):
     """The registry refused or failed a request in a way that retrying will not fix."""
+
+
+def origin(server: str) -> str:
+    """The registry host a URL or a bare `host[:port]` names, compared exactly: lower case, no
+    default https port, Docker Hub's `docker.io` as `registry-1.docker.io`."""
+    netloc = urlsplit(server if "://" in server else f"https://{server}").netloc.lower()
+    return registry_host(netloc.removesuffix(":443"))
 
 
 def parse_challenge(header: str) -> dict[str, str]:
@@ -56,10 +93,13 @@ def parse_challenge(header: str) -> dict[str, str]:
 
 
 class RegistryClient:
-    """Reads manifests and blobs from the factory's registry over TLS, with token auth."""
+    """Reads manifests and blobs from registries over TLS, with token auth.
 
-    def __init__(self, ca_cert: Path, credentials: Credentials, retry_seconds: float | None = None):
-        self.session = PinnedCASession(ca_cert)
+    TLS trusts the system's CA store plus the factory's CA (`factory_ca`, the device's root.crt).
+    """
+
+    def __init__(self, factory_ca: Path, credentials: Credentials, retry_seconds: float | None = None):
+        self.session = SystemTrustSession([factory_ca])
         self.credentials = credentials
         self.retry_seconds = retry_seconds
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -67,20 +107,25 @@ class RegistryClient:
         self._lock = threading.Lock()
 
     # --- auth --------------------------------------------------------------------------
-    def _token(self, challenge: dict[str, str], force: bool) -> str:
-        key = f"{challenge.get('realm')}|{challenge.get('service')}|{challenge.get('scope')}"
+    def _token(self, registry: str, challenge: dict[str, str], force: bool) -> str:
+        realm = challenge.get("realm", "")
+        if urlsplit(realm).scheme != "https":
+            raise RegistryError(f"the registry {registry} names a token realm that is not https ({realm!r}); "
+                                "fioup-flow asks no token there")
+        key = f"{registry}|{realm}|{challenge.get('service')}|{challenge.get('scope')}"
         with self._lock:
             cached = self._tokens.get(key)
             if cached and not force and cached[1] > time.monotonic():
                 return cached[0]
-            user, secret = self.credentials()
             params = {k: v for k, v in challenge.items() if k in ("service", "scope")}
-            response = self.session.get(challenge["realm"], params=params, auth=(user, secret), timeout=(10, 30),
-                                        stream=True)
+            # A realm that redirects would take the credentials along: not followed.
+            response = self.session.get(realm, params=params, auth=self._basic_auth(registry),
+                                        allow_redirects=False, timeout=(10, 30), stream=True)
             if response.status_code >= 500:
                 raise ServerError(response)
             if not response.ok:
-                raise RegistryError(f"the registry's token service refused the device: {response.status_code}")
+                response.close()
+                raise RegistryError(f"the token service of {registry} refused the device: {response.status_code}")
             try:
                 body = json.loads(read_bounded(response, TOKEN_MAX, "the registry's token answer"))
             except ValueError as exc:
@@ -90,6 +135,14 @@ class RegistryClient:
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 30, lifetime / 2))
             return token
 
+    def _basic_auth(self, registry: str) -> tuple[str, str] | None:
+        """The device's credentials for this registry's realm: only the registry they belong to gets them.
+
+        Asked for every token, a third party's too: which registry they belong to is in the answer.
+        """
+        credentials = self.credentials()
+        return (credentials.username, credentials.secret) if credentials.registry == registry else None
+
     def _get(self, repository: str, url: str, headers: dict[str, str]) -> requests.Response:
         """GET with the token dance: send the repository's cached token, get one on 401, try once more.
 
@@ -98,24 +151,43 @@ class RegistryClient:
         a token the registry refuses is fetched anew. The answer is streamed: its body is the
         caller's to read, within bounds.
         """
+        registry = origin(url)
         challenge = self._challenges.get(repository)
         token_refused = False
         for _ in range(2):
             request_headers = dict(headers)
             if challenge:
-                request_headers["Authorization"] = f"Bearer {self._token(challenge, force=token_refused)}"
-            response = self.session.get(url, headers=request_headers, stream=True, timeout=(10, 60))
+                request_headers["Authorization"] = f"Bearer {self._token(registry, challenge, force=token_refused)}"
+            response = self._follow(url, request_headers)
             if response.status_code != 401:
                 break
             response.close()
+            if origin(response.url) != registry:
+                raise RegistryError(f"GET {url}: {response.url}, where the registry redirected, asks for credentials")
             token_refused = challenge is not None
             challenge = self._challenges[repository] = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if response.status_code >= 500:
             raise ServerError(response)
         if not response.ok:
             response.close()
-            raise RegistryError(f"GET {url}: the registry answered {response.status_code} {response.reason}")
+            where = "the registry" if origin(response.url) == registry else f"{response.url}, where it redirected,"
+            raise RegistryError(f"GET {url}: {where} answered {response.status_code} {response.reason}")
         return response
+
+    def _follow(self, url: str, headers: dict[str, str]) -> requests.Response:
+        """GET `url` and the redirects it answers; Authorization stays with the origin it was meant for."""
+        start = origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.session.get(url, headers=headers, stream=True, allow_redirects=False, timeout=(10, 60))
+            if not response.is_redirect:
+                return response
+            response.close()
+            url = urljoin(url, response.headers["Location"])
+            if urlsplit(url).scheme != "https":
+                raise RegistryError(f"the registry {start} redirects to {url}, which is not https")
+            if origin(url) != start:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        raise RegistryError(f"the registry {start} redirects more than {MAX_REDIRECTS} times")
 
     def _with_retries(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -126,7 +198,7 @@ class RegistryClient:
     # --- reads -------------------------------------------------------------------------
     @staticmethod
     def _url(ref: PinnedRef, kind: str) -> str:
-        return f"https://{ref.host}/v2/{ref.repository}/{kind}/{ref.digest}"
+        return f"https://{ref.registry_host}/v2/{ref.repository}/{kind}/{ref.digest}"
 
     def manifest(self, ref: PinnedRef, limit: int = MAX_MANIFEST_SIZE) -> tuple[bytes, str]:
         """The manifest `ref` pins (at most `limit` bytes), verified against its digest; returns (bytes, media type)."""
@@ -169,7 +241,7 @@ def read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
 
 def _repository(ref: PinnedRef) -> str:
     """What a token's scope covers: one repository on one registry."""
-    return f"{ref.host}/{ref.repository}"
+    return f"{ref.registry_host}/{ref.repository}"
 
 
 def _from_offset(response: requests.Response, offset: int) -> Iterator[bytes]:

@@ -22,11 +22,22 @@ RELEASE_TAG = "updates"
 
 @pytest.fixture(scope="session")
 def factory(tmp_path_factory) -> Iterator[Factory]:
-    """One real local factory for the session: `up` in a temporary home, `down` at the end."""
+    """One real local factory for the session: `up` in a temporary home, `down` at the end.
+
+    Its registries' certificates come from a CA standing for the Web PKI, which a device trusts
+    through its system's CA store: the fioup-flow processes of the session get `SSL_CERT_FILE`
+    naming the system's bundle plus that CA (this machine's own store is left alone).
+    """
     running = start_factory(tmp_path_factory.mktemp("factory") / "home")
+    before = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = running.info["ca_bundle"]
     try:
         yield running
     finally:
+        if before is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = before
         stop_factory(running)
 
 

@@ -69,9 +69,9 @@ class Device:
 
 def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str) -> subprocess.CompletedProcess:
     """`fioup-flow register` against a factory whose `up` printed `info`."""
-    return fioup_flow(["register", "--server", info["api"], "--token", info["registration_token"],
-                       "--ca", info["ca"], "--name", name or f"dev-{uuid.uuid4().hex[:8]}",
-                       "--sota-dir", str(sota_dir), *extra])
+    return fioup_flow(["register", "--factory", info["factory"], "--server", info["api"],
+                       "--token", info["registration_token"], "--ca", info["ca"],
+                       "--name", name or f"dev-{uuid.uuid4().hex[:8]}", "--sota-dir", str(sota_dir), *extra])
 
 
 def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:

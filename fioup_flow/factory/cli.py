@@ -1,9 +1,11 @@
 """The `fioup-flow-factory` command: bring a local factory up and down, inspect it, sign its repo.
 
 `up` creates what a factory needs once (factory.json with its name, ports and secrets, the PKI,
-the TUF repository), then starts factory-server and docker-registry in the background and
-returns once all three listeners answer. Ports are chosen on the first `up` and kept, so the
-devices registered against a factory keep reaching it after `down` and `up`.
+the TUF repository), then starts factory-server (gateway, api, blob storage) and the two
+docker-registry instances (the hub and a third party's stand-in) in the background and returns
+once every listener answers. Ports are chosen on the first `up` and kept, so the devices
+registered against a factory keep reaching it after `down` and `up`; a factory made before a
+listener existed gets a port for it at its next `up`.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from fioup_flow.factory.process import (
     wait_for_url,
 )
 from fioup_flow.factory.publish import publish_command
-from fioup_flow.factory.registry import registry_argv, write_registry_config
+from fioup_flow.factory.registry import SITES, THIRDPARTY, registry_argv, write_registry_config
 from fioup_flow.factory.tufrepo import TufRepository
 
 DEFAULT_FACTORY = "factory"
 SERVER = "factory-server"
 REGISTRY = "registry"
-SERVICES = (SERVER, REGISTRY)
+SERVICES = (SERVER, REGISTRY, THIRDPARTY)
+PORTS = ("gateway", "api", "registry", THIRDPARTY, "storage")
 START_TIMEOUT = 30.0
 
 
@@ -83,48 +86,57 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def ensure_state(home: FactoryHome, factory: str | None) -> dict:
-    """factory.json, created on the first `up` (name, ports, registration token, publisher)."""
+def ensure_state(home: FactoryHome, factory: str | None, hub_blob_redirect: bool = False) -> dict:
+    """factory.json, created on the first `up` (name, ports, registration token, publisher);
+    a port is added for any listener the factory did not have yet."""
     if home.state_file.exists():
         state = home.load_state()
         if factory is not None and factory != state["factory"]:
             raise UsageError(f"{home.root} is the factory {state['factory']!r}, not {factory!r}")
+        missing = [name for name in PORTS if name not in state["ports"]]
+        if missing:
+            state["ports"] |= dict(zip(missing, _free_ports(len(missing))))
+            home.save_state(state)
         return state
-    gateway, api, registry = _free_ports(3)
     state = {
         "factory": factory or DEFAULT_FACTORY,
         "registration_token": secrets.token_urlsafe(24),
-        "ports": {"gateway": gateway, "api": api, "registry": registry},
-        "registry_host": f"127.0.0.1:{registry}",
+        "ports": dict(zip(PORTS, _free_ports(len(PORTS)))),
         "publisher": {"username": "publisher", "secret": secrets.token_urlsafe(24)},
+        "hub_blob_redirect": hub_blob_redirect,
     }
+    state["registry_host"] = f"127.0.0.1:{state['ports']['registry']}"
     home.root.mkdir(parents=True, exist_ok=True)
     home.save_state(state)
     return state
 
 
 def up_info(home: FactoryHome) -> dict:
-    """The JSON `up` prints: where the factory answers and how devices register."""
+    """The JSON `up` prints: where the factory answers, how devices register, what they trust."""
     state = home.load_state()
     ports = state["ports"]
     return {"home": str(home.root), "factory": state["factory"],
             "gateway": f"https://127.0.0.1:{ports['gateway']}", "api": f"https://127.0.0.1:{ports['api']}",
-            "registry": state["registry_host"], "registration_token": state["registration_token"],
-            "ca": str(home.ca_cert)}
+            "registry": state["registry_host"], "thirdparty": f"127.0.0.1:{ports[THIRDPARTY]}",
+            "storage": f"https://127.0.0.1:{ports['storage']}", "registration_token": state["registration_token"],
+            "ca": str(home.ca_cert), "public_ca": str(home.public_ca_cert),
+            "ca_bundle": str(home.public_ca_bundle)}
 
 
-def bring_up(home: FactoryHome, factory: str | None = None) -> dict:
+def bring_up(home: FactoryHome, factory: str | None = None, hub_blob_redirect: bool = False) -> dict:
     """Create what is missing, start what is not running, wait for every listener; the up JSON."""
-    ensure_state(home, factory)
+    ensure_state(home, factory, hub_blob_redirect)
     ensure_pki(home)
     TufRepository(home).init()
-    write_registry_config(home)
-    start_process(home, REGISTRY, registry_argv(home))
+    for site in (make(home) for make in SITES):
+        write_registry_config(home, site)
+        start_process(home, site.name, registry_argv(site))
     start_process(home, SERVER, [sys.executable, "-m", "fioup_flow.factory.server", "--home", str(home.root)])
     info = up_info(home)
-    # api and gateway are bound by one process before it serves either: api answering is enough.
+    # The listeners of factory-server are bound before it serves any: api answering is enough.
     wait_for_url(f"{info['api']}/ota/devices/", START_TIMEOUT, home.ca_cert, home, SERVER)
-    wait_for_url(f"https://{info['registry']}/v2/", START_TIMEOUT, home.ca_cert, home, REGISTRY)
+    for site in (make(home) for make in SITES):
+        wait_for_url(f"https://{site.host(home)}/v2/", START_TIMEOUT, home.public_ca_cert, home, site.name)
     return info
 
 
@@ -136,9 +148,12 @@ def bring_down(home: FactoryHome) -> list[str]:
 @main.command()
 @home_option
 @click.option("--factory", default=None, help=f"Factory name (first `up` only; default {DEFAULT_FACTORY!r}).")
-def up(home_dir: Path, factory: str | None) -> None:
+@click.option("--hub-blob-redirect", is_flag=True,
+              help="The hub answers blob GETs with a redirect to the blob storage, as the real hub does "
+                   "(first `up` only; by default it serves them, so its log counts every byte).")
+def up(home_dir: Path, factory: str | None, hub_blob_redirect: bool) -> None:
     """Start the factory (creating it on first use); print its URLs and token as JSON."""
-    click.echo(json.dumps(bring_up(_home(home_dir), factory)))
+    click.echo(json.dumps(bring_up(_home(home_dir), factory, hub_blob_redirect)))
 
 
 @main.command()
@@ -166,7 +181,8 @@ def status(home_dir: Path, as_json: bool) -> None:
     for name, service in services.items():
         click.echo(f"{name}: " + (f"running (pid {service['pid']})" if service["running"] else "stopped"))
     if configured and report["up"]:
-        click.echo(f"gateway {report['gateway']}  api {report['api']}  registry {report['registry']}")
+        click.echo(f"gateway {report['gateway']}  api {report['api']}  registry {report['registry']}  "
+                   f"third party {report['thirdparty']}  storage {report['storage']}")
 
 
 @main.command()

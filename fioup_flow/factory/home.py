@@ -48,8 +48,23 @@ class FactoryHome:
     def ca_key(self) -> Path:
         return self.pki / "ca.key"
 
+    @property
+    def public_ca_cert(self) -> Path:
+        """The CA standing for the Web PKI: it signs the registries' and the blob storage's certificates."""
+        return self.pki / "public-ca.crt"
+
+    @property
+    def public_ca_key(self) -> Path:
+        return self.pki / "public-ca.key"
+
+    @property
+    def public_ca_bundle(self) -> Path:
+        """The system's CA bundle plus the public CA: what `SSL_CERT_FILE` names for a device of
+        this factory, as a real device's system store holds the Web PKI's roots."""
+        return self.pki / "system-plus-public-ca.crt"
+
     def server_cert(self, name: str) -> Path:
-        """TLS certificate of a server: `gateway`, `api` or `registry`."""
+        """TLS certificate of a server: `gateway`, `api`, `registry`, `thirdparty` or `storage`."""
         return self.pki / f"{name}.crt"
 
     def server_key(self, name: str) -> Path:
@@ -104,6 +119,19 @@ class FactoryHome:
     @property
     def registry_data(self) -> Path:
         return self.registry / "data"
+
+    @property
+    def thirdparty(self) -> Path:
+        """The second registry, standing for a third party's (Docker Hub, say)."""
+        return self.root / "thirdparty"
+
+    @property
+    def thirdparty_config(self) -> Path:
+        return self.thirdparty / "config.yml"
+
+    @property
+    def thirdparty_data(self) -> Path:
+        return self.thirdparty / "data"
 
     # --- devices: registrations and everything they report -------------------------------
     @property

@@ -10,12 +10,16 @@ either names an image already pinned by digest, or carries a build recipe for th
           files: images/web            # folder copied to / in the image (its own layer)
           cmd: ["sh", "/app/serve.sh"] # also: entrypoint, env (map), expose (ports),
           healthcheck: {test: [...], interval: 2s}   # workdir
+          registry: third-party        # optional: push to the third party's registry instead
 
 The published bundle (layer 0 of the app) is the folder without `images/` (the build inputs),
 its compose file rewritten as composectl publish does: `image:` pinned to
 `127.0.0.1:<port>/<factory>/<name>@sha256:<manifest digest>`, `x-fioup-build` removed, label
-`io.compose-spec.config-hash` added. Sample apps ship in the package: `sample:<app>/<version>`
-(e.g. `sample:shellhttpd/v1`) names `fioup_flow/factory/samples/<app>/<version>`.
+`io.compose-spec.config-hash` added. An image built with `registry: third-party` is pushed to the
+registry standing for a third party's (anonymous pull, like Docker Hub's public images) under
+its own name, not the factory's, and pinned as `127.0.0.1:<its port>/<name>@sha256:<digest>`.
+Sample apps ship in the package: `sample:<app>/<version>` (e.g. `sample:shellhttpd/v1`) names
+`fioup_flow/factory/samples/<app>/<version>`.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from fioup_flow.factory.images import (
     host_arch,
     tar_entry,
 )
-from fioup_flow.factory.registry import RegistryPusher, registry_host
+from fioup_flow.factory.registry import RegistryPusher, third_party
 from fioup_flow.factory.tufrepo import TufRepository
 
 APP_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -61,6 +65,7 @@ CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
 BUILD_KEY = "x-fioup-build"
 BUILD_INPUTS = "images"
 SAMPLE_PREFIX = "sample:"
+REGISTRIES = ("hub", "third-party")  # where an image may be pushed (the recipe's `registry`)
 
 
 def sample_path(name: str) -> Path:
@@ -169,8 +174,6 @@ def pin_app(pusher: RegistryPusher, blobs: BlobDir, app_dir: Path, version: int,
     Filler layers (`filler_mb`) go into the image of the app's first service (by name), so the
     app as a whole grows by that much.
     """
-    factory = pusher.home.load_state()["factory"]
-    host = registry_host(pusher.home)
     compose = yaml.safe_load((app_dir / "docker-compose.yml").read_text())
     services = compose.get("services") or {}
     layers_meta: dict[str, dict[str, int]] = {}
@@ -186,10 +189,20 @@ def pin_app(pusher: RegistryPusher, blobs: BlobDir, app_dir: Path, version: int,
         spec = _image_spec(app_dir, image_name, recipe, filler_mb if index == 0 else 0, filler_seed)
         image = images[service_name] = build_image(spec, blobs)
         layers_meta.update(image.layers_meta)
-        repository = f"{factory}/{image_name}"
-        _push_image(pusher, repository, image, str(version))
-        services[service_name] = _pin_service(service, f"{host}/{repository}@{image.digest}")
+        where = f"{app_dir}: service {service_name}"
+        target, repository = _destination(pusher, recipe.get("registry", "hub"), image_name, where)
+        _push_image(target, repository, image, str(version))
+        services[service_name] = _pin_service(service, f"{target.host}/{repository}@{image.digest}")
     return PinnedApp(compose, layers_meta, images)
+
+
+def _destination(pusher: RegistryPusher, registry: str, image_name: str, where: str) -> tuple[RegistryPusher, str]:
+    """(pusher, repository) for an image: the hub, in the factory's namespace, or the third party."""
+    if registry not in REGISTRIES:
+        raise UsageError(f"{where}: registry must be one of {', '.join(REGISTRIES)}, not {registry!r}")
+    if registry == "hub":
+        return pusher, f"{pusher.home.load_state()['factory']}/{image_name}"
+    return RegistryPusher(pusher.home, pusher.subject, third_party(pusher.home)), image_name
 
 
 def compose_text(pinned: PinnedApp) -> bytes:
@@ -234,7 +247,7 @@ def push_app(pusher: RegistryPusher, blobs: BlobDir, name: str, version: int,
     }
     digest = pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(),
                                   APP_MANIFEST_TYPE)
-    return f"{registry_host(pusher.home)}/{repository}@{digest}"
+    return f"{pusher.host}/{repository}@{digest}"
 
 
 def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict[str, dict]:

@@ -107,7 +107,7 @@ class Bench:
         registry = self.factory["registry"]
         certs = Path("/etc/docker/certs.d") / registry
         certs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.factory["ca"], certs / "ca.crt")
+        shutil.copyfile(self.factory["public_ca"], certs / "ca.crt")
         env = dict(os.environ, DOCKER_CONFIG=str(self.work / "docker-config"))
         publisher = json.loads((self.home / "factory.json").read_text())["publisher"]
         done = subprocess.run(["docker", "login", registry, "-u", publisher["username"], "--password-stdin"],
@@ -128,10 +128,12 @@ class Bench:
     # --- fioup-flow side ---------------------------------------------------------------
     def register(self, round_no: int) -> dict[str, str]:
         device = self.work / f"device-{round_no}"
-        run(["fioup-flow", "register", "--server", self.factory["api"], "--token", self.factory["registration_token"],
-             "--ca", self.factory["ca"], "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG,
-             "--sota-dir", str(device)])
-        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"))
+        run(["fioup-flow", "register", "--factory", self.factory["factory"], "--server", self.factory["api"],
+             "--token", self.factory["registration_token"], "--ca", self.factory["ca"],
+             "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG, "--sota-dir", str(device)])
+        # The registry's certificate is the factory's "public" CA's, which devices trust through
+        # the system store: SSL_CERT_FILE names the system's bundle plus that CA.
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"), SSL_CERT_FILE=self.factory["ca_bundle"])
 
     def save_compose_files(self, env: dict[str, str], version: int) -> None:
         """Keep the installed, pinned compose files of `version` for the baseline."""

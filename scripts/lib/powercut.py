@@ -260,9 +260,10 @@ class Lab:
         drop_in.write_text(tomli_w.dumps(self.drop_in()))
         name = f"powercut-{os.urandom(4).hex()}"
         done = subprocess.run(
-            [str(BIN / "fioup-flow"), "register", "--server", self.info["api"], "--token",
-             self.info["registration_token"], "--ca", self.info["ca"], "--name", name, "--sota-dir", str(sota),
-             "--tag", TAG, "--hwid", HWID], capture_output=True, text=True, timeout=120, env=device_env())
+            [str(BIN / "fioup-flow"), "register", "--factory", self.info["factory"], "--server", self.info["api"],
+             "--token", self.info["registration_token"], "--ca", self.info["ca"], "--name", name,
+             "--sota-dir", str(sota), "--tag", TAG, "--hwid", HWID], capture_output=True, text=True, timeout=120,
+            env=device_env())
         if done.returncode != 0:
             raise RuntimeError(f"register failed: {done.stderr}")
         sync_tree(sota)
@@ -789,6 +790,7 @@ def main() -> int:
         os.environ["DOCKER_HOST"] = engine.host
         home = args.work / "factory"
         info = json.loads(factory_cli("up", "--home", str(home)))
+        os.environ["SSL_CERT_FILE"] = info["ca_bundle"]  # the registry's CA, as in a system store
         try:
             lab_home = FactoryHome(home.resolve())
             if args.network:

@@ -157,7 +157,7 @@ def test_the_registry_asks_for_a_token_and_the_device_gets_one_with_its_credenti
     device = make_device("--tag", tag)
     creds = GatewayClient(Config.load((str(device.cfg),))).get_json("hub-creds/")
     registry = factory.info["registry"]
-    anonymous = requests.get(f"https://{registry}/v2/", verify=factory.info["ca"], timeout=10)
+    anonymous = requests.get(f"https://{registry}/v2/", verify=factory.info["public_ca"], timeout=10)
     assert anonymous.status_code == 401
     challenge = anonymous.headers["WWW-Authenticate"]
     realm = challenge.split('realm="')[1].split('"')[0]
@@ -165,6 +165,6 @@ def test_the_registry_asks_for_a_token_and_the_device_gets_one_with_its_credenti
     token = requests.get(realm, params={"service": service, "scope": "repository:factory/web:pull"},
                          auth=(creds["Username"], creds["Secret"]), verify=factory.info["ca"], timeout=10)
     assert token.status_code == 200
-    authorised = requests.get(f"https://{registry}/v2/", verify=factory.info["ca"], timeout=10,
+    authorised = requests.get(f"https://{registry}/v2/", verify=factory.info["public_ca"], timeout=10,
                               headers={"Authorization": f"Bearer {token.json()['token']}"})
     assert authorised.status_code == 200

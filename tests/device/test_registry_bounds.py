@@ -23,7 +23,7 @@ from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.pki import ensure_pki
 from fioup_flow.factory.server import tls_context
 from fioup_flow.reference import PinnedRef
-from fioup_flow.registry import MAX_MANIFEST_SIZE, READ_CHUNK, TOKEN_MAX, RegistryClient
+from fioup_flow.registry import MAX_MANIFEST_SIZE, READ_CHUNK, TOKEN_MAX, HubCredentials, RegistryClient
 
 CHUNK = 64 * 1024
 FLOOD = 32 * 1024 * 1024  # how much the fake sends at most before it gives up: "endless" for a manifest
@@ -102,7 +102,7 @@ def registry(pki) -> Iterator[HostileRegistry]:
 @pytest.fixture
 def client(pki) -> tuple[RegistryClient, list[int]]:
     """A device's registry client, and the size of every chunk its session handed on to a reader."""
-    client = RegistryClient(pki.ca_cert, lambda: ("device", "secret"), retry_seconds=1)
+    client = RegistryClient(pki.ca_cert, lambda: HubCredentials("hub.example", "device", "secret"), retry_seconds=1)
     handed = []
 
     def count(response, *args, **kwargs):

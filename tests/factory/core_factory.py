@@ -19,7 +19,7 @@ from pathlib import Path
 import requests
 
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.register import make_key_and_csr
+from fioup_flow.register import Registration, make_key_and_csr, request_body
 
 FACTORY_CLI = [sys.executable, "-m", "fioup_flow.factory.cli"]
 
@@ -66,18 +66,18 @@ def stop_factory(factory: Factory) -> None:
 
 def registration_body(name: str, device_uuid: str, csr: bytes, sota_dir: Path, hardware_id: str = "amd64-linux",
                       tags: str = "main", apps: str | None = None) -> dict:
-    pacman = {"tags": json.dumps(tags)}
-    if apps is not None:
-        pacman["compose_apps"] = json.dumps(apps)
-    return {"name": name, "uuid": device_uuid, "csr": csr.decode(), "hardware-id": hardware_id,
-            "sota-config-dir": str(sota_dir), "overrides": {"pacman": pacman}}
+    """The body `fioup-flow register` (as fioup) sends."""
+    reg = Registration(server="", token="", factory="", hardware_id=hardware_id, sota_dir=sota_dir, name=name,
+                       tags=tuple(tags.split(",")), apps=tuple(apps.split(",")) if apps is not None else None,
+                       device_uuid=device_uuid)
+    return request_body(reg, csr)
 
 
 def register_device(factory: Factory, folder: Path, name: str | None = None, hardware_id: str = "amd64-linux",
                     tags: str = "main") -> Device:
     device_uuid = str(uuidlib.uuid4())
     name = name or f"dev-{device_uuid[:8]}"
-    key, csr = make_key_and_csr(device_uuid)
+    key, csr = make_key_and_csr(device_uuid, factory.info["factory"])
     response = requests.post(f"{factory.api}/ota/devices/", verify=factory.info["ca"],
                              headers={"OSF-TOKEN": factory.info["registration_token"]},
                              json=registration_body(name, device_uuid, csr, folder, hardware_id, tags), timeout=30)

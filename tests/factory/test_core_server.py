@@ -88,7 +88,7 @@ def test_the_gateway_refuses_a_certificate_from_another_ca(factory, device, tmp_
 
 
 def test_the_gateway_answers_401_to_a_valid_certificate_of_an_unregistered_device(factory, tmp_path):
-    key, csr = make_key_and_csr(str(uuidlib.uuid4()))
+    key, csr = make_key_and_csr(str(uuidlib.uuid4()), factory.info["factory"])
     (tmp_path / "c.pem").write_bytes(issue_client_cert(factory.home, csr))
     (tmp_path / "k.pem").write_bytes(key)
     response = requests.get(f"{factory.gateway}/device", cert=(str(tmp_path / "c.pem"), str(tmp_path / "k.pem")),
@@ -113,9 +113,11 @@ def _register(factory: Factory, body: dict, token: str | None) -> requests.Respo
                          timeout=30)
 
 
-def _body(tmp_path: Path, name: str | None = None, device_uuid: str | None = None, **kwargs) -> dict:
+def _body(tmp_path: Path, name: str | None = None, device_uuid: str | None = None, factory_name: str = "factory",
+          **kwargs) -> dict:
+    """A registration body as fioup sends it, for the session's factory (named `factory`)."""
     device_uuid = device_uuid or str(uuidlib.uuid4())
-    _, csr = make_key_and_csr(device_uuid)
+    _, csr = make_key_and_csr(device_uuid, factory_name)
     return registration_body(name or f"n-{device_uuid[:8]}", device_uuid, csr, tmp_path, **kwargs)
 
 
@@ -129,7 +131,7 @@ def test_registration_returns_the_device_files_and_records_the_device(factory, t
     response = _register(factory, body, factory.info["registration_token"])
     assert response.status_code == 201
     files = response.json()
-    assert set(files) == {"sota.toml", "client.pem", "root.crt", "tuf/root.json"}
+    assert set(files) == {"sota.toml", "client.pem", "client.chained", "root.crt", "tuf/root.json"}
     sota = tomllib.loads(files["sota.toml"])
     port = factory.home.load_state()["ports"]["gateway"]
     assert sota["tls"] == {"server": f"https://127.0.0.1:{port}", "ca_source": "file", "pkey_source": "file",
@@ -290,8 +292,9 @@ def test_the_registry_accepts_a_device_token_from_the_token_endpoint(factory, de
     repository = f"{factory.info['factory']}/nothing-here"
     token = _token(factory, (creds["Username"], creds["Secret"]), f"repository:{repository}:pull").json()["token"]
     url = f"https://{factory.info['registry']}/v2/{repository}/tags/list"
-    assert requests.get(url, verify=factory.info["ca"], timeout=30).status_code == 401
-    authorized = requests.get(url, headers={"Authorization": f"Bearer {token}"}, verify=factory.info["ca"], timeout=30)
+    assert requests.get(url, verify=factory.info["public_ca"], timeout=30).status_code == 401
+    authorized = requests.get(url, headers={"Authorization": f"Bearer {token}"}, verify=factory.info["public_ca"],
+                              timeout=30)
     assert authorized.status_code == 404 and authorized.json()["errors"][0]["code"] == "NAME_UNKNOWN"
 
 

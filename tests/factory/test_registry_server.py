@@ -42,7 +42,7 @@ def home(factory) -> FactoryHome:
 
 def _v2(home: FactoryHome, path: str = "", **kwargs) -> requests.Response:
     port = home.load_state()["ports"]["registry"]
-    return requests.get(f"https://127.0.0.1:{port}/v2/{path}", verify=str(home.ca_cert), timeout=10, **kwargs)
+    return requests.get(f"https://127.0.0.1:{port}/v2/{path}", verify=str(home.public_ca_cert), timeout=10, **kwargs)
 
 
 def _bearer(home: FactoryHome, repository: str, actions: list[str]) -> dict[str, str]:
