@@ -101,8 +101,9 @@ def registry(pki) -> Iterator[HostileRegistry]:
 
 @pytest.fixture
 def client(pki) -> tuple[RegistryClient, list[int]]:
-    """A device's registry client, and the size of every chunk its session handed on to a reader."""
-    client = RegistryClient(pki.ca_cert, lambda: HubCredentials("hub.example", "device", "secret"), retry_seconds=1)
+    """A device's registry client (trusting the public CA that signs the fake, as a system store would), and
+    the size of every chunk its session handed on to a reader."""
+    client = RegistryClient(pki.public_ca_cert, lambda: HubCredentials("hub.example", "device", "secret"), retry_seconds=1)
     handed = []
 
     def count(response, *args, **kwargs):
