@@ -29,8 +29,9 @@ from fioup_flow.store import BlobStore
 from fioup_flow.targets import Target, TufClient, select_target
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
-from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
+from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop
 from tasks.apps_states import apps_states_payload
+from tasks.compose import Compose
 from tasks.portleak import EngineRestart
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,22 @@ class Agent:
         return appstate.client()
 
     @cached_property
+    def compose(self) -> Compose:
+        return Compose(self.config.compose_env)
+
+    @cached_property
+    def _engine_report(self) -> preflight.EngineReport:
+        report = preflight.check(self.engine, self.compose)
+        log.debug("Docker %s at %s (storage driver %s), %s", report.version, report.address, report.driver,
+                  report.compose)
+        return report
+
+    def check_engine(self) -> preflight.EngineReport:
+        """Refuse an engine or a compose this device cannot update with (exit 7 or 8) before anything
+        changes; checked once per command."""
+        return self._engine_report
+
+    @cached_property
     def outbox(self) -> Outbox:
         return Outbox(self.config.flow_dir / "outbox")
 
@@ -91,9 +108,10 @@ class Agent:
         implementations: list[Task] = [
             fetch.FetchBlob(self.store, self.registry, self._bucket()),
             space.SpaceCheck(self.store, self.config.storage_watermark),
-            install.InstallApp(self.store, root, self.engine),
-            stop.StopApp(self.engine),
-            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine)),
+            install.InstallApp(self.store, root, self.engine, self.compose),
+            stop.StopApp(self.engine, self.compose),
+            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine),
+                           self.compose),
             start.AppHealthy(root, self.engine),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),

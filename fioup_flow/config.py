@@ -9,6 +9,7 @@ on a FoundriesFactory device, and a device configured for fioup works unchanged.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from fioup_flow.throttle import parse_rate
 DEFAULT_CFG_DIRS: tuple[str, ...] = ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
 CFG_DIRS_ENV = ("FIOUP_FLOW_CFG_DIRS", "FIOUP_CFG_DIRS")
 DEFAULT_STORAGE_PATH = "/var/sota"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def cfg_dirs_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
@@ -166,12 +168,21 @@ class Config:
             raise UsageError(f"pacman.engine_restart_command: {exc}") from exc
 
     @property
-    def hardware_id(self) -> str:
-        return str(self.get("provision", "primary_ecu_hardware_id", "")).strip()
+    def compose_env(self) -> dict[str, str]:
+        """The `[compose_env]` section: variables set on the device on purpose for compose to see when
+        it reads the apps' compose files (`${NAME}`). Nothing else from fioup-flow's own environment
+        reaches compose but what `tasks.compose.INHERITED_ENV` names."""
+        env = {}
+        for name, value in self.values.get("compose_env", {}).items():
+            if not ENV_NAME.match(name) or isinstance(value, (dict, list)):
+                raise UsageError(f"compose_env.{name}: a variable needs a name of letters, digits and _ "
+                                 f"and a single value, not {value!r}")
+            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     @property
-    def polling_seconds(self) -> int:
-        return int(str(self.get("uptane", "polling_seconds", "300")))
+    def hardware_id(self) -> str:
+        return str(self.get("provision", "primary_ecu_hardware_id", "")).strip()
 
     @property
     def download_rate(self) -> float | None:

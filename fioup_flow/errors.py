@@ -51,6 +51,13 @@ class EngineUnavailableError(FioupFlowError):
     exit_code = 7
 
 
+class EngineUnsupportedError(FioupFlowError):
+    """The engine or Docker Compose cannot run fioup-flow's updates: an image store whose image IDs
+    are not config digests, or no Compose v2 at or above the version whose flags fioup-flow uses."""
+
+    exit_code = 8
+
+
 class InvalidStateError(FioupFlowError):
     """The action is not allowed in the current update state."""
 

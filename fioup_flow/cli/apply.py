@@ -60,6 +60,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
+        agent.check_engine()
         agent.flush_outbox()
         ongoing = agent.checkpoint.current_plan()
         if ongoing is not None:

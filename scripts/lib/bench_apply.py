@@ -131,7 +131,10 @@ class Bench:
         run(["fioup-flow", "register", "--server", self.factory["api"], "--token", self.factory["registration_token"],
              "--ca", self.factory["ca"], "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG,
              "--sota-dir", str(device)])
-        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"))
+        # compose reads the port shellhttpd publishes from the device's config, not the environment
+        drop_in = device / "compose-env.toml"
+        drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n')
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{drop_in}")
 
     def save_compose_files(self, env: dict[str, str], version: int) -> None:
         """Keep the installed, pinned compose files of `version` for the baseline."""
