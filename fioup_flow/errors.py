@@ -83,7 +83,8 @@ class TargetNotFoundError(FioupFlowError):
 
 
 class InvalidOngoingUpdateError(FioupFlowError):
-    """The update in progress cannot be continued as asked."""
+    """The update in progress cannot be continued: its Target was withdrawn or changed (it is
+    cancelled then), or another plan would replace it."""
 
     exit_code = 23
 

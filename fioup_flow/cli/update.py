@@ -165,6 +165,8 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
         for entry in data["history"]:
             counts = ", ".join(f"{s} {n}" for s, n in entry["counts"].items() if n)
             click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
+            if entry.get("reason"):
+                click.echo(f"    {entry['reason']}")
 
 
 @click.command()
