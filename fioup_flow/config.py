@@ -52,6 +52,14 @@ def find_toml_files(cfg_dirs: tuple[str, ...]) -> list[Path]:
     return sorted(files, key=lambda p: p.name, reverse=True)
 
 
+def no_config_message(cfg_dirs: tuple[str, ...]) -> str:
+    """Which paths were searched and what each held, so a typo shows at once."""
+    searched = "; ".join(f"{entry} ({'a folder with no *.toml file' if Path(entry).is_dir() else 'does not exist'})"
+                         for entry in cfg_dirs) or "no path"
+    return (f"no config found: searched {searched}. Register the device (fioup-flow register), or name "
+            f"its sota.toml with -c or ${CFG_DIRS_ENV[0]}")
+
+
 def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
     """Merge the files key by key: the first file (in the given order) that sets a key wins."""
     merged: dict[str, dict[str, Any]] = {}
@@ -78,8 +86,15 @@ class Config:
 
     @classmethod
     def load(cls, cfg_dirs: tuple[str, ...] | None = None) -> "Config":
-        """Read and merge the configuration found in `cfg_dirs` (default: environment, then fioup's path)."""
-        files = find_toml_files(cfg_dirs if cfg_dirs is not None else cfg_dirs_from_env())
+        """Read and merge the configuration found in `cfg_dirs` (default: environment, then fioup's path).
+
+        Finding no file at all is an error (exit 3), as in fioup: a mistyped path must not pass
+        for a device that was never registered, nor `resume` at boot skip an update in progress.
+        """
+        cfg_dirs = cfg_dirs if cfg_dirs is not None else cfg_dirs_from_env()
+        files = find_toml_files(cfg_dirs)
+        if not files:
+            raise NotConfiguredError(no_config_message(cfg_dirs))
         return cls(values=merge_toml(files), files=tuple(files))
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
