@@ -95,24 +95,6 @@ class NoUpdateInProgressError(FioupFlowError):
     exit_code = 24
 
 
-class NoUpdateError(FioupFlowError):
-    """Everything already runs the requested Target."""
-
-    exit_code = 25
-
-
-class NewerVersionAvailableError(FioupFlowError):
-    """The update in progress is not for the latest Target."""
-
-    exit_code = 26
-
-
-class InitError(FioupFlowError):
-    """Initialising the update failed."""
-
-    exit_code = 30
-
-
 class FetchError(FioupFlowError):
     """Fetching a blob failed (network, registry, digest mismatch)."""
 

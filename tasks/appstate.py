@@ -76,11 +76,6 @@ def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:
     return [found[k] for k in sorted(found)]
 
 
-def projects(engine: docker.DockerClient) -> set[str]:
-    """Every compose project that has a container in the engine."""
-    return {c["Labels"][PROJECT_LABEL] for c in engine.api.containers(all=True, filters={"label": PROJECT_LABEL})}
-
-
 def image_id(engine: docker.DockerClient, reference: str) -> str | None:
     """The ID of the image `reference` names in the engine, or None."""
     try:
