@@ -22,6 +22,7 @@ from fioup_flow.events import make_event
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
 from fioup_flow.installed import current_target
+from fioup_flow.ongoing import Verdict, cancellable, closing_event, stale_reason
 from fioup_flow.outbox import EVENTS, Outbox
 from fioup_flow.planner import Observed, compile_update, diff_apps
 from fioup_flow.registry import HubCredentials, RegistryClient
@@ -29,8 +30,9 @@ from fioup_flow.store import BlobStore
 from fioup_flow.targets import Target, TufClient, select_target
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
-from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
+from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop
 from tasks.apps_states import apps_states_payload
+from tasks.compose import Compose
 from tasks.portleak import EngineRestart
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,22 @@ class Agent:
         return appstate.client()
 
     @cached_property
+    def compose(self) -> Compose:
+        return Compose(self.config.compose_env)
+
+    @cached_property
+    def _engine_report(self) -> preflight.EngineReport:
+        report = preflight.check(self.engine, self.compose)
+        log.debug("Docker %s at %s (storage driver %s), %s", report.version, report.address, report.driver,
+                  report.compose)
+        return report
+
+    def check_engine(self) -> preflight.EngineReport:
+        """Refuse an engine or a compose this device cannot update with (exit 7 or 8) before anything
+        changes; checked once per command."""
+        return self._engine_report
+
+    @cached_property
     def outbox(self) -> Outbox:
         return Outbox(self.config.flow_dir / "outbox")
 
@@ -91,9 +109,10 @@ class Agent:
         implementations: list[Task] = [
             fetch.FetchBlob(self.store, self.registry, self._bucket()),
             space.SpaceCheck(self.store, self.config.storage_watermark),
-            install.InstallApp(self.store, root, self.engine),
-            stop.StopApp(self.engine),
-            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine)),
+            install.InstallApp(self.store, root, self.engine, self.compose),
+            stop.StopApp(self.engine, self.compose),
+            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine),
+                           self.compose),
             start.AppHealthy(root, self.engine),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),
@@ -117,12 +136,12 @@ class Agent:
         return apps_states_payload(self.engine, current_target(self.config.flow_dir))
 
     # --- metadata -------------------------------------------------------------------------
-    def tuf(self) -> TufClient:
-        return TufClient(self.config.tuf_dir, self.gateway, self.config.hardware_id)
+    def tuf(self, gateway: GatewayClient | None = None) -> TufClient:
+        return TufClient(self.config.tuf_dir, gateway or self.gateway, self.config.hardware_id)
 
-    def refresh_targets(self) -> list[Target]:
+    def refresh_targets(self, gateway: GatewayClient | None = None) -> list[Target]:
         """Refresh and verify the metadata; report `MetadataUpdateCompleted` when it changed or failed."""
-        tuf = self.tuf()
+        tuf = self.tuf(gateway)
         before = tuf.targets_version()
         try:
             targets = tuf.refresh()
@@ -165,6 +184,26 @@ class Agent:
         except NoSpaceError as exc:
             log.warning("reports not sent: %s", exc)
             return None
+
+    def recheck(self, plan: Plan) -> Verdict:
+        """Whether the update in progress may go on (see `ongoing`), from one refresh of the Targets with
+        no retries: at boot the device must not wait out a dead link. Offline, or with metadata that
+        does not verify, the frozen plan goes on."""
+        if not cancellable(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes)):
+            return Verdict()
+        try:
+            targets = self.refresh_targets(GatewayClient(self.config, retry_seconds=0))
+        except (MetadataUpdateError, NoSpaceError) as exc:
+            return Verdict(note=f"the Targets could not be checked again ({exc}): going on with the frozen plan")
+        return Verdict(cancel=stale_reason(plan, targets, self.config.compose_apps))
+
+    def cancel_stale(self, plan: Plan, reason: str) -> None:
+        """Cancel the update in progress for `reason`: reported (the event that closes the phase it
+        reached, unsuccessful), then moved to history with the reason. The event id is fixed, so a
+        cut between the two sends nothing twice."""
+        event = closing_event(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes))
+        self._report_unsuccessful(plan, event, f"cancelled: {reason}", "cancelled")
+        self.checkpoint.finish(plan, "cancelled", reason)
 
     # --- planning ---------------------------------------------------------------------------
     def observe(self) -> Observed:
@@ -248,8 +287,12 @@ class Agent:
         kind = plan.node(node_id).kind
         event_type = "EcuDownloadCompleted" if kind in (fetch.KIND, space.KIND) else "EcuInstallationCompleted"
         attempts = self.checkpoint.record(plan.plan_id, node_id).attempts
-        event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{node_id}:{attempts}"))
-        details = dict(self._live_details(event_type), error=f"{node_id}: {exc}")
+        self._report_unsuccessful(plan, event_type, f"{node_id}: {exc}", f"{node_id}:{attempts}")
+
+    def _report_unsuccessful(self, plan: Plan, event_type: str, error: str, key: str) -> None:
+        """Queue `event_type` with success false for `plan`; its id is derived from `key`, fixed for the occasion."""
+        event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{key}"))
+        details = dict(self._live_details(event_type), error=error)
         self._queue_event(event_type, plan.plan_id, plan.meta["target"], plan.meta["version"], False, details,
                           event_id)
 

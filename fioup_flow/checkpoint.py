@@ -229,8 +229,9 @@ class CheckpointStore:
 
     # -- finishing and history -----------------------------------------------------------------
 
-    def finish(self, plan: Plan, outcome: str) -> dict[str, Any]:
-        """Move `plan` from in-progress to history with `outcome` (completed, cancelled); one transaction."""
+    def finish(self, plan: Plan, outcome: str, reason: str | None = None) -> dict[str, Any]:
+        """Move `plan` from in-progress to history with `outcome` (completed, cancelled) and, for a
+        cancel fioup-flow decided itself, its `reason`; one transaction."""
         records = self.records(plan.plan_id, plan.graph.nodes)
         counts = {state: 0 for state in STATES}
         for record in records.values():
@@ -238,7 +239,8 @@ class CheckpointStore:
         with self._guard(), self.cache.transact():
             entry = {
                 "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
-                "outcome": outcome, "started": self.cache.get(f"frozen_at:{plan.plan_id}"), "ended": time.time(),
+                "outcome": outcome, "reason": reason, "started": self.cache.get(f"frozen_at:{plan.plan_id}"),
+                "ended": time.time(),
                 "counts": counts, "failed": {n: r.error for n, r in records.items() if r.state == "failed"},
             }
             history = json.loads(self.cache.get("history", "[]"))

@@ -51,6 +51,13 @@ class EngineUnavailableError(FioupFlowError):
     exit_code = 7
 
 
+class EngineUnsupportedError(FioupFlowError):
+    """The engine or Docker Compose cannot run fioup-flow's updates: an image store whose image IDs
+    are not config digests, or no Compose v2 at or above the version whose flags fioup-flow uses."""
+
+    exit_code = 8
+
+
 class InvalidStateError(FioupFlowError):
     """The action is not allowed in the current update state."""
 
@@ -76,7 +83,8 @@ class TargetNotFoundError(FioupFlowError):
 
 
 class InvalidOngoingUpdateError(FioupFlowError):
-    """The update in progress cannot be continued as asked."""
+    """The update in progress cannot be continued: its Target was withdrawn or changed (it is
+    cancelled then), or another plan would replace it."""
 
     exit_code = 23
 
@@ -85,24 +93,6 @@ class NoUpdateInProgressError(FioupFlowError):
     """An action that needs an update in progress found none."""
 
     exit_code = 24
-
-
-class NoUpdateError(FioupFlowError):
-    """Everything already runs the requested Target."""
-
-    exit_code = 25
-
-
-class NewerVersionAvailableError(FioupFlowError):
-    """The update in progress is not for the latest Target."""
-
-    exit_code = 26
-
-
-class InitError(FioupFlowError):
-    """Initialising the update failed."""
-
-    exit_code = 30
 
 
 class FetchError(FioupFlowError):

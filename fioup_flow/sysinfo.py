@@ -1,4 +1,4 @@
-"""What the device tells the gateway about itself (`PUT /system_info`, `/system_info/network`).
+"""What the device tells the gateway about itself (`PUT /system_info`).
 
 fioup sends `lshw -json` output; lshw is seldom on a minimal device, so we send a small,
 stable description read from /proc and the standard library, which is what a fleet view needs.
@@ -46,12 +46,3 @@ def system_info() -> dict[str, Any]:
         ],
     }
 
-
-def network_info() -> dict[str, Any]:
-    """Hostname and the addresses the host name resolves to (no traffic is sent to find them)."""
-    hostname = socket.gethostname()
-    try:
-        ipv4 = socket.gethostbyname(hostname)
-    except OSError:
-        ipv4 = ""
-    return {"hostname": hostname, "local_ipv4": ipv4, "mac": ""}

@@ -7,15 +7,17 @@ describe the device. It only reads the engine; it never changes anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import docker
 import docker.errors
+import requests
 
 from fioup_flow.errors import EngineUnavailableError
 
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
@@ -36,13 +38,27 @@ class ServiceState:
         return self.state == "running" and self.health in ("", "healthy")
 
 
+# what the Docker SDK raises when the engine does not answer (a lost connection is requests')
+UNANSWERED = (docker.errors.DockerException, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
+
+def engine_address(environ: Mapping[str, str] = os.environ) -> str:
+    """The engine fioup-flow drives: `DOCKER_HOST`, as the Docker SDK reads it, else the system one."""
+    return environ.get("DOCKER_HOST") or DEFAULT_ENGINE
+
+
+def unavailable(exc: BaseException) -> EngineUnavailableError:
+    """The error (exit 7) for an engine that did not answer, naming its address."""
+    return EngineUnavailableError(f"the Docker engine at {engine_address()} does not answer: {exc}")
+
+
 def client() -> docker.DockerClient:
-    """A client for the engine `DOCKER_HOST` names (the system one by default)."""
+    """A client for the engine `DOCKER_HOST` names (the system one by default); asks the engine its API
+    version, so an engine that does not answer is EngineUnavailableError (exit 7) here and now."""
     try:
         return docker.from_env(timeout=120)
-    except docker.errors.DockerException as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineUnavailableError(f"the Docker engine at {where} does not answer: {exc}") from exc
+    except UNANSWERED as exc:
+        raise unavailable(exc) from exc
 
 
 def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:
@@ -58,11 +74,6 @@ def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:
             error=state.get("Error") or "",
         )
     return [found[k] for k in sorted(found)]
-
-
-def projects(engine: docker.DockerClient) -> set[str]:
-    """Every compose project that has a container in the engine."""
-    return {c["Labels"][PROJECT_LABEL] for c in engine.api.containers(all=True, filters={"label": PROJECT_LABEL})}
 
 
 def image_id(engine: docker.DockerClient, reference: str) -> str | None:

@@ -27,7 +27,8 @@ from fioup_flow.errors import FetchError, InstallError
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import App
 from fioup_flow.task import Node, TaskContext
-from tasks import appstate, compose
+from tasks import appstate
+from tasks.compose import OVERRIDE_FILE, Compose
 from tasks.imagetar import local_tag, save_stream
 
 KIND = "install"
@@ -53,10 +54,11 @@ def installed_uri(project: Path) -> str | None:
 class InstallApp:
     kind = KIND
 
-    def __init__(self, store: BlobStore, compose_root: Path, engine: docker.DockerClient):
+    def __init__(self, store: BlobStore, compose_root: Path, engine: docker.DockerClient, compose: Compose):
         self.store = store
         self.root = compose_root
         self.engine = engine
+        self.compose = compose
         self.loader = AppTreeLoader(store, registry=None)
 
     def _tree(self, node: Node) -> AppTree:
@@ -118,8 +120,8 @@ class InstallApp:
             raise InstallError(f"app {tree.name}: the unpacked bundle does not match its index: {'; '.join(problems)}")
         override = {"services": {service: {"image": local_tag(image), "pull_policy": "never"}
                                  for service, image in sorted(tree.services.items())}}
-        write_atomic(staging / compose.OVERRIDE_FILE, yaml.safe_dump(override, sort_keys=True).encode())
-        compose.config_check(tree.name, staging, InstallError)
+        write_atomic(staging / OVERRIDE_FILE, yaml.safe_dump(override, sort_keys=True).encode())
+        self.compose.config_check(tree.name, staging, InstallError)
         write_atomic(staging / MARKER, json.dumps({"app": tree.name, "uri": tree.uri}).encode())
         return staging
 

@@ -19,7 +19,8 @@ import requests
 from fioup_flow.composeapp import AppTree
 from fioup_flow.errors import StartError
 from fioup_flow.task import Node, TaskContext, TransientError
-from tasks import appstate, compose
+from tasks import appstate
+from tasks.compose import Compose
 from tasks.install import installed_uri
 from tasks.portleak import EngineRestart
 
@@ -132,9 +133,11 @@ class StartApp(_VersionTask):
 
     kind = START
 
-    def __init__(self, compose_root: Path, engine: docker.DockerClient, engine_restart: EngineRestart):
+    def __init__(self, compose_root: Path, engine: docker.DockerClient, engine_restart: EngineRestart,
+                 compose: Compose):
         super().__init__(compose_root, engine)
         self.engine_restart = engine_restart
+        self.compose = compose
 
     def run(self, node: Node, ctx: TaskContext) -> None:
         project = self.root / node.params["app"]
@@ -154,7 +157,7 @@ class StartApp(_VersionTask):
         # compose can exit 0 with a container left "created" (a port taken, no address pool left),
         # or none at all (the engine refused the app's network): wait_until tells both apart.
         # A compose up under way is never cut short; the wait after it is.
-        compose.up(ctx.node.params["app"], project, StartError, recreate)
+        self.compose.up(ctx.node.params["app"], project, StartError, recreate)
         wait_until(self.engine, ctx, False, "start", after_up=True)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 from core_factory import Factory, start_factory, stop_factory
-from support import Device, clean_engine, new_device, publish
+from support import Device, fresh_device, new_device, publish
 
 # version -> the sample apps of that Target, published under the tag `updates`
 RELEASES = {
@@ -70,6 +70,5 @@ def releases(factory) -> str:
 @pytest.fixture
 def device(factory, releases, engine, tmp_path) -> Device:
     """A freshly registered device following the sample releases, on an engine with nothing on it."""
-    clean_engine(engine)
-    yield new_device(factory.info, tmp_path / "sota", "--tag", releases)
-    clean_engine(engine)
+    with fresh_device(factory, engine, tmp_path / "sota", releases) as fresh:
+        yield fresh

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# The sample shellhttpd publishes $SHELLHTTPD_PORT (compose reads it from fioup-flow's
-# environment); a port of the test run's own keeps it clear of anything else on this machine.
-os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
+# The sample shellhttpd publishes ${SHELLHTTPD_PORT:-18080}. Compose sees no variable of
+# fioup-flow's environment, only those the device's `[compose_env]` sets: every test device gets
+# this port, the test run's own, which keeps the app clear of anything else on this machine.
+SHELLHTTPD_PORT = int(os.environ.get("SHELLHTTPD_PORT") or free_port())
+
+
+def compose_env_drop_in(folder: Path, **variables: str) -> Path:
+    """A config drop-in (as in /etc/sota/conf.d) giving compose SHELLHTTPD_PORT and `variables`."""
+    values = {"SHELLHTTPD_PORT": str(SHELLHTTPD_PORT), **variables}
+    path = folder / "compose-env.toml"
+    path.write_text("[compose_env]\n" + "".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items()))
+    return path
 
 
 def sample_page() -> str:
     """What the sample shellhttpd app serves right now."""
-    return requests.get(f"http://127.0.0.1:{os.environ['SHELLHTTPD_PORT']}/", timeout=5).text
+    return requests.get(f"http://127.0.0.1:{SHELLHTTPD_PORT}/", timeout=5).text
 
 
 def fioup_flow(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -67,18 +78,30 @@ class Device:
         return last_json(self.run(*args))
 
 
-def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str) -> subprocess.CompletedProcess:
+def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str,
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """`fioup-flow register` against a factory whose `up` printed `info`."""
     return fioup_flow(["register", "--factory", info["factory"], "--server", info["api"],
                        "--token", info["registration_token"], "--ca", info["ca"],
-                       "--name", name or f"dev-{uuid.uuid4().hex[:8]}", "--sota-dir", str(sota_dir), *extra])
+                       "--name", name or f"dev-{uuid.uuid4().hex[:8]}", "--sota-dir", str(sota_dir), *extra], env=env)
 
 
 def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
     name = f"dev-{uuid.uuid4().hex[:8]}"
     done = register(info, sota_dir, name, *extra)
     assert done.returncode == 0, done.stderr
-    return Device(name, sota_dir)
+    return Device(name, sota_dir, [compose_env_drop_in(sota_dir)])
+
+
+@contextmanager
+def fresh_device(factory, engine, sota_dir: Path, tag: str, hwid: str | None = None) -> Iterator[Device]:
+    """A device registered for the Targets of `tag` (and `hwid`), on an engine with nothing on it,
+    left empty again afterwards."""
+    clean_engine(engine)
+    try:
+        yield new_device(factory.info, sota_dir, "--tag", tag, *(("--hwid", hwid) if hwid else ()))
+    finally:
+        clean_engine(engine)
 
 
 def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: str) -> Any:

@@ -1,8 +1,13 @@
 """The config is read and merged the way fioup reads it."""
 
+import json
 from pathlib import Path
 
+import pytest
+from support import fioup_flow, register
+
 from fioup_flow.config import Config, cfg_dirs_from_env
+from fioup_flow.errors import UsageError
 
 
 def write(path: Path, text: str) -> Path:
@@ -51,3 +56,33 @@ def test_the_engine_restart_command_is_split_as_a_shell_would_or_taken_as_a_list
     assert command('engine_restart_command = "systemctl restart \'docker.service\'"') == (
         "systemctl", "restart", "docker.service")
     assert command('engine_restart_command = ["/usr/bin/my restart", "--now"]') == ("/usr/bin/my restart", "--now")
+
+
+def test_no_config_found_is_exit_3_naming_each_path_searched_not_an_unregistered_device(tmp_path: Path) -> None:
+    searched = {"FIOUP_FLOW_CFG_DIRS": f"/nonexistent,{tmp_path}"}
+    for command in ("status", "resume", "check"):
+        done = fioup_flow([command], env=searched)
+        assert done.returncode == 3, (command, done.stdout)
+        assert "no config found: searched /nonexistent (does not exist); " \
+               f"{tmp_path} (a folder with no *.toml file)" in done.stderr
+        assert "Current: none" not in done.stdout
+    data = json.loads(fioup_flow(["status", "--json"], env=searched).stdout)
+    assert data["exit_code"] == 3 and data["error"].startswith("no config found: searched /nonexistent")
+
+
+def test_register_needs_no_config_to_be_found(factory, tmp_path: Path) -> None:
+    done = register(factory.info, tmp_path / "sota", env={"FIOUP_FLOW_CFG_DIRS": "/nonexistent"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "sota" / "sota.toml").is_file()
+
+
+def test_compose_env_holds_what_the_device_sets_for_compose_and_nothing_malformed(tmp_path: Path) -> None:
+    def compose_env(text: str) -> dict[str, str]:
+        return Config.load((str(write(tmp_path / "sota.toml", f"[compose_env]\n{text}\n")),)).compose_env
+
+    assert Config.load((str(write(tmp_path / "a.toml", "")),)).compose_env == {}
+    assert compose_env('PORT = 8080\nGREETING = "hi there"\nDEBUG = true') == {
+        "PORT": "8080", "GREETING": "hi there", "DEBUG": "true"}
+    for bad in ('"NOT-A-NAME" = "x"', "LIST = [1, 2]"):
+        with pytest.raises(UsageError, match="compose_env"):
+            compose_env(bad)

@@ -9,7 +9,7 @@ from fioup_flow.cli.output import emit_json
 from fioup_flow.cli.progress import NodeLog, human_bytes
 from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
-from fioup_flow.errors import FioupFlowError, InvalidStateError
+from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
 
@@ -41,6 +41,23 @@ def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
     finish(agent, agent.run(plan))
 
 
+def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
+    """Go on with the update in progress, unless the Targets verified now withdrew or changed its
+    Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
+    verdict = agent.recheck(ongoing)
+    if verdict.note:
+        click.echo(verdict.note, err=True)
+    if verdict.cancel:
+        agent.cancel_stale(ongoing, verdict.cancel)
+        restore(agent)
+        agent.flush_outbox()
+        raise InvalidOngoingUpdateError(
+            f"update {ongoing.plan_id} to {ongoing.meta['target']} is cancelled: {verdict.cancel}. "
+            "`fioup-flow apply` updates to a Target the factory lists now")
+    click.echo(f"{verb} update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
+    run_plan(agent, None, len(ongoing))
+
+
 def describe_plan(agent: Agent, plan: Plan) -> dict:
     """The --dry-run summary: what the plan changes and what it still has to download."""
     blobs = {n.params["uri"].rsplit("@", 1)[1]: n.size for n in plan.nodes() if n.kind == "fetch"}
@@ -60,6 +77,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
+        agent.check_engine()
         agent.flush_outbox()
         ongoing = agent.checkpoint.current_plan()
         if ongoing is not None:
@@ -67,8 +85,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
                 raise InvalidStateError(
                     f"update {ongoing.plan_id} to version {ongoing.meta.get('version')} is in progress; "
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
-            click.echo(f"Continuing update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-            run_plan(agent, None, len(ongoing))
+            continue_update(agent, ongoing, "Continuing")
             return
         target = agent.choose_target(version)
         try:
@@ -98,7 +115,11 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
 @click.command("resume")
 @click.pass_obj
 def resume_command(obj) -> None:
-    """Go on with the update in progress, if any (meant to run at boot). Nothing to do: exit 0."""
+    """Go on with the update in progress, if any (meant to run at boot). Nothing to do: exit 0.
+
+    When the gateway answers, the Targets are checked again first: an update whose Target was
+    withdrawn or changed, and that has not stopped or started an app yet, is cancelled (exit 23).
+    """
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
@@ -110,8 +131,8 @@ def resume_command(obj) -> None:
             except FioupFlowError as exc:  # not registered yet, say: nothing to deliver anyway
                 click.echo(f"reports not delivered: {exc}", err=True)
             return
-        click.echo(f"Resuming update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-        run_plan(agent, None, len(ongoing))
+        agent.check_engine()
+        continue_update(agent, ongoing, "Resuming")
 
 
 COMMANDS: list[click.Command] = [apply_command, resume_command]

@@ -12,13 +12,12 @@ import time
 from typing import Any
 
 import click
-import docker.errors
 from rich.console import Console
 
 from fioup_flow.agent import Agent
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
-from fioup_flow.errors import EngineUnavailableError, FioupFlowError, LockedError, NotConfiguredError
+from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
@@ -72,13 +71,13 @@ def graph(ctx: click.Context, fmt: str) -> None:
 
 
 def _device(config) -> dict[str, Any]:
-    """What runs: the current Target and each of its apps as the engine sees them."""
+    """What runs: the current Target and each of its apps as the engine sees them. An engine that does
+    not answer is an error (exit 7): "unknown" for every app would read like apps that are gone."""
     current = current_target(config.flow_dir)
     try:
         apps = apps_status(appstate.client(), current)
-    except (docker.errors.DockerException, EngineUnavailableError) as exc:
-        apps = [{"name": a.name, "uri": a.uri, "state": "unknown", "services": [], "error": str(exc)}
-                for a in (current.apps if current else ())]
+    except appstate.UNANSWERED as exc:
+        raise appstate.unavailable(exc) from exc
     return {"current": {"target": current.name, "version": current.version} if current else None, "apps": apps}
 
 
@@ -130,7 +129,7 @@ def _when(ts: float | None) -> str:
 def _print_device(data: dict[str, Any]) -> None:
     current = data["current"]
     click.echo(f"Current: {current['target']} (version {current['version']})" if current else "Current: none")
-    colours = {"running": "green", "stopped": "red", "missing": "red", "unknown": "yellow"}
+    colours = {"running": "green", "stopped": "red", "missing": "red"}
     for app in data["apps"]:
         services = ", ".join(f"{s['name']} {s['state']}" + (f" ({s['health']})" if s["health"] else "")
                              for s in app["services"]) or "no containers"
@@ -144,7 +143,12 @@ def _print_device(data: dict[str, Any]) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, history: int) -> None:
     """Show the update in progress (node counts, failures) and the last updates."""
-    data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history))
+    try:
+        data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history))
+    except FioupFlowError as exc:
+        if as_json:  # a script reads stdout: the error goes there too, and the exit code says which
+            emit_json({"error": str(exc), "exit_code": exc.exit_code})
+        raise
     if as_json:
         emit_json(data)
         return
@@ -165,6 +169,8 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
         for entry in data["history"]:
             counts = ", ".join(f"{s} {n}" for s, n in entry["counts"].items() if n)
             click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
+            if entry.get("reason"):
+                click.echo(f"    {entry['reason']}")
 
 
 @click.command()

@@ -231,6 +231,22 @@ def rotate_root(home_dir: Path, roles: tuple[str, ...]) -> None:
     click.echo(json.dumps({"root_version": version, "version": repo.version()}))
 
 
+@main.command()
+@home_option
+@click.option("--version", required=True, type=int, help="Withdraw the Targets of this version.")
+@click.option("--hwid", "hwids", multiple=True, help="Only the Target for this hardware id (repeatable).")
+def withdraw(home_dir: Path, version: int, hwids: tuple[str, ...]) -> None:
+    """Delete the Targets of VERSION from the repository (the real factory: `fioctl targets prune NAME`)."""
+    repo = _repository(home_dir)
+    names = sorted(name for name, info in repo.targets().items()
+                   if info.get("custom", {}).get("version") == str(version)
+                   and (not hwids or set(hwids) & set(info["custom"].get("hardwareIds", []))))
+    if not names:
+        raise UsageError(f"no Target of version {version}" + (f" for {', '.join(hwids)}" if hwids else ""))
+    repo.remove_targets(names)
+    click.echo(json.dumps({"withdrawn": names, "version": repo.version()}))
+
+
 def _repository(home_dir: Path) -> TufRepository:
     repo = TufRepository(_configured(home_dir))
     if not repo.initialized():

@@ -32,6 +32,7 @@ from tuf.api.metadata import (
 )
 
 from fioup_flow.durable import write_atomic
+from fioup_flow.errors import UsageError
 from fioup_flow.factory.filelock import exclusive
 from fioup_flow.factory.home import FactoryHome, FactoryHomeError
 
@@ -113,6 +114,18 @@ class TufRepository:
         with exclusive(self.home.tuf_lock):
             db = self._load_db()
             db["targets"].update(entries)
+            self._bump(db, pinned_timestamp_expires=None)
+
+    def remove_targets(self, names: list[str]) -> None:
+        """Delete targets by name, as FoundriesFactory does for `fioctl targets prune <target>...`
+        (every name must exist, or nothing is deleted); every view is re-signed at its next request."""
+        with exclusive(self.home.tuf_lock):
+            db = self._load_db()
+            unknown = sorted(set(names) - set(db["targets"]))
+            if unknown:
+                raise UsageError(f"no target {', '.join(unknown)} in the repository")
+            for name in names:
+                del db["targets"][name]
             self._bump(db, pinned_timestamp_expires=None)
 
     def resign(self, timestamp_expires: datetime | None = None) -> None:

@@ -131,9 +131,13 @@ class Bench:
         run(["fioup-flow", "register", "--factory", self.factory["factory"], "--server", self.factory["api"],
              "--token", self.factory["registration_token"], "--ca", self.factory["ca"],
              "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG, "--sota-dir", str(device)])
+        # compose reads the port shellhttpd publishes from the device's config, not the environment
+        drop_in = device / "compose-env.toml"
+        drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n')
         # The registry's certificate is the factory's "public" CA's, which devices trust through
         # the system store: SSL_CERT_FILE names the system's bundle plus that CA.
-        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"), SSL_CERT_FILE=self.factory["ca_bundle"])
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{drop_in}",
+                    SSL_CERT_FILE=self.factory["ca_bundle"])
 
     def save_compose_files(self, env: dict[str, str], version: int) -> None:
         """Keep the installed, pinned compose files of `version` for the baseline."""

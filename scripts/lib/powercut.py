@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from faults.netproxy import FaultProxy  # noqa: E402
 from faults.powercutfs import PowercutMount  # noqa: E402
-from support import clean_engine, registry_blob_gets  # noqa: E402
+from support import SHELLHTTPD_PORT, clean_engine, registry_blob_gets  # noqa: E402
 
 from fioup_flow.checkpoint import MARKER, CheckpointStore, store_path  # noqa: E402
 from fioup_flow.events import EVENT_TYPES  # noqa: E402
@@ -237,13 +237,14 @@ class Lab:
                 self.boot_engine()
 
     def drop_in(self) -> dict:
-        """The device's own settings: a rate limit, so that a cut lands mid-download; and, when the
-        engine goes down with the power, how the device restarts it (see tasks/portleak.py)."""
+        """The device's own settings: a rate limit, so that a cut lands mid-download; when the engine
+        goes down with the power, how the device restarts it (see tasks/portleak.py); and the port
+        the sample shellhttpd publishes (compose reads it from `[compose_env]` only)."""
         pacman = {"download_rate_limit": RATE_LIMIT}
         if self.power:
             pacman["engine_restart_command"] = [
                 sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart", str(self.power.folder)]
-        return {"pacman": pacman}
+        return {"pacman": pacman, "compose_env": {"SHELLHTTPD_PORT": str(SHELLHTTPD_PORT)}}
 
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -12,9 +13,18 @@ import requests
 from core_factory import factory_cli, start_factory, stop_factory
 
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.process import port_open, process_running, stop_process
+from fioup_flow.factory.process import process_running, stop_process
 
 SERVICES = ("factory-server", "registry", "thirdparty")
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _status(home) -> dict:
