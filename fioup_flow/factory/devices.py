@@ -76,16 +76,19 @@ class DeviceRecords:
         return record is not None and secrets.compare_digest(record["registry_secret"], secret)
 
     # --- what devices report -------------------------------------------------------------
-    def touch(self, uuid: str) -> None:
-        """Set last_seen to now (every gateway request does)."""
+    def touch(self, uuid: str, checkin: dict[str, str] | None = None) -> None:
+        """Set last_seen to now and keep what the request's check-in headers said (`checkin`: target,
+        apps, tag), as dg-satellite's `Device.CheckIn` does; every gateway request does this."""
         with exclusive(self._lock(uuid)):
             record = self.get(uuid)
             if record is not None:
                 record["last_seen"] = time.time()
+                record["checkin"] = dict(record.get("checkin", {}), **(checkin or {}))
                 self._save(record)
 
-    def record_events(self, uuid: str, events: list[dict]) -> int:
-        """Append the events not recorded before (by `id`); returns how many were new."""
+    def record_events(self, uuid: str, events: list[dict], target: str | None = None) -> int:
+        """Append the events not recorded before (by `id`); returns how many were new. The batch goes
+        to the deliveries log with the Target the request's `x-ats-target` named."""
         with exclusive(self._lock(uuid)):
             seen = {e.get("id") for e in self.events(uuid)}
             fresh = []
@@ -93,7 +96,8 @@ class DeviceRecords:
                 if event.get("id") is None or event.get("id") not in seen:
                     fresh.append(event)
                     seen.add(event.get("id"))
-            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh)}])
+            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh),
+                                                  "target": target}])
             self._append(uuid, EVENTS_FILE, fresh)
             return len(fresh)
 
