@@ -1,0 +1,251 @@
+"""What the gateway hears of a device's updates, judged by the local gateway's own records.
+
+- a report the gateway refuses for good is set aside (shown by `status`) and holds back nothing;
+- a gateway that is out of reach costs a run one retry budget, not one per report, and hears
+  every event once it is back;
+- each attempt at an update is an update of its own for the gateway (fioup opens one per try);
+- fioup's check-in headers, system info and apps-states: sent when they change, around every run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import pytest
+from support import BIN, Device, free_port, sample_page
+
+from fioup_flow.factory.cli import SERVER, bring_up
+from fioup_flow.factory.devices import DeviceRecords
+from fioup_flow.factory.process import process_running, stop_process
+from fioup_flow.outbox import EVENTS, Outbox, outbox_path
+
+pytestmark = [pytest.mark.factory, pytest.mark.docker]
+
+UPDATE_EVENTS = ["UpdateInitStarted", "UpdateInitCompleted", "EcuDownloadStarted", "EcuDownloadCompleted",
+                 "EcuInstallationStarted", "EcuInstallationApplied", "EcuInstallationCompleted"]
+BUDGET_S = 5  # FIOUP_FLOW_RETRY_SECONDS for the dead-gateway test
+
+
+def records(factory) -> DeviceRecords:
+    return DeviceRecords(factory.home)
+
+
+def uuid_of(factory, device: Device) -> str:
+    return records(factory).find(device.name)["uuid"]
+
+
+def update_events(factory, device: Device) -> list[dict]:
+    return [e for e in records(factory).events(uuid_of(factory, device))
+            if e["eventType"]["id"] != "MetadataUpdateCompleted"]
+
+
+def by_correlation(events: list[dict]) -> dict[str, list[tuple[str, bool | None]]]:
+    """correlation id -> [(event type, success)] in the order the gateway recorded them."""
+    out: dict[str, list[tuple[str, bool | None]]] = {}
+    for e in events:
+        out.setdefault(e["event"]["correlationId"], []).append((e["eventType"]["id"], e["event"]["success"]))
+    return out
+
+
+@contextmanager
+def port_held() -> Iterator[None]:
+    """Another program on the port the sample shellhttpd publishes: its start fails (exit 70)."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", int(os.environ["SHELLHTTPD_PORT"])))
+        holder.listen()
+        yield
+
+
+@contextmanager
+def gateway_stopped(factory) -> Iterator[None]:
+    """The factory's server (gateway and api) stopped: connections refused until the block ends."""
+    assert stop_process(factory.home, SERVER)
+    try:
+        yield
+    finally:
+        bring_up(factory.home)
+    assert process_running(factory.home, SERVER)
+
+
+def failed_start(device: Device) -> None:
+    """`apply 1` that fetches and installs everything, then fails to start shellhttpd (exit 70)."""
+    with port_held():
+        done = device.run("apply", "1")
+    assert done.returncode == 70, done.stdout + done.stderr
+
+
+# --- issue 9, item 6: a refused report holds back nothing ---------------------------------------
+
+def test_a_report_the_gateway_refuses_is_set_aside_shown_by_status_and_every_later_event_arrives(
+        device, factory) -> None:
+    # An event as an older agent could have queued it: the event type's version as text. The real
+    # gateway (dg-satellite) cannot decode that into its Go type and answers 400 to the whole batch.
+    bad = {"id": "f0e1d2c3-0000-4000-8000-000000000001", "deviceTime": "2026-01-01T00:00:00+00:00",
+           "eventType": {"id": "EcuDownloadStarted", "version": "2"},
+           "event": {"correlationId": "old-update", "success": None, "targetName": "t", "version": "1",
+                     "details": ""}}
+    outbox = Outbox(outbox_path(device.sota_dir / "flow"))
+    outbox.put(bad["id"], EVENTS, bad)
+    outbox.close()
+
+    done = device.run("apply", "1")
+    assert done.returncode == 0, done.stderr
+    sent = update_events(factory, device)
+    assert [kind for kind, _ in next(iter(by_correlation(sent).values()))] == UPDATE_EVENTS
+    assert bad["id"] not in {e["id"] for e in sent}
+
+    status = device.json("status", "--json")
+    assert status["reports"]["pending"] == 0
+    ((aside,),) = [status["reports"]["set_aside"]]
+    assert aside["id"] == bad["id"] and aside["status"] == 400 and "400" in aside["reason"]
+    text = device.run("status").stdout
+    assert "refused" in text and bad["id"] in text
+
+
+# --- issue 9, item 7: a dead gateway costs one budget per run ---------------------------------
+
+def test_a_run_against_a_dead_gateway_waits_out_one_retry_budget_not_one_per_report_and_loses_nothing(
+        device, factory) -> None:
+    failed_start(device)  # everything fetched: the resume below needs no registry credentials
+    with gateway_stopped(factory):
+        start = time.monotonic()
+        done = device.run("resume", env={"FIOUP_FLOW_RETRY_SECONDS": str(BUDGET_S)})
+        took = time.monotonic() - start
+        print(f"\nresume against a dead gateway: {took:.1f} s, budget {BUDGET_S} s")
+        assert done.returncode == 0, done.stderr
+        assert "v1" in sample_page()
+        waiting = int(re.search(r"(\d+) report\(s\) wait in the outbox", done.stderr)[1])
+        assert waiting >= len(UPDATE_EVENTS), done.stderr
+    # Eight report nodes waiting out a budget each took 8 x 5 s and more; the update itself ~5 s.
+    assert took < 3 * BUDGET_S + 10, f"{took:.1f} s: the dead gateway was waited for more than once"
+
+    assert device.run("resume").returncode == 0  # nothing in progress: delivers what waits
+    sent = update_events(factory, device)
+    assert len({e["id"] for e in sent}) == len(sent), "each event once"
+    attempts = list(by_correlation(sent).values())
+    assert [kind for kind, _ in attempts[-1]] == UPDATE_EVENTS and attempts[-1][-1][1] is True
+    assert device.json("status", "--json")["reports"]["pending"] == 0
+
+
+# --- issue 9, item 8: one correlation id per attempt ----------------------------------------
+
+def test_a_failed_update_resumed_is_two_attempts_each_with_its_own_correlation_id_and_each_event_once(
+        device, factory) -> None:
+    failed_start(device)
+    done = device.run("resume")
+    assert done.returncode == 0, done.stderr
+
+    sent = update_events(factory, device)
+    assert len({e["id"] for e in sent}) == len(sent), "each event once"
+    first, second = by_correlation(sent).values()
+    assert [kind for kind, _ in first] == UPDATE_EVENTS and first[-1][1] is False, "attempt 1 ends failed"
+    assert all(success is not False for _, success in first[:-1])
+    assert [kind for kind, _ in second] == UPDATE_EVENTS, "attempt 2 is an update of its own, from its start"
+    assert all(success is not False for _, success in second) and second[-1][1] is True
+    (done_update,) = device.json("status", "--json", "--history", "1")["history"]
+    assert done_update["attempts"] == 2 and done_update["correlation_id"] == sent[-1]["event"]["correlationId"]
+
+
+def test_a_run_cut_short_goes_on_with_the_same_attempt(device, factory) -> None:
+    cfg_dirs = ",".join(str(p) for p in [device.cfg, *device.drop_ins])
+    process = subprocess.Popen([str(BIN / "fioup-flow"), "-c", cfg_dirs, "apply", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(e["eventType"]["id"] == "EcuDownloadStarted" for e in update_events(factory, device)):
+        assert time.monotonic() < deadline, "the update never started"
+        time.sleep(0.05)
+    process.kill()  # as a power cut would: no run ended failed
+    process.wait(timeout=30)
+    done = device.run("resume")
+    assert done.returncode == 0, done.stderr
+    sent = update_events(factory, device)
+    ((correlation, kinds),) = by_correlation(sent).items()
+    assert [kind for kind, _ in kinds] == UPDATE_EVENTS and len({e["id"] for e in sent}) == len(sent)
+
+
+# --- issue 10, item 7: headers, system info and apps-states as fioup sends them ---------------
+
+def test_the_check_in_headers_name_what_runs_and_change_once_the_new_target_started(device, factory) -> None:
+    assert device.run("apply", "1").returncode == 0
+    uuid = uuid_of(factory, device)
+    v1 = device.json("status", "--json")["current"]["target"]
+    checkin = records(factory).get(uuid)["checkin"]
+    assert checkin["target"] == v1 and set(checkin["apps"].split(",")) == {"pair", "shellhttpd"}
+    assert checkin["tag"] == "updates"
+    targets = {e: d["target"] for d in records(factory).log(uuid, "deliveries") for e in d["ids"]}
+    kinds = {e["id"]: e["eventType"]["id"] for e in records(factory).events(uuid)}
+    by_kind = {kinds[e]: t for e, t in targets.items()}
+    assert by_kind["EcuInstallationApplied"] is None, "a fresh device runs no Target until the start"
+    assert by_kind["EcuInstallationCompleted"] == v1, "after the start, the gateway hears the new Target"
+
+    assert device.run("apply", "2").returncode == 0
+    v2 = device.json("status", "--json")["current"]["target"]
+    assert records(factory).get(uuid)["checkin"]["target"] == v2
+
+
+def test_system_info_is_uploaded_before_a_run_only_when_it_changed(device, factory, tmp_path: Path) -> None:
+    uuid = uuid_of(factory, device)
+    assert device.run("apply", "1").returncode == 0
+    files = {kind: records(factory).home.device_dir(uuid) / name for kind, name in
+             (("", "system_info.json"), ("network", "system_info_network.json"), ("config", "system_info_config.toml"))}
+    config = tomllib.loads(records(factory).system_info(uuid, "config").decode())
+    assert config["tls"]["server"] == factory.info["gateway"]
+    network = records(factory).system_info(uuid, "network")
+    assert b"hostname" in network and b"local_ipv4" in network
+    uploaded = {kind: path.stat().st_mtime_ns for kind, path in files.items()}
+
+    assert device.run("apply", "2").returncode == 0
+    assert {kind: path.stat().st_mtime_ns for kind, path in files.items()} == uploaded, "nothing changed, nothing sent"
+
+    drop_in = tmp_path / "z-60-more.toml"
+    drop_in.write_text('[pacman]\ndownload_rate_limit = "500M"\n')
+    device.drop_ins.append(drop_in)
+    assert device.run("apply", "3").returncode == 0
+    assert tomllib.loads(files["config"].read_text())["pacman"]["download_rate_limit"] == "500M"
+    assert files[""].stat().st_mtime_ns == uploaded[""] and files["network"].stat().st_mtime_ns == uploaded["network"]
+
+
+def apps_states(factory, device: Device) -> list[dict[str, tuple[str, str]]]:
+    """Each apps-states report the gateway recorded: app -> (state, uri)."""
+    return [{name: (app["state"], app["uri"]) for name, app in report["apps"].items()}
+            for report in records(factory).apps_states(uuid_of(factory, device))]
+
+
+def test_apps_states_are_posted_before_and_after_each_run_a_failed_one_too_and_only_when_they_changed(
+        device, factory, engine: docker.DockerClient) -> None:
+    assert device.run("apply", "1").returncode == 0
+    after_v1 = apps_states(factory, device)
+    assert len(after_v1) == 1, "a fresh device has no apps to tell of before its first run"
+    assert {state for state, _ in after_v1[0].values()} == {"healthy"}
+
+    assert device.run("apply", "1").stdout.startswith("Already running")
+    assert device.run("resume").returncode == 0
+    assert len(apps_states(factory, device)) == 1, "nothing changed, nothing sent"
+
+    for container in engine.containers.list(filters={"label": "com.docker.compose.project=pair"}):
+        container.stop(timeout=1)  # the device changed by itself since the last report
+    held = free_port()
+    with socket.socket() as holder:  # ...and shellhttpd v2 will not start: the run fails
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", held))
+        holder.listen()
+        done = device.run("apply", "2", env={"SHELLHTTPD_PORT": str(held)})
+    assert done.returncode == 70, done.stderr
+    before, after = apps_states(factory, device)[1:]
+    assert before["pair"][0] == "unhealthy" and before["shellhttpd"][0] == "healthy", "before the run"
+    assert after["shellhttpd"][0] == "unhealthy", "after the failed run: v1 stopped, v2 not started"
+
+    assert device.run("resume").returncode == 0
+    final = apps_states(factory, device)[-1]
+    assert {state for state, _ in final.values()} == {"healthy"} and "v2" in sample_page()
+    assert final["shellhttpd"][1] != after_v1[0]["shellhttpd"][1], "the new version's URI, though as many services"
