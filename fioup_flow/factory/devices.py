@@ -1,7 +1,8 @@
 """Registered devices and everything they report, as files under `home.devices/<uuid>/`.
 
 `device.json` holds the registration (name, uuid, hardware id, tags, public key, the device's
-registry secret, created_at / last_seen as epoch seconds). Events and app states are JSON lines,
+registry secret, created_at / last_seen as epoch seconds, and `checkin`: the Target, apps and tag
+its last requests named in fioup's `x-ats-*` headers). Events and app states are JSON lines,
 append-only and fsynced, so tests (and people) can read back exactly what a device sent.
 Events are deduplicated by their `id`: a device re-sends a batch whose answer it lost in a
 crash, and the record must still show each event once.
