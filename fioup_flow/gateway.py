@@ -8,11 +8,11 @@ turns into a clear error instead of a hang; a 4xx answer is final and is not ret
 Once a request stayed unanswered through a whole retry budget, the client remembers that the
 gateway is out of reach: for one more budget every request fails at once, and after it a single
 try (no retries) tells whether it is back. So a run against a dead gateway pays one budget, not
-one per report or per blob (issue 9, item 7); what could not be sent waits in the outbox.
+one per report or per blob; what could not be sent waits in the outbox.
 
 fioup's check-in headers (`x-ats-target`, `x-ats-dockerapps`) name what the device runs. fioup
 sets them after each check and after each successful start; here they are read, at each
-request, from what the device runs (`current`), which is the same thing without the moments to
+request, from what the device runs (`running`), which is the same thing without the moments to
 remember: after the commit node of an update, the next request already names the new Target.
 """
 
