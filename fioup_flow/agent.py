@@ -125,13 +125,12 @@ class Agent:
 
     def report_state(self, before_run: bool = False) -> None:
         """fioup's reports of what the device is, each only if it changed: system info (before a run)
-        and the apps' states (before and after every run). Before a run they are only queued: the
-        run's first report delivers them, so a gateway out of reach never delays the run (an app
-        down since a power cut must start at once at boot). Best effort: a report that cannot be
-        made or sent must never fail a command."""
+        and the apps' states (before and after every run). Delivered in the background, so that a
+        gateway out of reach never delays a run (an app down since a power cut must start at once
+        at boot). Best effort: a report that cannot be made or sent must never fail a command."""
         try:
             states = (state_reports(self.config.values) if before_run else []) + [self.apps_states()]
-            report.send_states(self.outbox, None if before_run else self.gateway, states)
+            report.send_states(self.outbox, self.gateway, states)
         except Exception as exc:  # noqa: BLE001 - e.g. the engine does not answer: the run says so itself
             log.warning("device state not reported: %s", exc)
 
@@ -180,6 +179,7 @@ class Agent:
         """Send what the outbox holds; how many reports are left, None if it cannot even be opened
         (a full disk): a report that cannot go out now must never fail a command."""
         try:
+            self.outbox.settle()
             return self.outbox.flush(self.gateway)
         except NoSpaceError as exc:
             log.warning("reports not sent: %s", exc)

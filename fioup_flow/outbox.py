@@ -98,6 +98,9 @@ class Outbox:
         self.path = Path(path)
         self.cache = open_cache(path)
         self._flush_lock = threading.Lock()
+        self._poke = threading.Lock()  # guards the two below
+        self._again = False  # a flush was asked for since the background one last started
+        self._flusher: threading.Thread | None = None
         if self.cache.get("layout") != LAYOUT:
             self._upgrade()
 
@@ -175,6 +178,36 @@ class Outbox:
                     return len(self.pending())
                 pending = pending[len(batch):]
             return 0
+
+    def flush_soon(self, gateway: Sender) -> None:
+        """Flush in the background, as fioup's event sender does: an update never waits for its
+        reports to reach the gateway (a resume at boot must not wait out a dead gateway's retry
+        budget before it starts the apps). `flush` waits for a background flush in progress."""
+        with self._poke:
+            self._again = True
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_in_background, args=(gateway,),
+                                                 name="outbox", daemon=True)
+                self._flusher.start()
+
+    def _flush_in_background(self, gateway: Sender) -> None:
+        while True:
+            with self._poke:
+                if not self._again:
+                    self._flusher = None
+                    return
+                self._again = False
+            try:
+                self.flush(gateway)
+            except Exception:  # noqa: BLE001 - e.g. a full disk: the next flush tries again
+                log.exception("reports not delivered")
+
+    def settle(self) -> None:
+        """Wait until no background flush runs (a command ends with a flush of its own after this)."""
+        with self._poke:
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join()
 
     def _deliver(self, gateway: Sender, batch: list[Item]) -> bool:
         """Send one batch; False if the rest must wait (the failure may heal)."""

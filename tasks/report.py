@@ -1,9 +1,9 @@
 """Report to the gateway (nodes `report:<EventType>:<uuid>` and `report:apps-states:<uuid>`).
 
 A report node's effect is "the report is durably queued in the outbox"; delivery is the
-outbox's job (now if the gateway answers, else at the next flush). So a gateway that is down
-never fails an update, and a node re-run after a crash queues nothing twice: the id was fixed
-when the plan was made.
+outbox's job, in the background while the update goes on (and once more, waited for, at the end
+of the command). So a gateway that is down never fails nor delays an update, and a node re-run
+after a crash queues nothing twice: the id was fixed when the plan was made.
 
 Each attempt at a plan is a new update for the gateway (fioup opens one per attempt): the
 event id is the planned one under attempt 1 and one derived from it and the attempt's number
@@ -50,13 +50,11 @@ def attempt_event_id(planned_id: str, attempt: int) -> str:
     return planned_id if attempt == 1 else str(uuid.uuid5(ATTEMPT_NS, f"{planned_id}:{attempt}"))
 
 
-def send_states(outbox: Outbox, gateway: Sender | None, reports: list[StateReport]) -> None:
-    """Queue each report of what the device is that changed, then deliver what can be (no gateway:
-    queue only; the next flush delivers them, in order)."""
+def send_states(outbox: Outbox, gateway: Sender, reports: list[StateReport]) -> None:
+    """Queue each report of what the device is that changed, and deliver in the background."""
     for state in reports:
         outbox.put_state(state)
-    if gateway is not None:
-        outbox.flush(gateway)
+    outbox.flush_soon(gateway)
 
 
 class ReportEvent:
@@ -84,7 +82,7 @@ class ReportEvent:
         event = make_event(event_id, p["event"], attempt.correlation_id, p["target"], p["version"],
                            p["success"], details)
         self.outbox.put(event_id, EVENTS, event)
-        self.outbox.flush(self.gateway)
+        self.outbox.flush_soon(self.gateway)
 
 
 class ReportAppsStates:

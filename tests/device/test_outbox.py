@@ -1,6 +1,8 @@
 """Reports leave the outbox only once the gateway accepted them (or refused them for good), in
 order, each id once, and the outbox stays bounded however long the device lives."""
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,21 @@ def test_pending_reads_the_queue_not_every_key(tmp_path: Path, monkeypatch) -> N
     outbox.put("last", EVENTS, {"id": "last"})
     monkeypatch.setattr(outbox.cache, "iterkeys", lambda *a, **k: pytest.fail("pending() scanned the store"))
     assert [i.item_id for i in outbox.pending()] == ["last"]
+
+
+def test_a_report_node_does_not_wait_for_the_gateway_the_end_of_the_command_does(tmp_path: Path) -> None:
+    outbox, gateway = Outbox(tmp_path), StandInGateway()
+    slow = threading.Event()
+    send = gateway.send
+    gateway.send = lambda *args: (slow.wait(5), send(*args))  # a gateway that takes its time
+    start = time.monotonic()
+    for n in range(3):
+        outbox.put(f"e{n}", EVENTS, {"id": f"e{n}"})
+        outbox.flush_soon(gateway)
+    assert time.monotonic() - start < 1 and gateway.posts == []
+    slow.set()
+    outbox.settle()
+    assert outbox.flush(gateway) == 0 and ids_sent(gateway) == ["e0", "e1", "e2"]
 
 
 def test_the_outbox_survives_a_restart(tmp_path: Path) -> None:
