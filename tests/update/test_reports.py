@@ -21,10 +21,12 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 from faults.netproxy import FaultProxy
 from support import BIN, Device, free_port, sample_page
 
 from fioup_flow.factory.devices import DeviceRecords
+from fioup_flow.factory.faults import Faults
 from fioup_flow.outbox import EVENTS, Outbox, outbox_path
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
@@ -33,6 +35,7 @@ UPDATE_EVENTS = ["UpdateInitStarted", "UpdateInitCompleted", "EcuDownloadStarted
                  "EcuInstallationStarted", "EcuInstallationApplied", "EcuInstallationCompleted"]
 BUDGET_S = 5  # FIOUP_FLOW_RETRY_SECONDS for the dead-gateway test
 MAX_TRIES_PER_BUDGET = 8  # retry.retrying's max_attempts
+EVENTS_DELAY_S = 8
 
 
 def records(factory) -> DeviceRecords:
@@ -64,6 +67,13 @@ def port_held() -> Iterator[None]:
         holder.bind(("127.0.0.1", int(os.environ["SHELLHTTPD_PORT"])))
         holder.listen()
         yield
+
+
+def serving_v1() -> bool:
+    try:
+        return "v1" in sample_page()
+    except requests.RequestException:
+        return False
 
 
 def failed_start(device: Device) -> None:
@@ -133,6 +143,30 @@ def test_a_run_against_a_dead_gateway_waits_out_one_retry_budget_not_one_per_rep
     attempts = list(by_correlation(sent).values())
     assert [kind for kind, _ in attempts[-1]] == UPDATE_EVENTS and attempts[-1][-1][1] is True
     assert device.json("status", "--json")["reports"]["pending"] == 0
+
+
+def test_a_gateway_slow_to_answer_does_not_delay_the_start_of_the_apps(device, factory) -> None:
+    """After a failed start the next attempt sends its reports again before it starts the apps
+    (at boot, with the apps down): they go out in the background, not in the apps' way."""
+    failed_start(device)
+    faults = Faults(factory.home)
+    faults.set(events_delay_s=EVENTS_DELAY_S)  # the gateway records each batch, then answers late
+    try:
+        cfg_dirs = ",".join(str(p) for p in [device.cfg, *device.drop_ins])
+        start = time.monotonic()
+        process = subprocess.Popen([str(BIN / "fioup-flow"), "-c", cfg_dirs, "resume"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        while not serving_v1():
+            assert process.poll() is None and time.monotonic() - start < 120, "resume ended, v1 never answered"
+            time.sleep(0.1)
+        up = time.monotonic() - start
+        assert process.wait(timeout=300) == 0
+    finally:
+        faults.clear()
+    print(f"\nv1 answered {up:.1f} s after resume, the gateway answering each batch {EVENTS_DELAY_S} s late")
+    assert up < EVENTS_DELAY_S, "six report nodes stand before the start: each waited for the gateway"
+    sent = update_events(factory, device)
+    assert [kind for kind, _ in list(by_correlation(sent).values())[-1]] == UPDATE_EVENTS
 
 
 # --- issue 9, item 8: one correlation id per attempt ----------------------------------------
