@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from functools import cached_property
 
-from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.checkpoint import Attempt, CheckpointStore, store_path
 from fioup_flow.composeapp import AppTree, AppTreeLoader
 from fioup_flow.config import Config
 from fioup_flow.diskspace import storage_stat
@@ -23,15 +24,16 @@ from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
 from fioup_flow.installed import current_target
 from fioup_flow.ongoing import Verdict, cancellable, closing_event, stale_reason
-from fioup_flow.outbox import EVENTS, Outbox
+from fioup_flow.outbox import EVENTS, Outbox, StateReport, outbox_path
 from fioup_flow.planner import Observed, compile_update, diff_apps
 from fioup_flow.registry import HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
+from fioup_flow.sysinfo import state_reports
 from fioup_flow.targets import Target, TufClient, select_target
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop
-from tasks.apps_states import apps_states_payload
+from tasks.apps_states import apps_states_report
 from tasks.compose import Compose
 from tasks.portleak import EngineRestart
 
@@ -44,12 +46,16 @@ class Agent:
     def __init__(self, config: Config, on_event: EventHook | None = None):
         self.config = config
         self.on_event = on_event
-        self._credentials_error: str | None = None  # why the gateway gave no registry credentials
 
     # --- the parts, made when first needed ------------------------------------------------
     @cached_property
     def gateway(self) -> GatewayClient:
-        return GatewayClient(self.config)
+        return GatewayClient(self.config, running=self._running)
+
+    def _running(self) -> tuple[str, list[str]] | None:
+        """The Target and apps the device runs, for fioup's check-in headers."""
+        current = current_target(self.config.flow_dir)
+        return (current.name, [a.name for a in current.apps]) if current else None
 
     @cached_property
     def store(self) -> BlobStore:
@@ -81,7 +87,7 @@ class Agent:
 
     @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.config.flow_dir / "outbox")
+        return Outbox(outbox_path(self.config.flow_dir))
 
     @cached_property
     def checkpoint(self) -> CheckpointStore:
@@ -90,19 +96,14 @@ class Agent:
     def _registry_credentials(self) -> HubCredentials:
         """The device's registry credentials, from the gateway (what `docker-credential-fioup` does).
 
-        Every token needs them, if only to tell their registry (`ServerURL`) from the others. Once
-        the gateway stayed out of reach through a whole retry budget, the blobs after it fail at
-        once instead of each waiting out a budget of its own (a dead gateway cost budget x
-        blobs); the update stays in progress and the next run asks again.
+        Every token needs them, if only to tell their registry (`ServerURL`) from the others. A
+        gateway out of reach is remembered by the gateway client, so the blobs after the first
+        failure fail at once; the update stays in progress and the next run asks again.
         """
-        if self._credentials_error is not None:
-            raise FetchError(self._credentials_error)
         try:
-            creds = self.gateway.get_json("hub-creds/")
+            return HubCredentials.from_answer(self.gateway.get_json("hub-creds/"))
         except GatewayError as exc:
-            self._credentials_error = f"cannot get registry credentials from the gateway: {exc}"
-            raise FetchError(self._credentials_error) from exc
-        return HubCredentials.from_answer(creds)
+            raise FetchError(f"cannot get registry credentials from the gateway: {exc}") from exc
 
     def tasks(self) -> dict[str, Task]:
         root = self.config.compose_apps_root
@@ -116,7 +117,7 @@ class Agent:
             start.AppHealthy(root, self.engine),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),
-            report.ReportEvent(self.outbox, self.gateway, self._live_details),
+            report.ReportEvent(self.outbox, self.gateway, self.checkpoint.attempt, self._live_details),
             report.ReportAppsStates(self.outbox, self.gateway, self.apps_states),
         ]
         return {task.kind: task for task in implementations}
@@ -132,8 +133,19 @@ class Agent:
             return {"storage_stat": stat.as_json()}
         return {}
 
-    def apps_states(self) -> dict:
-        return apps_states_payload(self.engine, current_target(self.config.flow_dir))
+    def apps_states(self) -> StateReport:
+        return apps_states_report(self.engine, current_target(self.config.flow_dir))
+
+    def report_state(self, before_run: bool = False) -> None:
+        """fioup's reports of what the device is, each only if it changed: system info (before a run)
+        and the apps' states (before and after every run). Delivered in the background, so that a
+        gateway out of reach never delays a run (an app down since a power cut must start at once
+        at boot). Best effort: a report that cannot be made or sent must never fail a command."""
+        try:
+            states = (state_reports(self.config.values) if before_run else []) + [self.apps_states()]
+            report.send_states(self.outbox, self.gateway, states)
+        except Exception as exc:  # noqa: BLE001 - e.g. the engine does not answer: the run says so itself
+            log.warning("device state not reported: %s", exc)
 
     # --- metadata -------------------------------------------------------------------------
     def tuf(self, gateway: GatewayClient | None = None) -> TufClient:
@@ -167,7 +179,7 @@ class Agent:
         except NoSpaceError as full:
             log.warning("%s; sending %s now, without queueing it", full, event_type)
             try:
-                self.gateway.post_json(EVENTS, [event])
+                self.gateway.send("POST", EVENTS, [event])
             except Exception as exc:  # noqa: BLE001 - a report must never hide the update's own error
                 log.warning("%s is lost: %s", event_type, exc)
 
@@ -180,6 +192,7 @@ class Agent:
         """Send what the outbox holds; how many reports are left, None if it cannot even be opened
         (a full disk): a report that cannot go out now must never fail a command."""
         try:
+            self.outbox.settle()
             return self.outbox.flush(self.gateway)
         except NoSpaceError as exc:
             log.warning("reports not sent: %s", exc)
@@ -202,7 +215,8 @@ class Agent:
         reached, unsuccessful), then moved to history with the reason. The event id is fixed, so a
         cut between the two sends nothing twice."""
         event = closing_event(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes))
-        self._report_unsuccessful(plan, event, f"cancelled: {reason}", "cancelled")
+        self._report_unsuccessful(plan, self.checkpoint.attempt(plan.plan_id), event, f"cancelled: {reason}",
+                                  "cancelled")
         self.checkpoint.finish(plan, "cancelled", reason)
 
     # --- planning ---------------------------------------------------------------------------
@@ -274,25 +288,52 @@ class Agent:
 
     # --- running --------------------------------------------------------------------------
     def run(self, plan: Plan | None = None) -> RunResult:
-        """Freeze and run `plan`, or resume the plan in progress (plan None)."""
+        """Freeze and run `plan`, or resume the plan in progress (plan None), reporting the apps'
+        states before and after, as fioup does around every run, a failed one too."""
+        self.report_state(before_run=True)
+        if plan is None:
+            self._begin_attempt()
         executor = Executor(self.checkpoint, self.tasks(), on_event=self.on_event)
         result = executor.run(plan)
         if result.outcome == "failed":
-            self._report_failure(plan or self.checkpoint.current_plan(), result)
+            self._attempt_failed(plan or self.checkpoint.current_plan(), result)
+        self.report_state()
         return result
 
-    def _report_failure(self, plan: Plan, result: RunResult) -> None:
-        """fioup's failure events: download failed, or installation completed unsuccessfully."""
+    def _attempt_failed(self, plan: Plan, result: RunResult) -> None:
+        """End the current attempt as failed (the next run begins another) and report the failure."""
         node_id, exc = min(result.failed.items())
-        kind = plan.node(node_id).kind
-        event_type = "EcuDownloadCompleted" if kind in (fetch.KIND, space.KIND) else "EcuInstallationCompleted"
-        attempts = self.checkpoint.record(plan.plan_id, node_id).attempts
-        self._report_unsuccessful(plan, event_type, f"{node_id}: {exc}", f"{node_id}:{attempts}")
+        error = f"{node_id}: {exc}"
+        try:
+            attempt = self.checkpoint.fail_attempt(plan.plan_id, node_id, error)
+        except NoSpaceError as full:  # reported all the same; the next run goes on with this attempt
+            log.warning("could not record that the attempt failed: %s", full)
+            attempt = replace(self.checkpoint.attempt(plan.plan_id), failed={"node": node_id, "error": error})
+        self._report_failure(plan, attempt)
 
-    def _report_unsuccessful(self, plan: Plan, event_type: str, error: str, key: str) -> None:
-        """Queue `event_type` with success false for `plan`; its id is derived from `key`, fixed for the occasion."""
+    def _begin_attempt(self) -> None:
+        """Before a run of the plan in progress: if its last run failed, make sure that failure is
+        reported (a crash may have come between), then begin the next attempt."""
+        plan = self.checkpoint.current_plan()
+        if plan is None:
+            return
+        attempt = self.checkpoint.attempt(plan.plan_id)
+        if attempt.failed is not None:
+            self._report_failure(plan, attempt)
+        self.checkpoint.begin_attempt(plan.plan_id)
+
+    def _report_failure(self, plan: Plan, attempt: Attempt) -> None:
+        """fioup's failure events, one per failed attempt, under its correlation id: download failed,
+        or installation completed unsuccessfully."""
+        kind = plan.node(attempt.failed["node"]).kind
+        event_type = "EcuDownloadCompleted" if kind in (fetch.KIND, space.KIND) else "EcuInstallationCompleted"
+        self._report_unsuccessful(plan, attempt, event_type, attempt.failed["error"], str(attempt.number))
+
+    def _report_unsuccessful(self, plan: Plan, attempt: Attempt, event_type: str, error: str, key: str) -> None:
+        """Queue `event_type` with success false for `plan`, under the attempt's correlation id; its id
+        is derived from `key`, fixed for the occasion, so a resend after a crash is the same event."""
         event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{key}"))
         details = dict(self._live_details(event_type), error=error)
-        self._queue_event(event_type, plan.plan_id, plan.meta["target"], plan.meta["version"], False, details,
-                          event_id)
+        self._queue_event(event_type, attempt.correlation_id, plan.meta["target"], plan.meta["version"], False,
+                          details, event_id)
 

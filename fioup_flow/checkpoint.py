@@ -13,6 +13,12 @@ store was created: the marker names a store id the database must hold. The froze
 a SHA-256, checked whenever it is read, since SQLite has no checksums of its own. A write that
 fails because the disk is full is not damage (SQLite rolls it back): it raises `NoSpaceError`
 (exit 41), and `resume` goes on once space is freed.
+
+Each plan also has its current *attempt* (a number and the correlation id its reports carry):
+fioup opens a new update, with a new id, each time a failed update is tried again, so the
+gateway's history reads as what happened. Attempt 1 begins when the plan is frozen, under the
+plan's own id; a run that starts after a run of the plan ended failed begins the next attempt,
+under a fresh id; a run cut short by a signal or a power cut goes on with the same attempt.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from fioup_flow.durable import (
     write_atomic,
 )
 from fioup_flow.errors import CheckpointStoreError, InvalidOngoingUpdateError
-from fioup_flow.graph import Plan, dumps
+from fioup_flow.graph import Plan, dumps, new_plan_id
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 HISTORY_LIMIT = 100
@@ -67,6 +73,19 @@ class NodeRecord:
         if self.started is None or self.ended is None:
             return None
         return self.ended - self.started
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at a plan: its number, the correlation id of its reports, and how it failed, if it did.
+
+    `failed` ({"node", "error"}) is set when a run of this attempt ended failed: the next run
+    begins the next attempt.
+    """
+
+    number: int
+    correlation_id: str
+    failed: dict[str, str] | None = None
 
 
 class CheckpointStore:
@@ -197,8 +216,35 @@ class CheckpointStore:
             self.cache.set(f"plan:{plan.plan_id}", text)
             self.cache.set(f"plan_sha256:{plan.plan_id}", hashlib.sha256(text.encode()).hexdigest())
             self.cache.set(f"frozen_at:{plan.plan_id}", time.time())
+            self.cache.set(f"attempt:{plan.plan_id}", dumps(asdict(Attempt(1, plan.plan_id))))
             self.cache.set("current", plan.plan_id)
         return Plan.from_json(text)
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def attempt(self, plan_id: str) -> Attempt:
+        """The current attempt at `plan_id` (attempt 1, under the plan's id, for a plan frozen before
+        attempts were recorded: its reports went out under that id)."""
+        with self._guard():
+            raw = self.cache.get(f"attempt:{plan_id}")
+        return Attempt(**json.loads(raw)) if raw is not None else Attempt(1, plan_id)
+
+    def begin_attempt(self, plan_id: str) -> Attempt:
+        """At the start of a run: after a failed attempt, the next one, with a fresh correlation id,
+        durably before the run's first report; otherwise the attempt goes on."""
+        with self._guard(), self.cache.transact():
+            attempt = self.attempt(plan_id)
+            if attempt.failed is not None:
+                attempt = Attempt(attempt.number + 1, new_plan_id())
+                self.cache.set(f"attempt:{plan_id}", dumps(asdict(attempt)))
+        return attempt
+
+    def fail_attempt(self, plan_id: str, node_id: str, error: str) -> Attempt:
+        """Record that the current attempt ended failed at `node_id` (the next run begins another)."""
+        with self._guard(), self.cache.transact():
+            attempt = Attempt(**dict(asdict(self.attempt(plan_id)), failed={"node": node_id, "error": error}))
+            self.cache.set(f"attempt:{plan_id}", dumps(asdict(attempt)))
+        return attempt
 
     # -- node records --------------------------------------------------------------------------
 
@@ -233,6 +279,7 @@ class CheckpointStore:
         """Move `plan` from in-progress to history with `outcome` (completed, cancelled) and, for a
         cancel fioup-flow decided itself, its `reason`; one transaction."""
         records = self.records(plan.plan_id, plan.graph.nodes)
+        attempt = self.attempt(plan.plan_id)
         counts = {state: 0 for state in STATES}
         for record in records.values():
             counts[record.state] += 1
@@ -240,14 +287,14 @@ class CheckpointStore:
             entry = {
                 "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
                 "outcome": outcome, "reason": reason, "started": self.cache.get(f"frozen_at:{plan.plan_id}"),
-                "ended": time.time(),
+                "ended": time.time(), "attempts": attempt.number, "correlation_id": attempt.correlation_id,
                 "counts": counts, "failed": {n: r.error for n, r in records.items() if r.state == "failed"},
             }
             history = json.loads(self.cache.get("history", "[]"))
             self.cache.set("history", dumps(([entry] + history)[:HISTORY_LIMIT]))
             for node_id in plan.graph.nodes:
                 self.cache.delete(f"node:{plan.plan_id}:{node_id}")
-            for key in ("plan", "plan_sha256", "frozen_at", "cancel"):
+            for key in ("plan", "plan_sha256", "frozen_at", "cancel", "attempt"):
                 self.cache.delete(f"{key}:{plan.plan_id}")
             if self.cache.get("current") == plan.plan_id:
                 self.cache.delete("current")

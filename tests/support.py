@@ -48,7 +48,7 @@ def sample_page() -> str:
 
 def fioup_flow(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `fioup-flow` as a person would, with network retries kept short for tests."""
-    full_env = dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3", **(env or {}))
+    full_env = {**os.environ, "FIOUP_FLOW_RETRY_SECONDS": "3", **(env or {})}
     return subprocess.run([str(BIN / "fioup-flow"), *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, stdin=subprocess.DEVNULL)
 

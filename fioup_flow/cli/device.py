@@ -99,8 +99,6 @@ def check_command(obj, as_json: bool) -> None:
     config = obj.config
     agent = Agent(config)
     current = current_target(config.flow_dir)
-    if current:
-        agent.gateway.set_current(current.name, (a.name for a in current.apps))
     try:
         targets = agent.refresh_targets()
     finally:

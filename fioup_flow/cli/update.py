@@ -21,6 +21,7 @@ from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.outbox import Outbox, outbox_path
 from fioup_flow.render import (
     FORMATS,
     render_dot,
@@ -122,6 +123,29 @@ def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
     return {"in_progress": current, "history": store.history(history) if store else []}
 
 
+def _reports(flow_dir) -> dict[str, Any]:
+    """What waits in the outbox, and what the gateway refused for good (set aside, newest last)."""
+    path = outbox_path(flow_dir)
+    if not path.exists():
+        return {"pending": 0, "set_aside": []}
+    outbox = Outbox(path)
+    try:
+        return {"pending": len(outbox.pending()),
+                "set_aside": [{k: entry[k] for k in ("id", "endpoint", "status", "reason", "at")}
+                              for entry in outbox.rejected()]}
+    finally:
+        outbox.close()
+
+
+def _print_reports(reports: dict[str, Any]) -> None:
+    if reports["pending"]:
+        click.echo(f"Reports waiting for the gateway: {reports['pending']}")
+    if reports["set_aside"]:
+        click.secho(f"Reports the gateway refused (set aside, the last {len(reports['set_aside'])}):", fg="yellow")
+        for entry in reports["set_aside"]:
+            click.echo(f"  {_when(entry['at'])}  {entry['endpoint']} {entry['id']}: {entry['reason']}")
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "?"
 
@@ -144,7 +168,8 @@ def _print_device(data: dict[str, Any]) -> None:
 def status(ctx: click.Context, as_json: bool, history: int) -> None:
     """Show the update in progress (node counts, failures) and the last updates."""
     try:
-        data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history))
+        data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history),
+                    reports=_reports(ctx.obj.config.flow_dir))
     except FioupFlowError as exc:
         if as_json:  # a script reads stdout: the error goes there too, and the exit code says which
             emit_json({"error": str(exc), "exit_code": exc.exit_code})
@@ -171,6 +196,7 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
             click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
             if entry.get("reason"):
                 click.echo(f"    {entry['reason']}")
+    _print_reports(data["reports"])
 
 
 @click.command()

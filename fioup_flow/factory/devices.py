@@ -1,7 +1,8 @@
 """Registered devices and everything they report, as files under `home.devices/<uuid>/`.
 
 `device.json` holds the registration (name, uuid, hardware id, tags, device group, public key,
-the device's registry secret, created_at / last_seen as epoch seconds); `registration.json` the
+the device's registry secret, created_at / last_seen as epoch seconds, and `checkin`: the Target,
+apps and tag its last requests named in fioup's `x-ats-*` headers); `registration.json` the
 registration request as it arrived. Events and app states are JSON lines,
 append-only and fsynced, so tests (and people) can read back exactly what a device sent.
 Events are deduplicated by their `id`: a device re-sends a batch whose answer it lost in a
@@ -87,16 +88,19 @@ class DeviceRecords:
         return record is not None and secrets.compare_digest(record["registry_secret"], secret)
 
     # --- what devices report -------------------------------------------------------------
-    def touch(self, uuid: str) -> None:
-        """Set last_seen to now (every gateway request does)."""
+    def touch(self, uuid: str, checkin: dict[str, str] | None = None) -> None:
+        """Set last_seen to now and keep what the request's check-in headers said (`checkin`: target,
+        apps, tag), as dg-satellite's `Device.CheckIn` does; every gateway request does this."""
         with exclusive(self._lock(uuid)):
             record = self.get(uuid)
             if record is not None:
                 record["last_seen"] = time.time()
+                record["checkin"] = dict(record.get("checkin", {}), **(checkin or {}))
                 self._save(record)
 
-    def record_events(self, uuid: str, events: list[dict]) -> int:
-        """Append the events not recorded before (by `id`); returns how many were new."""
+    def record_events(self, uuid: str, events: list[dict], target: str | None = None) -> int:
+        """Append the events not recorded before (by `id`); returns how many were new. The batch goes
+        to the deliveries log with the Target the request's `x-ats-target` named."""
         with exclusive(self._lock(uuid)):
             seen = {e.get("id") for e in self.events(uuid)}
             fresh = []
@@ -104,7 +108,8 @@ class DeviceRecords:
                 if event.get("id") is None or event.get("id") not in seen:
                     fresh.append(event)
                     seen.add(event.get("id"))
-            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh)}])
+            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh),
+                                                  "target": target}])
             self._append(uuid, EVENTS_FILE, fresh)
             return len(fresh)
 

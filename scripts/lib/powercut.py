@@ -556,14 +556,15 @@ def container_story(engine: docker.DockerClient, app: str) -> str:
 
 
 def check_events(lab: Lab, device: Device, cut: Cut) -> None:
-    """Invariant 3: the final plan's events, each once, in the protocol's order."""
+    """Invariant 3: the final plan's events (of its last attempt), each once, in the protocol's order."""
     with device.store() as store:
         history = store.history(1)
     if not history:
         cut.failures["3-events"] = "no finished update in the device's history"
         return
-    plan_id = history[0]["plan_id"]
-    events = [e for e in DeviceRecords(lab.home).events(device.uuid) if e["event"]["correlationId"] == plan_id]
+    correlation_id = history[0]["correlation_id"]
+    events = [e for e in DeviceRecords(lab.home).events(device.uuid)
+              if e["event"]["correlationId"] == correlation_id]
     ids = [e["id"] for e in events]
     cut.duplicated_events = len(ids) - len(set(ids))
     kinds = [e["eventType"]["id"] for e in events]

@@ -201,8 +201,32 @@ def test_events_that_are_not_a_list_are_refused_with_400(factory, device):
     assert _send(factory, device, "POST", "/events", json={"id": "e1"}).status_code == 400
 
 
+def test_reports_are_judged_as_the_real_gateway_judges_them(factory, device):
+    """dg-satellite: 400 when a body does not decode into its Go types, 413 over 100 KiB, and events
+    without an id or with an invalid correlation id skipped while the upload succeeds."""
+    wrong_type = dict(_event("w1", "X"), eventType={"id": "X", "version": "2"})
+    assert _send(factory, device, "POST", "/events", json=[_event("ok1", "X"), wrong_type]).status_code == 400
+    skipped = [dict(_event("", "X")), dict(_event("s2", "X"), event={"correlationId": "bad id!"})]
+    assert _send(factory, device, "POST", "/events", json=[*skipped, _event("ok2", "X")]).status_code == 200
+    assert [e["id"] for e in DeviceRecords(factory.home).events(device.uuid)] == ["ok2"]
+    too_big = [dict(_event(f"b{n}", "X"), event=dict(_event("", "X")["event"], details="d" * 2048))
+               for n in range(60)]
+    assert _send(factory, device, "POST", "/events", json=too_big).status_code == 413
+    assert _send(factory, device, "POST", "/apps-states", json={"deviceTime": "now", "apps": {}}).status_code == 400
+    assert _send(factory, device, "PUT", "/system_info", data=b"not json").status_code == 400
+    assert _send(factory, device, "PUT", "/system_info/network", json={"mac": 1}).status_code == 400
+
+
+def test_the_gateway_records_the_check_in_headers_of_each_request(factory, device):
+    headers = {"x-ats-target": "t-1", "x-ats-dockerapps": "a,b", "x-ats-tags": "main"}
+    assert _get(factory, device, "/device", headers=headers).status_code == 200
+    assert _get(factory, device, "/device", headers={"x-ats-target": "t-2"}).status_code == 200
+    assert DeviceRecords(factory.home).get(device.uuid)["checkin"] == {"target": "t-2", "apps": "a,b", "tag": "main"}
+
+
 def test_app_states_are_appended_and_readable_back(factory, device):
-    states = [{"ostree": "x", "deviceTime": "t1", "apps": {}}, {"ostree": "x", "deviceTime": "t2", "apps": {"a": {}}}]
+    states = [{"ostree": "x", "deviceTime": "2026-01-01T00:00:00Z", "apps": {}},
+              {"ostree": "x", "deviceTime": "2026-01-01T00:01:00+01:00", "apps": {"a": {}}}]
     for state in states:
         assert _send(factory, device, "POST", "/apps-states", json=state).status_code == 200
     assert DeviceRecords(factory.home).apps_states(device.uuid) == states
@@ -213,9 +237,9 @@ def test_app_states_are_appended_and_readable_back(factory, device):
 
 def test_system_info_keeps_the_latest_of_each_kind(factory, device):
     records = DeviceRecords(factory.home)
-    for path, kind, body in (("/system_info", "", b'{"a": 1}'), ("/system_info/network", "network", b'{"h": 1}'),
+    for path, kind, body in (("/system_info", "", b'{"a": 1}'), ("/system_info/network", "network", b'{"mac": "1"}'),
                              ("/system_info/config", "config", b"[pacman]\n")):
-        assert _send(factory, device, "PUT", path, data=b"old").status_code == 200
+        assert _send(factory, device, "PUT", path, data=b'{"old": 1}').status_code == 200
         assert _send(factory, device, "PUT", path, data=body).status_code == 200
         assert records.system_info(device.uuid, kind) == body
 
