@@ -14,8 +14,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import clean_engine
-from support import BIN, Device, new_device, publish, sample_page
+from support import BIN, Device, clean_engine, new_device, publish, sample_page
 
 from fioup_flow.factory.broken import ESCAPE_NAME
 from fioup_flow.factory.devices import DeviceRecords

@@ -13,8 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import clean_engine
-from support import BIN, new_device, sample_page
+from support import BIN, clean_engine, new_device, sample_page
 
 from fioup_flow.factory.publish import sample_path
 
