@@ -26,7 +26,7 @@ from fioup_flow.outbox import EVENTS, Outbox
 from fioup_flow.planner import Observed, compile_update, diff_apps
 from fioup_flow.registry import RegistryClient
 from fioup_flow.store import BlobStore
-from fioup_flow.targets import Target, TufClient, select_target
+from fioup_flow.targets import Target, TargetsSource, select_target, targets_source
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
@@ -117,8 +117,8 @@ class Agent:
         return apps_states_payload(self.engine, current_target(self.config.flow_dir))
 
     # --- metadata -------------------------------------------------------------------------
-    def tuf(self) -> TufClient:
-        return TufClient(self.config.tuf_dir, self.gateway, self.config.hardware_id)
+    def tuf(self) -> TargetsSource:
+        return targets_source(self.config, self.gateway)
 
     def refresh_targets(self) -> list[Target]:
         """Refresh and verify the metadata; report `MetadataUpdateCompleted` when it changed or failed."""

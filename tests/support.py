@@ -67,6 +67,18 @@ class Device:
         return last_json(self.run(*args))
 
 
+def image_roots(home: Path, folder: Path) -> Path:
+    """What a device's OS image ships: the factory's TUF roots (`fioup-flow-factory roots`) in
+    `folder/tuf` (as /usr/lib/sota/tuf), and a config file pointing the device at them (as a
+    drop-in in /usr/lib/sota/conf.d would); returns that file."""
+    done = subprocess.run([str(BIN / "fioup-flow-factory"), "roots", "--home", str(home), "--out",
+                           str(folder / "tuf")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    drop_in = folder / "image-roots.toml"
+    drop_in.write_text(f'[storage]\nuptane_metadata_path = "{folder / "tuf"}"\n')
+    return drop_in
+
+
 def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str) -> subprocess.CompletedProcess:
     """`fioup-flow register` against a factory whose `up` printed `info`."""
     return fioup_flow(["register", "--server", info["api"], "--token", info["registration_token"],
@@ -75,10 +87,11 @@ def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str) -
 
 
 def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
+    """A device registered with the factory `info` describes, its image's roots beside its sota dir."""
     name = f"dev-{uuid.uuid4().hex[:8]}"
     done = register(info, sota_dir, name, *extra)
     assert done.returncode == 0, done.stderr
-    return Device(name, sota_dir)
+    return Device(name, sota_dir, [image_roots(Path(info["home"]), sota_dir.with_name(f"{sota_dir.name}-image"))])
 
 
 def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: str) -> Any:

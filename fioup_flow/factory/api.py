@@ -24,7 +24,6 @@ from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.http import Call, HttpError, Reply
 from fioup_flow.factory.pki import common_name, issue_client_cert
 from fioup_flow.factory.token import SERVICE, TOKEN_TTL_SECONDS, issue_token
-from fioup_flow.factory.tufrepo import TufRepository
 
 REQUIRED_FIELDS = ("name", "uuid", "csr", "hardware-id", "sota-config-dir")
 DEFAULT_TAGS = "main"
@@ -69,11 +68,12 @@ class ApiApp:
             self.devices.register(body["name"], body["uuid"], body["hardware-id"], tags, pubkey)
         except DeviceExistsError as exc:
             raise HttpError(409, str(exc)) from exc
+        # No TUF root: devices start from the roots their OS image ships (factory-registration-ref
+        # answers with these files only).
         files = {
             "sota.toml": sota_toml(state, body["hardware-id"], body["sota-config-dir"], tags, apps),
             "client.pem": cert_pem.decode(),
             "root.crt": self.home.ca_cert.read_text(),
-            "tuf/root.json": TufRepository(self.home).trusted_root_json().decode(),
         }
         return Reply.json(files, status=201)
 

@@ -44,7 +44,8 @@ def ensure_pki(home: FactoryHome) -> None:
 
 
 def issue_client_cert(home: FactoryHome, csr_pem: bytes, factory: str | None = None) -> bytes:
-    """Sign a device's CSR: subject CN kept from the CSR (the device uuid), OU = factory name.
+    """Sign a device's CSR: subject CN kept from the CSR (the device uuid), OU = factory name,
+    and the CSR's businessCategory if it has one (`production` marks a production device).
 
     Raises RegistrationError when the CSR is unreadable, badly signed or has no CN.
     """
@@ -61,6 +62,7 @@ def issue_client_cert(home: FactoryHome, csr_pem: bytes, factory: str | None = N
     subject = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, str(common_names[0].value)),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, factory),
+        *csr.subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY),
     ])
     cert = _sign(home, subject, csr.public_key(), ExtendedKeyUsageOID.CLIENT_AUTH, with_sans=False)
     return cert.public_bytes(serialization.Encoding.PEM)

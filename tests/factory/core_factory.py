@@ -4,7 +4,8 @@ tests/conftest.py, is built from them).
 `start_factory` runs `fioup-flow-factory up` in a folder; tests that change the TUF
 repository's keys or expiries start their own factory instead of the shared one.
 `register_device` registers through the real api listener and returns what a device keeps
-(key, client cert, the first trusted TUF root).
+(key, client cert) beside what its OS image ships (the factory's TUF roots and a config
+drop-in pointing at them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.register import make_key_and_csr
@@ -44,6 +48,12 @@ class Device:
     uuid: str
     folder: Path
     files: dict[str, str]  # the registration answer
+    drop_in: Path  # the image's config: where its TUF roots are
+
+    @property
+    def cfg_dirs(self) -> str:
+        """`fioup-flow -c` for this device."""
+        return f"{self.folder / 'sota.toml'},{self.drop_in}"
 
     @property
     def cert(self) -> tuple[str, str]:
@@ -73,11 +83,31 @@ def registration_body(name: str, device_uuid: str, csr: bytes, sota_dir: Path, h
             "sota-config-dir": str(sota_dir), "overrides": {"pacman": pacman}}
 
 
+def image_roots(factory: Factory, folder: Path) -> Path:
+    """The factory's roots in `folder/tuf` as an OS image ships them, and the config drop-in
+    naming that folder; returns the drop-in."""
+    factory_cli("roots", "--home", str(factory.home.root), "--out", str(folder / "tuf"))
+    drop_in = folder / "image-roots.toml"
+    drop_in.write_text(f'[storage]\nuptane_metadata_path = "{folder / "tuf"}"\n')
+    return drop_in
+
+
+def production_csr(device_uuid: str) -> tuple[bytes, bytes]:
+    """A key and a CSR like `make_key_and_csr`'s, with businessCategory=production in the subject
+    (what fioup's `register --production` asks for)."""
+    key_pem, _ = make_key_and_csr(device_uuid)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_uuid),
+                         x509.NameAttribute(NameOID.BUSINESS_CATEGORY, "production")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(
+        serialization.load_pem_private_key(key_pem, password=None), hashes.SHA256())
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
 def register_device(factory: Factory, folder: Path, name: str | None = None, hardware_id: str = "amd64-linux",
-                    tags: str = "main") -> Device:
+                    tags: str = "main", production: bool = False) -> Device:
     device_uuid = str(uuidlib.uuid4())
     name = name or f"dev-{device_uuid[:8]}"
-    key, csr = make_key_and_csr(device_uuid)
+    key, csr = (production_csr if production else make_key_and_csr)(device_uuid)
     response = requests.post(f"{factory.api}/ota/devices/", verify=factory.info["ca"],
                              headers={"OSF-TOKEN": factory.info["registration_token"]},
                              json=registration_body(name, device_uuid, csr, folder, hardware_id, tags), timeout=30)
@@ -88,4 +118,4 @@ def register_device(factory: Factory, folder: Path, name: str | None = None, har
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(content)
     (folder / "pkey.pem").write_bytes(key)
-    return Device(name, device_uuid, folder, files)
+    return Device(name, device_uuid, folder, files, image_roots(factory, folder.with_name(f"{folder.name}-image")))
