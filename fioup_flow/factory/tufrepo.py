@@ -94,12 +94,16 @@ def key_entry(key: SSlibKey) -> dict:
     return {"keytype": keytype, "keyval": {"public": key.keyval["public"]}}
 
 
+def signature_entry(signer: CryptoSigner, payload: bytes) -> dict:
+    """A signature as the flavour writes it: key id, method, and the signature in base64."""
+    return {"keyid": signer.public_key.keyid, "method": signer.public_key.scheme,
+            "sig": base64.b64encode(bytes.fromhex(signer.sign(payload).signature)).decode()}
+
+
 def sign_document(signed: dict, signers: list[CryptoSigner]) -> bytes:
     """The served file: `signed` with a signature of each signer over its canonical bytes."""
     payload = canonical_bytes(signed)
-    signatures = [{"keyid": s.public_key.keyid, "method": s.public_key.scheme,
-                   "sig": base64.b64encode(bytes.fromhex(s.sign(payload).signature)).decode()} for s in signers]
-    return canonical_bytes({"signatures": signatures, "signed": signed})
+    return canonical_bytes({"signatures": [signature_entry(s, payload) for s in signers], "signed": signed})
 
 
 def meta_entry(data: bytes, version: int) -> dict:
@@ -234,7 +238,7 @@ class TufRepository:
                 current = self.latest_root(repo)
                 new = next_root(current, {r: [s.public_key for s in ks] for r, ks in keys.items()}, expires,
                                 f"rotate {', '.join(roles)} keys (threshold {threshold})")
-                self._write_root((repo,), new, self._signers(current, "root") + keys.get("root", []))
+                self._write_root((repo,), new, self.signers(current, "root") + keys.get("root", []))
                 versions[repo] = new["version"]
             db = self._load_db()
             self._bump(db, pinned=db["pinned_expires"])
@@ -276,13 +280,13 @@ class TufRepository:
         listing = db["production_targets" if repo == PRODUCTION else "targets"]
         chosen = {name: info for name, info in listing.items() if visible(info, set(tags))}
         targets = sign_document({"_type": "Targets", "expires": expires["targets"], "targets": chosen,
-                                 "version": version}, self._signers(root, "targets"))
+                                 "version": version}, self.signers(root, "targets"))
         snapshot = sign_document({"_type": "Snapshot", "expires": expires["snapshot"],
                                   "meta": {"targets.json": meta_entry(targets, version)}, "version": version},
-                                 self._signers(root, "snapshot"))
+                                 self.signers(root, "snapshot"))
         timestamp = sign_document({"_type": "Timestamp", "expires": expires["timestamp"],
                                    "meta": {"snapshot.json": meta_entry(snapshot, version)}, "version": version},
-                                  self._signers(root, "timestamp"))
+                                  self.signers(root, "timestamp"))
         for name, data in (("targets.json", targets), ("snapshot.json", snapshot), ("timestamp.json", timestamp)):
             write_atomic(folder / name, data, mode=0o644)
         meta = {"tags": tags, "version": version, "timestamp_expires": expires["timestamp"]}
@@ -322,7 +326,7 @@ class TufRepository:
         write_atomic(self._key_path(signer.public_key.keyid), signer.private_bytes, mode=0o600)
         return signer
 
-    def _signers(self, root: dict, role: str) -> list[CryptoSigner]:
+    def signers(self, root: dict, role: str) -> list[CryptoSigner]:
         """A signer for every key `root` (a root's signed part) names for `role`."""
         return [CryptoSigner(load_pem_private_key(self._key_path(keyid).read_bytes(), password=None),
                              key_from_flavour(keyid, root["keys"][keyid]))

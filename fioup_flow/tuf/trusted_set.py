@@ -112,7 +112,7 @@ class TrustedSet:
                 raise BadVersionNumberError(f"timestamp names snapshot version {new.signed.snapshot_meta.version}, "
                                             f"older than {held.snapshot_meta.version}")
         self._timestamp, self._timestamp_payload = new.signed, new.payload
-        self._check_final_timestamp()
+        self.check_final_timestamp()
         return new.signed
 
     def update_snapshot(self, data: bytes, trusted: bool = False) -> Snapshot:
@@ -124,7 +124,7 @@ class TrustedSet:
             raise RuntimeError("cannot update snapshot before timestamp")
         if self._targets is not None:
             raise RuntimeError("cannot update snapshot after targets")
-        self._check_final_timestamp()
+        self.check_final_timestamp()
         named = self.timestamp.snapshot_meta
         matches = _matches(named, data)
         if not trusted and not matches:
@@ -162,7 +162,8 @@ class TrustedSet:
         self._targets = new.signed
         return new.signed
 
-    def _check_final_timestamp(self) -> None:
+    def check_final_timestamp(self) -> None:
+        """Raise if the timestamp held is expired (then nothing after it can be loaded)."""
         if self.timestamp.is_expired(self.reference_time):
             raise ExpiredMetadataError("timestamp.json is expired")
 

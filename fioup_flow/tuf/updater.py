@@ -6,7 +6,9 @@ held then the gateway's, the snapshot held if it is still the one the timestamp 
 gateway's, and the same for targets; `TrustedSet` decides what is trusted at each step. What
 differs is where the first root comes from (the store, or else the chain the OS image ships,
 see `roots`) and the explicit fast-forward recovery: when the new root changed the timestamp
-or snapshot keys, the timestamp and snapshot held are forgotten (TUF spec 5.3.11).
+or snapshot keys, the timestamp and snapshot held are forgotten (TUF spec 5.3.11); and an
+expired timestamp (the gateway's may be the very one held, frozen) stops the refresh before a
+snapshot is fetched, rather than after.
 
 Only verified bytes are written, each durably (fsync before rename, `durable.write_atomic`), as
 served: `<dir>/root.json` (the newest trusted root), `timestamp.json`, `snapshot.json`,
@@ -51,6 +53,7 @@ class Updater:
         DownloadError, or OSError when the store cannot be written) and keeps what it had."""
         trusted = self._load_root()
         self._load_timestamp(trusted)
+        trusted.check_final_timestamp()  # the very timestamp held may have expired: fetch nothing more
         if not self._load_local(trusted.update_snapshot, SNAPSHOT, trusted=True):
             self._download(trusted.update_snapshot, SNAPSHOT, trusted.timestamp.snapshot_meta.length)
         if not self._load_local(trusted.update_targets, TARGETS):
