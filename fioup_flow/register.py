@@ -2,7 +2,7 @@
 
 Follows fioup's registration (`internal/register`): an ECDSA P-256 key and a CSR whose common
 name is the device UUID; the factory answers with the files the device needs (`sota.toml`,
-`client.pem`, `root.crt`, and here also the trusted TUF root), which are written atomically;
+`client.pem`, `root.crt`; never a TUF root, which comes with the OS image), which are written atomically;
 then a `PUT /system_info` over mutual TLS proves the link works.
 """
 
@@ -147,7 +147,7 @@ def register(reg: Registration, force: bool = False) -> Config:
     os.chmod(reg.sota_dir, 0o700)
     check_not_registered(reg.sota_dir, force)
     if force:
-        # A new identity starts from the root it is given, not from metadata trusted before.
+        # A new identity starts from the roots its image ships, not from metadata trusted before.
         shutil.rmtree(reg.sota_dir / "tuf", ignore_errors=True)
     key_pem, csr_pem = make_key_and_csr(reg.device_uuid)
     files = call_registration(reg, request_body(reg, csr_pem))

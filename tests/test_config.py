@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+import pytest
+
 from fioup_flow.config import Config, cfg_dirs_from_env
+from fioup_flow.errors import UsageError
 
 
 def write(path: Path, text: str) -> Path:
@@ -51,3 +54,16 @@ def test_the_engine_restart_command_is_split_as_a_shell_would_or_taken_as_a_list
     assert command('engine_restart_command = "systemctl restart \'docker.service\'"') == (
         "systemctl", "restart", "docker.service")
     assert command('engine_restart_command = ["/usr/bin/my restart", "--now"]') == ("/usr/bin/my restart", "--now")
+
+
+def test_the_image_s_roots_are_in_usr_lib_sota_tuf_unless_uptane_metadata_path_says_otherwise(tmp_path: Path) -> None:
+    assert Config.load((str(write(tmp_path / "a.toml", "")),)).tuf_roots_path == Path("/usr/lib/sota/tuf")
+    cfg = write(tmp_path / "b.toml", '[storage]\nuptane_metadata_path = "/opt/image/tuf"\n')
+    assert Config.load((str(cfg),)).tuf_roots_path == Path("/opt/image/tuf")
+
+
+def test_tuf_is_the_default_and_plain_mode_must_be_asked_for_by_name(tmp_path: Path) -> None:
+    assert Config.load((str(write(tmp_path / "a.toml", "")),)).tuf_mode == "tuf"
+    assert Config.load((str(write(tmp_path / "b.toml", '[pacman]\ntuf_mode = "Plain"\n')),)).tuf_mode == "plain"
+    with pytest.raises(UsageError, match="pacman.tuf_mode"):
+        _ = Config.load((str(write(tmp_path / "c.toml", '[pacman]\ntuf_mode = "off"\n')),)).tuf_mode

@@ -61,8 +61,9 @@ def parse_json(data: bytes) -> Any:
     """JSON read one way only: a repeated name or a NaN/Infinity is refused, not guessed at."""
     def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         names = [name for name, _ in pairs]
-        if len(set(names)) != len(names):
-            raise FlavourError(f"a JSON object repeats a name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))})")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise FlavourError(f"a JSON object repeats a name ({', '.join(repeated)})")
         return dict(pairs)
 
     def no_constant(name: str) -> Any:

@@ -127,11 +127,15 @@ class Bench:
 
     # --- fioup-flow side ---------------------------------------------------------------
     def register(self, round_no: int) -> dict[str, str]:
+        """A new device, with its image's TUF roots beside it; the environment that selects it."""
         device = self.work / f"device-{round_no}"
+        run(["fioup-flow-factory", "roots", "--home", str(self.home), "--out", str(self.work / "image-tuf")])
+        image = self.work / "image-roots.toml"
+        image.write_text(f'[storage]\nuptane_metadata_path = "{self.work / "image-tuf"}"\n')
         run(["fioup-flow", "register", "--server", self.factory["api"], "--token", self.factory["registration_token"],
              "--ca", self.factory["ca"], "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG,
              "--sota-dir", str(device)])
-        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"))
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{image}")
 
     def save_compose_files(self, env: dict[str, str], version: int) -> None:
         """Keep the installed, pinned compose files of `version` for the baseline."""

@@ -115,11 +115,12 @@ def test_tampered_targets_are_refused_by_the_snapshot_s_hash(victim, engine) -> 
 
 def test_tampered_targets_with_every_hash_relinked_are_refused_by_the_timestamp_s_signature(victim, engine) -> None:
     victim.publish(2)
+    def relink(name: str, data: bytes) -> Callable[[dict], None]:
+        return lambda d: d["signed"]["meta"].update({name: meta_entry(data, d["signed"]["version"])})
+
     targets = edited(victim.served("targets.json").read_bytes(), _evil)
-    snapshot = edited(victim.served("snapshot.json").read_bytes(),
-                      lambda d: d["signed"]["meta"].update({"targets.json": meta_entry(targets, d["signed"]["version"])}))
-    timestamp = edited(victim.served("timestamp.json").read_bytes(),
-                       lambda d: d["signed"]["meta"].update({"snapshot.json": meta_entry(snapshot, d["signed"]["version"])}))
+    snapshot = edited(victim.served("snapshot.json").read_bytes(), relink("targets.json", targets))
+    timestamp = edited(victim.served("timestamp.json").read_bytes(), relink("snapshot.json", snapshot))
     for name, data in (("targets.json", targets), ("snapshot.json", snapshot), ("timestamp.json", timestamp)):
         victim.serve(name, data)
     assert "timestamp was signed by 0/1 keys" in refused(victim, engine)

@@ -21,6 +21,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from support import image_roots
 
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.register import make_key_and_csr
@@ -51,11 +52,6 @@ class Device:
     drop_in: Path  # the image's config: where its TUF roots are
 
     @property
-    def cfg_dirs(self) -> str:
-        """`fioup-flow -c` for this device."""
-        return f"{self.folder / 'sota.toml'},{self.drop_in}"
-
-    @property
     def cert(self) -> tuple[str, str]:
         """(client cert, key) for requests' `cert=`."""
         return str(self.folder / "client.pem"), str(self.folder / "pkey.pem")
@@ -81,15 +77,6 @@ def registration_body(name: str, device_uuid: str, csr: bytes, sota_dir: Path, h
         pacman["compose_apps"] = json.dumps(apps)
     return {"name": name, "uuid": device_uuid, "csr": csr.decode(), "hardware-id": hardware_id,
             "sota-config-dir": str(sota_dir), "overrides": {"pacman": pacman}}
-
-
-def image_roots(factory: Factory, folder: Path) -> Path:
-    """The factory's roots in `folder/tuf` as an OS image ships them, and the config drop-in
-    naming that folder; returns the drop-in."""
-    factory_cli("roots", "--home", str(factory.home.root), "--out", str(folder / "tuf"))
-    drop_in = folder / "image-roots.toml"
-    drop_in.write_text(f'[storage]\nuptane_metadata_path = "{folder / "tuf"}"\n')
-    return drop_in
 
 
 def production_csr(device_uuid: str) -> tuple[bytes, bytes]:
@@ -118,4 +105,5 @@ def register_device(factory: Factory, folder: Path, name: str | None = None, har
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(content)
     (folder / "pkey.pem").write_bytes(key)
-    return Device(name, device_uuid, folder, files, image_roots(factory, folder.with_name(f"{folder.name}-image")))
+    image = image_roots(factory.home.root, folder.with_name(f"{folder.name}-image"))
+    return Device(name, device_uuid, folder, files, image)

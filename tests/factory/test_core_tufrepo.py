@@ -44,7 +44,8 @@ def served(repo: TufRepository, repository: str, tags: list[str], name: str) -> 
     return json.loads(repo.view_file(repository, tags, name).read_bytes())
 
 
-def device_refresh(repo: TufRepository, store: Path, repository: str = CI, tags: tuple[str, ...] = ("main",)) -> Targets:
+def device_refresh(repo: TufRepository, store: Path, repository: str = CI,
+                   tags: tuple[str, ...] = ("main",)) -> Targets:
     """What a device of `repository` following `tags` trusts after a refresh (the device's own
     Updater, reading the repository's files in place of the gateway)."""
     def fetch(name: str, _max_length: int) -> bytes | None:
@@ -176,7 +177,8 @@ def test_rotate_root_signs_both_chains_with_old_and_new_keys_and_the_threshold_a
         new = json.loads(repo.root_json(repository, repo.root_versions(repository)[-1]))
         assert len(new["signatures"]) == 3, "one old root key and the two new ones"
         assert new["signed"]["roles"]["targets"]["threshold"] == 2
-        assert set(new["signed"]["roles"]["targets"]["keyids"]).isdisjoint(old[repository]["roles"]["targets"]["keyids"])
+        targets_keys = set(new["signed"]["roles"]["targets"]["keyids"])
+        assert targets_keys.isdisjoint(old[repository]["roles"]["targets"]["keyids"])
         assert new["signed"]["roles"]["snapshot"] == old[repository]["roles"]["snapshot"]
         assert set(new["signed"]["keys"]) == {k for r in new["signed"]["roles"].values() for k in r["keyids"]}
     assert len(served(repo, CI, ["main"], "targets.json")["signatures"]) == 2
