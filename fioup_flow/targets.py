@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def select_target(targets: list[Target], version: int | None = None) -> Target:
     return eligible[-1]
 
 
-class TargetsSource:
+class TargetsSource(ABC):
     """Where the device's Targets come from; `trust` says in words what vouches for them."""
 
     trust: str
@@ -130,8 +131,9 @@ class TargetsSource:
         self.gateway = gateway
         self.targets_path = targets_path
 
+    @abstractmethod
     def refresh(self) -> list[Target]:
-        raise NotImplementedError
+        """Fetch the newest metadata and return this device's Targets; on failure keep the old."""
 
     def trusted_targets(self) -> list[Target]:
         """The Targets of the metadata last kept (no network)."""

@@ -62,24 +62,30 @@ class Updater:
         return trusted.targets
 
     def _load_root(self) -> TrustedSet:
-        stored = self.read(ROOT)
+        stored = self._read(ROOT)
         chain = [stored] if stored is not None else self.shipped_roots()
         trusted = TrustedSet(chain[0])
-        first = trusted.root
         for data in chain[1:]:
-            trusted.update_root(data)
+            self._next_root(trusted, data)
         if stored is None:
             self._persist(ROOT, chain[-1])
         for _ in range(MAX_ROOT_ROTATIONS):
             data = self.fetch(f"{trusted.root.version + 1}.{ROOT}", MAX_LENGTH[ROOT])
             if data is None:
                 break
-            trusted.update_root(data)
+            self._next_root(trusted, data)
             self._persist(ROOT, data)
-        if online_keys_rotated(first, trusted.root):
-            log.info("the timestamp or snapshot keys changed: forgetting the timestamp and snapshot held")
-            self._forget(TIMESTAMP, SNAPSHOT)
         return trusted
+
+    def _next_root(self, trusted: TrustedSet, data: bytes) -> None:
+        """Trust the next root; if it changed the timestamp or snapshot keys, forget the timestamp
+        and snapshot held before the new root is kept (so a crash between the two cannot skip it)."""
+        before = trusted.root
+        trusted.update_root(data)
+        if online_keys_rotated(before, trusted.root):
+            log.info("root v%d changed the timestamp or snapshot keys: forgetting the timestamp and snapshot held",
+                     trusted.root.version)
+            self._forget(TIMESTAMP, SNAPSHOT)
 
     def _load_timestamp(self, trusted: TrustedSet) -> None:
         self._load_local(trusted.update_timestamp, TIMESTAMP)
@@ -93,7 +99,7 @@ class Updater:
     def _load_local(self, update: Callable[..., object], name: str, **kwargs: bool) -> bool:
         """Load the copy held of `name`; False if there is none or it is not final (then the
         gateway's is needed; an intermediate one stays loaded to guard against rollback)."""
-        data = self.read(name)
+        data = self._read(name)
         if data is None:
             return False
         try:
@@ -114,7 +120,7 @@ class Updater:
             raise DownloadError(f"the gateway has no {name}")
         return data
 
-    def read(self, name: str) -> bytes | None:
+    def _read(self, name: str) -> bytes | None:
         try:
             return (self.metadata_dir / name).read_bytes()
         except FileNotFoundError:
