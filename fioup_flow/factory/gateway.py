@@ -87,7 +87,6 @@ class GatewayApp:
                 "pubkey": device["pubkey"], "tag": ",".join(device["tags"])}
 
 
-
 def _json_object(call: Call) -> dict:
     body = call.json()
     if not isinstance(body, dict):
