@@ -323,26 +323,30 @@ def test_the_repository_answers_404_to_a_device_that_sends_no_tag(factory, devic
         assert _get(factory, device, path, headers={"x-ats-tags": "main"}).status_code == 200
 
 
+def _own() -> str:
+    """A tag or hardware id of this test's own: the shared factory's Targets are left alone."""
+    return f"core-{uuidlib.uuid4().hex[:8]}"
+
+
 def test_the_x_ats_tags_header_chooses_the_view_which_lists_every_hardware_id_of_its_tags(factory, tmp_path):
-    tag, other = (f"t{uuidlib.uuid4().hex[:8]}" for _ in range(2))  # this test's own, in the shared factory
-    device = register_device(factory, tmp_path / "sota", tags=tag)
-    TufRepository(factory.home).add_targets(_entry(1, "amd64-linux", [tag]) | _entry(2, "amd64-linux", [other])
-                                            | _entry(3, "arm64-linux", [tag]))
-    assert set(_refresh(factory, device, tmp_path / "tuf", tag).targets) == {"amd64-linux-lmp-1", "arm64-linux-lmp-3"}
-    assert set(_refresh(factory, device, tmp_path / "tuf", other).targets) == {"amd64-linux-lmp-2"}
+    tag, other, hwid, hwid2 = _own(), _own(), _own(), _own()
+    device = register_device(factory, tmp_path / "sota", hardware_id=hwid, tags=tag)
+    TufRepository(factory.home).add_targets(_entry(1, hwid, [tag]) | _entry(2, hwid, [other]) | _entry(3, hwid2, [tag]))
+    assert set(_refresh(factory, device, tmp_path / "tuf", tag).targets) == {f"{hwid}-lmp-1", f"{hwid2}-lmp-3"}
+    assert set(_refresh(factory, device, tmp_path / "tuf", other).targets) == {f"{hwid}-lmp-2"}
 
 
 def test_a_production_device_gets_the_production_chain_and_only_production_targets(factory, tmp_path):
-    tag = f"t{uuidlib.uuid4().hex[:8]}"
-    ci = register_device(factory, tmp_path / "ci", tags=tag)
-    prod = register_device(factory, tmp_path / "prod", tags=tag, production=True)
+    tag, hwid = _own(), _own()
+    ci = register_device(factory, tmp_path / "ci", hardware_id=hwid, tags=tag)
+    prod = register_device(factory, tmp_path / "prod", hardware_id=hwid, tags=tag, production=True)
     cert = x509.load_pem_x509_certificate(prod.files["client.pem"].encode())
     assert cert.subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY)[0].value == "production"
     repo = TufRepository(factory.home)
-    repo.add_targets(_entry(1, "amd64-linux", [tag]))
-    repo.add_targets(_entry(2, "amd64-linux", [tag]), production=True)
-    assert set(_refresh(factory, ci, tmp_path / "ci-tuf", tag).targets) == {"amd64-linux-lmp-1", "amd64-linux-lmp-2"}
-    assert set(_refresh(factory, prod, tmp_path / "prod-tuf", tag).targets) == {"amd64-linux-lmp-2"}
+    repo.add_targets(_entry(1, hwid, [tag]))
+    repo.add_targets(_entry(2, hwid, [tag]), production=True)
+    assert set(_refresh(factory, ci, tmp_path / "ci-tuf", tag).targets) == {f"{hwid}-lmp-1", f"{hwid}-lmp-2"}
+    assert set(_refresh(factory, prod, tmp_path / "prod-tuf", tag).targets) == {f"{hwid}-lmp-2"}
     newest = repo.root_versions(PRODUCTION)[-1]
     assert _get(factory, prod, f"/repo/{newest}.root.json", headers={"x-ats-tags": tag}).content == \
         repo.root_json(PRODUCTION, newest)
