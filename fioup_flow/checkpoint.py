@@ -307,7 +307,7 @@ class CheckpointStore:
         with self._guard(), self.cache.transact():
             entry = {
                 "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
-                "kind": plan.meta.get("kind", "update"),
+                "kind": plan.meta.get("kind", "update"), "rollback_of": plan.meta.get("rollback_of"),
                 "outcome": outcome, "reason": reason, "started": self.cache.get(f"frozen_at:{plan.plan_id}"),
                 "ended": time.time(), "attempts": attempt.number, "correlation_id": attempt.correlation_id,
                 "counts": counts, "failed": {n: r.error for n, r in records.items() if r.state == "failed"},
