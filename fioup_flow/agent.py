@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 
@@ -44,9 +45,11 @@ FAILURE_EVENT_NS = uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff")
 
 
 class Agent:
-    def __init__(self, config: Config, on_event: EventHook | None = None):
+    def __init__(self, config: Config, on_event: EventHook | None = None,
+                 on_next_plan: Callable[[Plan], None] | None = None):
         self.config = config
         self.on_event = on_event
+        self.on_next_plan = on_next_plan  # told when a run goes on with another plan (a rollback)
 
     # --- the parts, made when first needed ------------------------------------------------
     @cached_property
@@ -264,7 +267,8 @@ class Agent:
 
         With `report_failure` (a real update, not a preview), a Target refused while its apps
         are walked (a compose file that does not parse, a registry out of reach) is reported as
-        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway.
+        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway;
+        and if the refusal is the Target's own (a compose file that does not parse), it is marked bad.
         """
         observed = self.observe()
         diff = diff_apps(observed.current, target, observed.apps_up)
@@ -284,8 +288,11 @@ class Agent:
                               health_window=self.config.health_window)
 
     def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
-        self._queue_event("UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
+        correlation_id = new_plan_id()
+        self._queue_event("UpdateInitCompleted", correlation_id, target.name, target.version, False,
                           {"error": str(error)})
+        if badtargets.is_permanent(error):
+            self.bad_targets.mark(target, str(error), correlation_id)
 
     def restore(self) -> RunResult | None:
         """After a cancelled update: drop its partial downloads (no update is in progress to resume
@@ -320,11 +327,14 @@ class Agent:
                 self.report_state()
                 return plan
         while True:
-            result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event).run(plan)
+            result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event,
+                              halt_on=badtargets.is_permanent).run(plan)
             if result.outcome != "failed" or self.rollbacks.after_failure(plan, self._attempt_failed(plan, result)) \
                     != "rolled-back":
                 break
             plan = self.checkpoint.current_plan()
+            if self.on_next_plan:
+                self.on_next_plan(plan)
         if result.outcome == "completed" and not rollback.is_rollback(plan):
             self.bad_targets.clear(plan.meta["target"])
         self.report_state()
@@ -360,7 +370,10 @@ class Agent:
             if handed == "failed":
                 return RunResult(plan.plan_id, "failed", {node: rollback.EndedFailure(attempt.failed["error"], exit_code)})
             if handed == "rolled-back":
-                return self.checkpoint.current_plan()
+                rollback_plan = self.checkpoint.current_plan()
+                if self.on_next_plan:
+                    self.on_next_plan(rollback_plan)
+                return rollback_plan
         self.checkpoint.begin_attempt(plan.plan_id)
         return plan
 

@@ -220,8 +220,8 @@ class Watch:
         if state is None:
             return "lost its container"
         if (state.container_id, state.started_at, state.restarts) != self.seen[service]:
-            before = self.seen[service][2]
-            return f"restarted (exit code {state.exit_code}, restarts {before} -> {state.restarts})"
+            now = "" if kind == FINE else f", {why}"
+            return f"restarted (restarts {self.seen[service][2]} -> {state.restarts}{now})"
         if kind != FINE:
             return f"went down: {why}"
         return ""

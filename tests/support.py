@@ -41,6 +41,23 @@ def compose_env_drop_in(folder: Path, **variables: str) -> Path:
     return path
 
 
+# Every test device watches the apps an update starts for this long (`pacman.health_window`), not
+# the default 15 s: long enough to see each up, short enough for a suite of many updates. The file
+# sorts first, so that any drop-in a test adds for the key wins.
+TEST_HEALTH_WINDOW_S = 1
+
+
+def health_window_drop_in(folder: Path, seconds: float, name: str = "health-window.toml") -> Path:
+    """A config drop-in setting `pacman.health_window`."""
+    path = folder / name
+    path.write_text(f"[pacman]\nhealth_window = {seconds}\n")
+    return path
+
+
+def test_defaults_drop_in(folder: Path) -> Path:
+    return health_window_drop_in(folder, TEST_HEALTH_WINDOW_S, "00-test-defaults.toml")
+
+
 def sample_page() -> str:
     """What the sample shellhttpd app serves right now."""
     return requests.get(f"http://127.0.0.1:{SHELLHTTPD_PORT}/", timeout=5).text
@@ -90,7 +107,7 @@ def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
     name = f"dev-{uuid.uuid4().hex[:8]}"
     done = register(info, sota_dir, name, *extra)
     assert done.returncode == 0, done.stderr
-    return Device(name, sota_dir, [compose_env_drop_in(sota_dir)])
+    return Device(name, sota_dir, [compose_env_drop_in(sota_dir), test_defaults_drop_in(sota_dir)])
 
 
 @contextmanager

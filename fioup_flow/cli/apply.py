@@ -45,6 +45,7 @@ def finish(agent: Agent, result: RunResult) -> None:
 
 def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
     agent.on_event = NodeLog(total)
+    agent.on_next_plan = agent.on_event.next_plan
     finish(agent, agent.run(plan))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from support import Device, clean_engine, new_device, publish, sample_page
+from support import Device, clean_engine, health_window_drop_in, new_device, publish, sample_page
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
@@ -35,18 +35,12 @@ def health_release(factory) -> None:
         publish(factory.home.root, version, apps, TAG, "--hwid", HWID)
 
 
-def window_drop_in(folder: Path, seconds: float) -> Path:
-    path = folder / "health.toml"
-    path.write_text(f"[pacman]\nhealth_window = {seconds}\n")
-    return path
-
-
 @pytest.fixture
 def device(factory, health_release, engine, tmp_path: Path) -> Iterator[Device]:
     """A device of the health release running v1, its health window WINDOW_S seconds."""
     clean_engine(engine)
     device = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
-    device.drop_ins.append(window_drop_in(tmp_path, WINDOW_S))
+    device.drop_ins.append(health_window_drop_in(tmp_path, WINDOW_S))
     done = device.run("apply", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     yield device
