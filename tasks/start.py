@@ -114,7 +114,7 @@ def wanted(node: Node) -> dict[str, Wanted]:
 FINE, WAIT, REFUSED, CRASHED, SKIP = "fine", "wait", "refused", "crashed", "skip"
 
 
-def judge(want: Wanted, state: appstate.ServiceState | None, need_health: bool) -> tuple[str, str]:
+def judge_service(want: Wanted, state: appstate.ServiceState | None, need_health: bool) -> tuple[str, str]:
     """How one service stands, and why in words. `restarting` is a wait while starting (the engine
     is at it) and a crash once the version should be up."""
     if want.created == "no" or (state is None and want.created == "profile"):
@@ -143,7 +143,7 @@ def look(engine: docker.DockerClient, node: Node, need_health: bool) -> dict[str
         running = {s.name: s for s in appstate.services(engine, node.params["app"])}
     except requests.ConnectionError:
         return {service: (WAIT, "the Docker engine does not answer") for service in node.params["services"]}
-    return {service: judge(want, running.get(service), need_health) for service, want in wanted(node).items()}
+    return {service: judge_service(want, running.get(service), need_health) for service, want in wanted(node).items()}
 
 
 def _listed(verdicts: dict[str, tuple[str, str]], *kinds: str) -> list[str]:
@@ -190,15 +190,20 @@ class Watch:
     def see(self, engine: docker.DockerClient, now: float) -> tuple[list[str], list[str]]:
         """The services not up yet, and those up whose window is not over (both empty: the window
         passed), each with the reason; raises StartError on a failure."""
-        node, window_s = self.node, float(self.node.params.get("window_s", 0))
         try:
-            states = {s.name: s for s in appstate.services(engine, node.params["app"])}
+            states = appstate.services(engine, self.node.params["app"])
         except requests.ConnectionError:
             return ["the Docker engine does not answer"], []
+        return self.judge(states, now)
+
+    def judge(self, found: list[appstate.ServiceState], now: float) -> tuple[list[str], list[str]]:
+        """`see`, given the app's containers as the engine describes them at time `now`."""
+        node, window_s = self.node, float(self.node.params.get("window_s", 0))
+        states = {s.name: s for s in found}
         awaited, ripening, failed = [], [], []
         for service, want in wanted(node).items():
             state = states.get(service)
-            kind, why = judge(want, state, need_health=True)
+            kind, why = judge_service(want, state, need_health=True)
             if service in self.seen and (broke := self._broke(service, state, kind, why)):
                 failed.append(f"{service} {broke}")
             elif kind in (CRASHED, REFUSED):
@@ -220,8 +225,7 @@ class Watch:
         if state is None:
             return "lost its container"
         if (state.container_id, state.started_at, state.restarts) != self.seen[service]:
-            now = "" if kind == FINE else f", {why}"
-            return f"restarted (restarts {self.seen[service][2]} -> {state.restarts}{now})"
+            return f"restarted (restarts {self.seen[service][2]} -> {state.restarts})" if kind == FINE else why
         if kind != FINE:
             return f"went down: {why}"
         return ""
