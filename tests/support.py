@@ -121,6 +121,18 @@ def fresh_device(factory, engine, sota_dir: Path, tag: str, hwid: str | None = N
         clean_engine(engine)
 
 
+@contextmanager
+def device_running(factory, engine, folder: Path, tag: str, hwid: str, version: int,
+                   health_window: float) -> Iterator[Device]:
+    """A fresh device of the Targets of `tag` and `hwid`, watching the apps an update starts for
+    `health_window` seconds, already running Target `version`; the engine emptied after."""
+    with fresh_device(factory, engine, folder / "sota", tag, hwid) as device:
+        device.drop_ins.append(health_window_drop_in(folder, health_window))
+        done = device.run("apply", str(version))
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield device
+
+
 def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: str) -> Any:
     """`fioup-flow-factory publish` of sample apps ({name: "shellhttpd/v1"}) as Target `version`."""
     args = [str(BIN / "fioup-flow-factory"), "publish", "--home", str(home), "--version", str(version),

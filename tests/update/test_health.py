@@ -17,7 +17,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from support import Device, clean_engine, health_window_drop_in, new_device, publish, sample_page
+from support import Device, device_running, publish, sample_page
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
@@ -38,13 +38,8 @@ def health_release(factory) -> None:
 @pytest.fixture
 def device(factory, health_release, engine, tmp_path: Path) -> Iterator[Device]:
     """A device of the health release running v1, its health window WINDOW_S seconds."""
-    clean_engine(engine)
-    device = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
-    device.drop_ins.append(health_window_drop_in(tmp_path, WINDOW_S))
-    done = device.run("apply", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
-    yield device
-    clean_engine(engine)
+    with device_running(factory, engine, tmp_path, TAG, HWID, 1, WINDOW_S) as device:
+        yield device
 
 
 def containers(engine: docker.DockerClient, app: str) -> dict[str, dict]:

@@ -15,16 +15,8 @@ from pathlib import Path
 
 import docker
 import pytest
-from support import (
-    Device,
-    clean_engine,
-    compose_env_drop_in,
-    health_window_drop_in,
-    new_device,
-    publish,
-    sample_page,
-)
-from test_crash import kill, start_apply, wait_for
+from support import Device, compose_env_drop_in, device_running, publish, sample_page
+from test_crash import in_progress, kill, start_apply, wait_for
 
 from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.events import DETAILS_MAX
@@ -51,13 +43,8 @@ def rollback_release(factory) -> None:
 @pytest.fixture
 def device(factory, rollback_release, engine, tmp_path: Path) -> Iterator[Device]:
     """A device of the rollback release running v1, its health window WINDOW_S seconds."""
-    clean_engine(engine)
-    device = new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
-    device.drop_ins.append(health_window_drop_in(tmp_path, WINDOW_S))
-    done = device.run("apply", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
-    yield device
-    clean_engine(engine)
+    with device_running(factory, engine, tmp_path, TAG, HWID, 1, WINDOW_S) as device:
+        yield device
 
 
 def images(engine: docker.DockerClient) -> dict[str, str]:
@@ -142,24 +129,10 @@ def test_a_forced_retry_that_fails_again_is_rolled_back_again(device: Device, en
 # --- kill -9 on the way: the device converges to v1, v2 bad -------------------------------------
 
 
-def plan_state(device: Device) -> tuple[dict, dict[str, str]] | None:
-    """The plan in progress's meta and each node's state, or None."""
-    path = store_path(device.sota_dir / "flow")
-    if not path.exists():
-        return None
-    store = CheckpointStore(path)
-    try:
-        plan = store.current_plan()
-        if plan is None:
-            return None
-        return plan.meta, {n: store.record(plan.plan_id, n).state for n in plan.graph.nodes}
-    finally:
-        store.close()
-
-
 def node_reached(device: Device, kind: str, prefix: str, state: str) -> bool:
-    found = plan_state(device)
-    return found is not None and found[0].get("kind", "update") == kind and any(
+    """Whether the plan in progress is of `kind` (update, rollback) and its node `prefix...` is in `state`."""
+    found = in_progress(device)
+    return found is not None and found[0].meta.get("kind", "update") == kind and any(
         node.startswith(prefix) and s == state for node, s in found[1].items())
 
 
