@@ -329,12 +329,10 @@ class Agent:
         while True:
             result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event,
                               halt_on=badtargets.is_permanent).run(plan)
-            if result.outcome != "failed" or self.rollbacks.after_failure(plan, self._attempt_failed(plan, result)) \
-                    != "rolled-back":
+            follow = self._hand_over(plan, self._attempt_failed(plan, result)) if result.outcome == "failed" else None
+            if not isinstance(follow, Plan):
                 break
-            plan = self.checkpoint.current_plan()
-            if self.on_next_plan:
-                self.on_next_plan(plan)
+            plan = follow
         if result.outcome == "completed" and not rollback.is_rollback(plan):
             self.bad_targets.clear(plan.meta["target"])
         self.report_state()
@@ -364,18 +362,25 @@ class Agent:
         attempt = self.checkpoint.attempt(plan.plan_id)
         if attempt.failed is not None:
             self._report_failure(plan, attempt)
-            node = attempt.failed["node"]
-            exit_code = self.checkpoint.record(plan.plan_id, node).exit_code
-            handed = self.rollbacks.after_failure(plan, attempt)
-            if handed == "failed":
-                return RunResult(plan.plan_id, "failed", {node: rollback.EndedFailure(attempt.failed["error"], exit_code)})
-            if handed == "rolled-back":
-                rollback_plan = self.checkpoint.current_plan()
-                if self.on_next_plan:
-                    self.on_next_plan(rollback_plan)
-                return rollback_plan
+            if (follow := self._hand_over(plan, attempt)) is not None:
+                return follow
         self.checkpoint.begin_attempt(plan.plan_id)
         return plan
+
+    def _hand_over(self, plan: Plan, attempt: Attempt) -> Plan | RunResult | None:
+        """After a failed attempt at `plan` (see `rollback`): the rollback to run now, how the update
+        ended if it ended with nothing to run, or None if it stays in progress."""
+        node = attempt.failed["node"]
+        exit_code = self.checkpoint.record(plan.plan_id, node).exit_code  # the hand-over drops the records
+        handed = self.rollbacks.after_failure(plan, attempt)
+        if handed == "failed":
+            return RunResult(plan.plan_id, "failed", {node: rollback.EndedFailure(attempt.failed["error"], exit_code)})
+        if handed != "rolled-back":
+            return None
+        follow = self.checkpoint.current_plan()
+        if self.on_next_plan:
+            self.on_next_plan(follow)
+        return follow
 
     def _report_failure(self, plan: Plan, attempt: Attempt) -> None:
         """fioup's failure events, one per failed attempt, under its correlation id: download failed,
@@ -391,7 +396,6 @@ class Agent:
         details = rollback.failure_details(self._live_details(event_type), error, self._services(plan, event_type))
         self._queue_event(event_type, attempt.correlation_id, plan.meta["target"], plan.meta["version"], False,
                           details, event_id)
-
 
     def _services(self, plan: Plan, event_type: str) -> dict[str, list[appstate.ServiceState]]:
         """The services of the apps `plan` started, for the report of its failed installation; none if

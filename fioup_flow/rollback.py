@@ -94,7 +94,8 @@ class Rollbacks:
         None when the update stays in progress (a transient failure, a sync, a rollback)."""
         failure = attempt.failed or {}
         previous = self.current()
-        if not failure.get("permanent") or is_rollback(plan) or plan.meta.get("target") == plan.meta.get("from_target"):
+        if (not failure.get("permanent") or is_rollback(plan) or plan.meta.get("target") == plan.meta.get("from_target")
+                or (previous is not None and previous.name == plan.meta.get("target"))):  # committed: too late
             return None
         target, reason = failed_target(plan), failure["error"]
         bad = badtargets.entry(target, reason, plan.plan_id)
