@@ -101,11 +101,11 @@ class Rollbacks:
         bad = badtargets.entry(target, reason, plan.plan_id)
         if previous is None or not changed_anything(plan, self.checkpoint):
             self.checkpoint.hand_over(plan, "failed", reason, bad)
-            log.error("update to %s failed for good (%s); the Target is marked bad", target.name, reason)
+            log.info("update to %s failed for good (%s); the Target is marked bad", target.name, reason)
             return "failed"
         rollback = self.compile(plan, target, previous, reason)
         self.checkpoint.hand_over(plan, "rolled-back", reason, bad, rollback)
-        log.error("update to %s failed for good (%s): the Target is marked bad, rolling back to %s",
+        log.info("update to %s failed for good (%s): the Target is marked bad, rolling back to %s",
                   target.name, reason, previous.name)
         return "rolled-back"
 

@@ -31,7 +31,7 @@ class NodeLog:
         self.total, self.finished = len(plan), 0
         what = "Rolling back" if plan.meta.get("kind") == "rollback" else "Running"
         self.console.print(f"[yellow]{what}[/] to {plan.meta['target']} (version {plan.meta['version']}): "
-                           f"{len(plan)} nodes" + (f"; because {plan.meta['reason']}" if plan.meta.get("reason") else ""))
+                           f"{len(plan)} nodes")
 
     def __call__(self, event: NodeEvent) -> None:
         if event.state == "done":

@@ -11,13 +11,15 @@ v3 = v1 + oneshot; v4 = v1 + extras.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
-from support import Device, device_running, publish, sample_page
+from support import Device, device_running, health_window_drop_in, publish, sample_page
+from test_crash import node_state, start_apply, wait_for
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
@@ -81,3 +83,16 @@ def test_services_compose_does_not_create_are_not_waited_for(device: Device, eng
     status = device.json("status", "--json")
     assert status["current"]["version"] == 4
     assert device.run("apply", "4").stdout.startswith("Already running")
+
+
+def test_a_signal_inside_the_window_stops_the_wait_at_once_and_resume_watches_again(device: Device, tmp_path) -> None:
+    health_window_drop_in(tmp_path, 20)  # the same drop-in, a longer window for this update
+    process = start_apply(device, "4")
+    wait_for(lambda: node_state(device, "healthy:extras") == "running", 120, "the window")
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143 and time.monotonic() - began < 2.0, "the wait is cut short"
+    assert node_state(device, "healthy:extras") == "pending", "stopped, not failed: the window is watched again"
+    done = device.run("resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert device.json("status", "--json")["current"]["version"] == 4
