@@ -167,6 +167,9 @@ def test_a_kill_between_the_failure_and_the_rollback_resumes_into_the_rollback(d
     store.fail_attempt(plan.plan_id, node, f"{node}: app crashloop: crasher restarted", permanent=True)
     store.close()
     resume_converges_to_v1(device, engine, before)
+    failed_update = device.json("status", "--json")["history"][1]
+    assert (failed_update["outcome"], failed_update["attempts"]) == ("rolled-back", 1), \
+        "the failure found at boot is handed over, the failed update not tried again"
 
 
 @pytest.mark.parametrize("node", ["report:UpdateInitStarted", "stop:crashloop", "install:pair", "start:shellhttpd",
