@@ -109,7 +109,8 @@ def test_a_port_another_program_holds_fails_the_start_at_once_with_70_and_resume
 
 def test_an_engine_that_cannot_give_the_app_a_network_fails_the_start_with_70_and_resume_completes_after(
         device, engine) -> None:
-    """compose exits 0 when the engine refuses the app's network; the start node must not take that for done."""
+    """The engine refusing the app a network is the engine's trouble, not the Target's (and some
+    compose versions exit 0 on it: the start node must not take that for done)."""
     fillers = []
     try:
         while True:  # take every subnet of the engine's address pool
