@@ -10,27 +10,33 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from functools import cached_property
 
-from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow import badtargets, rollback
+from fioup_flow.checkpoint import Attempt, CheckpointStore, store_path
 from fioup_flow.composeapp import AppTree, AppTreeLoader
 from fioup_flow.config import Config
 from fioup_flow.diskspace import storage_stat
 from fioup_flow.engine import EventHook, Executor, RunResult
-from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError, NoSpaceError
+from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError, NoSpaceError, NoUpdateInProgressError
 from fioup_flow.events import make_event
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
 from fioup_flow.installed import current_target
-from fioup_flow.outbox import EVENTS, Outbox
+from fioup_flow.ongoing import Verdict, cancellable, closing_event, stale_reason
+from fioup_flow.outbox import EVENTS, Outbox, StateReport, outbox_path
 from fioup_flow.planner import Observed, compile_update, diff_apps
-from fioup_flow.registry import RegistryClient
+from fioup_flow.registry import HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
-from fioup_flow.targets import Target, TufClient, select_target
+from fioup_flow.sysinfo import state_reports
+from fioup_flow.targets import Target, TargetsSource, targets_source
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
-from tasks import appstate, commit, fetch, install, prune, report, space, start, stop
-from tasks.apps_states import apps_states_payload
+from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop
+from tasks.apps_states import apps_states_report
+from tasks.compose import Compose
 from tasks.portleak import EngineRestart
 
 log = logging.getLogger(__name__)
@@ -39,15 +45,21 @@ FAILURE_EVENT_NS = uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff")
 
 
 class Agent:
-    def __init__(self, config: Config, on_event: EventHook | None = None):
+    def __init__(self, config: Config, on_event: EventHook | None = None,
+                 on_next_plan: Callable[[Plan], None] | None = None):
         self.config = config
         self.on_event = on_event
-        self._credentials_error: str | None = None  # why the gateway gave no registry credentials
+        self.on_next_plan = on_next_plan  # told when a run goes on with another plan (a rollback)
 
     # --- the parts, made when first needed ------------------------------------------------
     @cached_property
     def gateway(self) -> GatewayClient:
-        return GatewayClient(self.config)
+        return GatewayClient(self.config, running=self._running)
+
+    def _running(self) -> tuple[str, list[str]] | None:
+        """The Target and apps the device runs, for fioup's check-in headers."""
+        current = current_target(self.config.flow_dir)
+        return (current.name, [a.name for a in current.apps]) if current else None
 
     @cached_property
     def store(self) -> BlobStore:
@@ -62,42 +74,65 @@ class Agent:
         return appstate.client()
 
     @cached_property
+    def compose(self) -> Compose:
+        return Compose(self.config.compose_env)
+
+    @cached_property
+    def _engine_report(self) -> preflight.EngineReport:
+        report = preflight.check(self.engine, self.compose)
+        log.debug("Docker %s at %s (storage driver %s), %s", report.version, report.address, report.driver,
+                  report.compose)
+        return report
+
+    def check_engine(self) -> preflight.EngineReport:
+        """Refuse an engine or a compose this device cannot update with (exit 7 or 8) before anything
+        changes; checked once per command."""
+        return self._engine_report
+
+    @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.config.flow_dir / "outbox")
+        return Outbox(outbox_path(self.config.flow_dir))
 
     @cached_property
     def checkpoint(self) -> CheckpointStore:
         return CheckpointStore(store_path(self.config.flow_dir))
 
-    def _registry_credentials(self) -> tuple[str, str]:
+    @cached_property
+    def bad_targets(self) -> badtargets.BadTargets:
+        return badtargets.BadTargets(self.checkpoint)
+
+    @cached_property
+    def rollbacks(self) -> rollback.Rollbacks:
+        return rollback.Rollbacks(self.checkpoint, lambda: current_target(self.config.flow_dir), self.load_trees,
+                                  lambda tree: start.is_up(self.engine, self.config.compose_apps_root, tree),
+                                  health_window=self.config.health_window,
+                                  prune_all_images=self.config.prune_unused_images)
+
+    def _registry_credentials(self) -> HubCredentials:
         """The device's registry credentials, from the gateway (what `docker-credential-fioup` does).
 
-        Every repository's token needs them. Once the gateway stayed out of reach through a
-        whole retry budget, the blobs after it fail at once instead of each waiting out a budget
-        of its own (a dead gateway cost budget x blobs); the update stays in progress and the
-        next run asks again.
+        Every token needs them, if only to tell their registry (`ServerURL`) from the others. A
+        gateway out of reach is remembered by the gateway client, so the blobs after the first
+        failure fail at once; the update stays in progress and the next run asks again.
         """
-        if self._credentials_error is not None:
-            raise FetchError(self._credentials_error)
         try:
-            creds = self.gateway.get_json("hub-creds/")
+            return HubCredentials.from_answer(self.gateway.get_json("hub-creds/"))
         except GatewayError as exc:
-            self._credentials_error = f"cannot get registry credentials from the gateway: {exc}"
-            raise FetchError(self._credentials_error) from exc
-        return creds["Username"], creds["Secret"]
+            raise FetchError(f"cannot get registry credentials from the gateway: {exc}") from exc
 
     def tasks(self) -> dict[str, Task]:
         root = self.config.compose_apps_root
         implementations: list[Task] = [
             fetch.FetchBlob(self.store, self.registry, self._bucket()),
             space.SpaceCheck(self.store, self.config.storage_watermark),
-            install.InstallApp(self.store, root, self.engine),
-            stop.StopApp(self.engine),
-            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine)),
+            install.InstallApp(self.store, root, self.engine, self.compose),
+            stop.StopApp(self.engine, self.compose),
+            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine),
+                           self.compose),
             start.AppHealthy(root, self.engine),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),
-            report.ReportEvent(self.outbox, self.gateway, self._live_details),
+            report.ReportEvent(self.outbox, self.gateway, self.checkpoint.attempt, self._live_details),
             report.ReportAppsStates(self.outbox, self.gateway, self.apps_states),
         ]
         return {task.kind: task for task in implementations}
@@ -113,16 +148,27 @@ class Agent:
             return {"storage_stat": stat.as_json()}
         return {}
 
-    def apps_states(self) -> dict:
-        return apps_states_payload(self.engine, current_target(self.config.flow_dir))
+    def apps_states(self) -> StateReport:
+        return apps_states_report(self.engine, current_target(self.config.flow_dir))
+
+    def report_state(self, before_run: bool = False) -> None:
+        """fioup's reports of what the device is, each only if it changed: system info (before a run)
+        and the apps' states (before and after every run). Delivered in the background, so that a
+        gateway out of reach never delays a run (an app down since a power cut must start at once
+        at boot). Best effort: a report that cannot be made or sent must never fail a command."""
+        try:
+            states = (state_reports(self.config.values) if before_run else []) + [self.apps_states()]
+            report.send_states(self.outbox, self.gateway, states)
+        except Exception as exc:  # noqa: BLE001 - e.g. the engine does not answer: the run says so itself
+            log.warning("device state not reported: %s", exc)
 
     # --- metadata -------------------------------------------------------------------------
-    def tuf(self) -> TufClient:
-        return TufClient(self.config.tuf_dir, self.gateway, self.config.hardware_id)
+    def tuf(self, gateway: GatewayClient | None = None) -> TargetsSource:
+        return targets_source(self.config, gateway or self.gateway)
 
-    def refresh_targets(self) -> list[Target]:
+    def refresh_targets(self, gateway: GatewayClient | None = None) -> list[Target]:
         """Refresh and verify the metadata; report `MetadataUpdateCompleted` when it changed or failed."""
-        tuf = self.tuf()
+        tuf = self.tuf(gateway)
         before = tuf.targets_version()
         try:
             targets = tuf.refresh()
@@ -148,7 +194,7 @@ class Agent:
         except NoSpaceError as full:
             log.warning("%s; sending %s now, without queueing it", full, event_type)
             try:
-                self.gateway.post_json(EVENTS, [event])
+                self.gateway.send("POST", EVENTS, [event])
             except Exception as exc:  # noqa: BLE001 - a report must never hide the update's own error
                 log.warning("%s is lost: %s", event_type, exc)
 
@@ -161,10 +207,32 @@ class Agent:
         """Send what the outbox holds; how many reports are left, None if it cannot even be opened
         (a full disk): a report that cannot go out now must never fail a command."""
         try:
+            self.outbox.settle()
             return self.outbox.flush(self.gateway)
         except NoSpaceError as exc:
             log.warning("reports not sent: %s", exc)
             return None
+
+    def recheck(self, plan: Plan) -> Verdict:
+        """Whether the update in progress may go on (see `ongoing`), from one refresh of the Targets with
+        no retries: at boot the device must not wait out a dead link. Offline, or with metadata that
+        does not verify, the frozen plan goes on."""
+        if not cancellable(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes)):
+            return Verdict()
+        try:
+            targets = self.refresh_targets(GatewayClient(self.config, retry_seconds=0))
+        except (MetadataUpdateError, NoSpaceError) as exc:
+            return Verdict(note=f"the Targets could not be checked again ({exc}): going on with the frozen plan")
+        return Verdict(cancel=stale_reason(plan, targets, self.config.compose_apps))
+
+    def cancel_stale(self, plan: Plan, reason: str) -> None:
+        """Cancel the update in progress for `reason`: reported (the event that closes the phase it
+        reached, unsuccessful), then moved to history with the reason. The event id is fixed, so a
+        cut between the two sends nothing twice."""
+        event = closing_event(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes))
+        self._report_unsuccessful(plan, self.checkpoint.attempt(plan.plan_id), event, f"cancelled: {reason}",
+                                  "cancelled")
+        self.checkpoint.finish(plan, "cancelled", reason)
 
     # --- planning ---------------------------------------------------------------------------
     def observe(self) -> Observed:
@@ -173,7 +241,6 @@ class Agent:
         if current is None:
             return Observed(None, {})
         loader = AppTreeLoader(self.store, registry=None)
-        checker = start.AppHealthy(self.config.compose_apps_root, self.engine)
         up = {}
         for app in current.apps:
             try:
@@ -181,7 +248,7 @@ class Agent:
             except FioupFlowError:
                 up[app.name] = False
                 continue
-            up[app.name] = checker.is_done(start.healthy_node_for(tree))
+            up[app.name] = start.is_up(self.engine, self.config.compose_apps_root, tree)
         return Observed(current, up)
 
     def load_trees(self, target: Target) -> dict[str, AppTree]:
@@ -189,15 +256,19 @@ class Agent:
         loader = AppTreeLoader(self.store, self.registry)
         return {app.name: loader.load(app) for app in target.apps}
 
-    def choose_target(self, version: int | None) -> Target:
-        return select_target(self.refresh_targets(), version).narrowed(self.config.compose_apps)
+    def choose_target(self, version: int | None, force: bool = False) -> Target:
+        """Target `version`, or the latest one, never one marked bad unless `force` (see `badtargets`)."""
+        current = current_target(self.config.flow_dir)
+        return badtargets.choose(self.refresh_targets(), version, self.bad_targets, force=force,
+                                 current=current.name if current else None).narrowed(self.config.compose_apps)
 
     def plan(self, target: Target, report_failure: bool = False) -> Plan | None:
         """The plan from what runs to `target`, or None when the device already runs it.
 
         With `report_failure` (a real update, not a preview), a Target refused while its apps
         are walked (a compose file that does not parse, a registry out of reach) is reported as
-        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway.
+        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway;
+        and if the refusal is the Target's own (a compose file that does not parse), it is marked bad.
         """
         observed = self.observe()
         diff = diff_apps(observed.current, target, observed.apps_up)
@@ -210,44 +281,129 @@ class Agent:
             if report_failure:
                 self._report_init_failure(target, exc)
             raise
-        return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images)
+        return self._compile(observed, target, trees)
+
+    def _compile(self, observed: Observed, target: Target, trees: dict[str, AppTree]) -> Plan:
+        return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images,
+                              health_window=self.config.health_window)
 
     def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
-        self._queue_event("UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
+        correlation_id = new_plan_id()
+        self._queue_event("UpdateInitCompleted", correlation_id, target.name, target.version, False,
                           {"error": str(error)})
+        if badtargets.is_permanent(error):
+            self.bad_targets.mark(target, str(error), correlation_id)
 
     def restore(self) -> RunResult | None:
-        """After a cancelled update: bring back every app of the current Target that is not up.
+        """After a cancelled update: drop its partial downloads (no update is in progress to resume
+        them), and bring back every app of the current Target that is not up.
 
         Works offline: the current Target's blobs are still in the store (only a completed update
         prunes), so the plan walks the apps from the store and its fetch nodes are all in place.
         Returns None when everything already runs.
         """
+        self.store.discard_partials()
         current = current_target(self.config.flow_dir)
         observed = self.observe()
         if current is None or all(observed.apps_up.values()):
             return None
         loader = AppTreeLoader(self.store, registry=None)
         trees = {app.name: loader.load(app) for app in current.apps}
-        return self.run(compile_update(observed, current, trees, prune_all_images=self.config.prune_unused_images))
+        return self.run(self._compile(observed, current, trees))
 
     # --- running --------------------------------------------------------------------------
     def run(self, plan: Plan | None = None) -> RunResult:
-        """Freeze and run `plan`, or resume the plan in progress (plan None)."""
-        executor = Executor(self.checkpoint, self.tasks(), on_event=self.on_event)
-        result = executor.run(plan)
-        if result.outcome == "failed":
-            self._report_failure(plan or self.checkpoint.current_plan(), result)
+        """Freeze and run `plan`, or resume the plan in progress (plan None), reporting the apps'
+        states before and after, as fioup does around every run, a failed one too.
+
+        An update that fails for a reason of its Target's own is handed over (`rollback`): its
+        Target is marked bad and its rollback, if it needs one, runs at once; the result is then
+        the rollback's. An update that completes clears its Target's mark (`apply --force`).
+        """
+        self.report_state(before_run=True)
+        if plan is None:
+            plan = self._begin_attempt()
+            if isinstance(plan, RunResult):
+                self.report_state()
+                return plan
+        while True:
+            result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event,
+                              halt_on=badtargets.is_permanent).run(plan)
+            follow = self._hand_over(plan, self._attempt_failed(plan, result)) if result.outcome == "failed" else None
+            if not isinstance(follow, Plan):
+                break
+            plan = follow
+        if result.outcome == "completed" and not rollback.is_rollback(plan):
+            self.bad_targets.clear(plan.meta["target"])
+        self.report_state()
         return result
 
-    def _report_failure(self, plan: Plan, result: RunResult) -> None:
-        """fioup's failure events: download failed, or installation completed unsuccessfully."""
+    def _attempt_failed(self, plan: Plan, result: RunResult) -> Attempt:
+        """End the current attempt as failed (the next run begins another, or the update is handed
+        over if the failure was permanent) and report the failure."""
         node_id, exc = min(result.failed.items())
-        kind = plan.node(node_id).kind
-        event_type = "EcuDownloadCompleted" if kind in (fetch.KIND, space.KIND) else "EcuInstallationCompleted"
-        attempts = self.checkpoint.record(plan.plan_id, node_id).attempts
-        event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{node_id}:{attempts}"))
-        details = dict(self._live_details(event_type), error=f"{node_id}: {exc}")
-        self._queue_event(event_type, plan.plan_id, plan.meta["target"], plan.meta["version"], False, details,
-                          event_id)
+        error, permanent = f"{node_id}: {exc}", badtargets.is_permanent(exc)
+        try:
+            attempt = self.checkpoint.fail_attempt(plan.plan_id, node_id, error, permanent)
+        except NoSpaceError as full:  # reported all the same; the next run goes on with this attempt
+            log.warning("could not record that the attempt failed: %s", full)
+            attempt = replace(self.checkpoint.attempt(plan.plan_id), failed={"node": node_id, "error": error})
+        self._report_failure(plan, attempt)
+        return attempt
 
+    def _begin_attempt(self) -> Plan | RunResult:
+        """Before a run of the plan in progress: if its last run failed, make sure that failure is
+        reported and, if permanent, handed over (a crash may have come between), then begin the
+        next attempt. Returns the plan to run: the one in progress, or the rollback it was handed
+        over to; or, when the failed update ended with nothing to run, how it ended."""
+        plan = self.checkpoint.current_plan()
+        if plan is None:
+            raise NoUpdateInProgressError("no update in progress to resume")
+        attempt = self.checkpoint.attempt(plan.plan_id)
+        if attempt.failed is not None:
+            self._report_failure(plan, attempt)
+            if (follow := self._hand_over(plan, attempt)) is not None:
+                return follow
+        self.checkpoint.begin_attempt(plan.plan_id)
+        return plan
+
+    def _hand_over(self, plan: Plan, attempt: Attempt) -> Plan | RunResult | None:
+        """After a failed attempt at `plan` (see `rollback`): the rollback to run now, how the update
+        ended if it ended with nothing to run, or None if it stays in progress."""
+        node = attempt.failed["node"]
+        exit_code = self.checkpoint.record(plan.plan_id, node).exit_code  # the hand-over drops the records
+        handed = self.rollbacks.after_failure(plan, attempt)
+        if handed == "failed":
+            return RunResult(plan.plan_id, "failed", {node: rollback.EndedFailure(attempt.failed["error"], exit_code)})
+        if handed != "rolled-back":
+            return None
+        follow = self.checkpoint.current_plan()
+        if self.on_next_plan:
+            self.on_next_plan(follow)
+        return follow
+
+    def _report_failure(self, plan: Plan, attempt: Attempt) -> None:
+        """fioup's failure events, one per failed attempt, under its correlation id: download failed,
+        or installation completed unsuccessfully."""
+        kind = plan.node(attempt.failed["node"]).kind
+        event_type = "EcuDownloadCompleted" if kind in (fetch.KIND, space.KIND) else "EcuInstallationCompleted"
+        self._report_unsuccessful(plan, attempt, event_type, attempt.failed["error"], str(attempt.number))
+
+    def _report_unsuccessful(self, plan: Plan, attempt: Attempt, event_type: str, error: str, key: str) -> None:
+        """Queue `event_type` with success false for `plan`, under the attempt's correlation id; its id
+        is derived from `key`, fixed for the occasion, so a resend after a crash is the same event."""
+        event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{key}"))
+        details = rollback.failure_details(self._live_details(event_type), error, self._services(plan, event_type))
+        self._queue_event(event_type, attempt.correlation_id, plan.meta["target"], plan.meta["version"], False,
+                          details, event_id)
+
+    def _services(self, plan: Plan, event_type: str) -> dict[str, list[appstate.ServiceState]]:
+        """The services of the apps `plan` started, for the report of its failed installation; none if
+        the engine does not answer (the report goes out all the same)."""
+        if event_type != "EcuInstallationCompleted":
+            return {}
+        try:
+            return {app: appstate.services(self.engine, app) for app in rollback.started_apps(plan)}
+        except (FioupFlowError, *appstate.UNANSWERED) as exc:
+            log.warning("the services' states are not in the failure report: %s", exc)
+            return {}

@@ -13,6 +13,17 @@ store was created: the marker names a store id the database must hold. The froze
 a SHA-256, checked whenever it is read, since SQLite has no checksums of its own. A write that
 fails because the disk is full is not damage (SQLite rolls it back): it raises `NoSpaceError`
 (exit 41), and `resume` goes on once space is freed.
+
+Each plan also has its current *attempt* (a number and the correlation id its reports carry):
+fioup opens a new update, with a new id, each time a failed update is tried again, so the
+gateway's history reads as what happened. Attempt 1 begins when the plan is frozen, under the
+plan's own id; a run that starts after a run of the plan ended failed begins the next attempt,
+under a fresh id; a run cut short by a signal or a power cut goes on with the same attempt.
+
+The store also remembers the Targets that failed for good on this device (`bad_targets`, read
+and written through `fioup_flow.badtargets`): they live in the same SQLite database so that
+ending a failed update, marking its Target bad and freezing the plan that undoes it are one
+transaction (`hand_over`), and a power cut between them cannot leave one without the others.
 """
 
 from __future__ import annotations
@@ -37,12 +48,13 @@ from fioup_flow.durable import (
     write_atomic,
 )
 from fioup_flow.errors import CheckpointStoreError, InvalidOngoingUpdateError
-from fioup_flow.graph import Plan, dumps
+from fioup_flow.graph import Plan, dumps, new_plan_id
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 HISTORY_LIMIT = 100
 MARKER = "store.json"
 DISCARD_HINT = "fioup-flow cancel --discard-state"
+BAD_TARGETS = "bad_targets"
 
 
 def store_path(flow_dir: Path) -> Path:
@@ -67,6 +79,19 @@ class NodeRecord:
         if self.started is None or self.ended is None:
             return None
         return self.ended - self.started
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at a plan: its number, the correlation id of its reports, and how it failed, if it did.
+
+    `failed` ({"node", "error"}) is set when a run of this attempt ended failed: the next run
+    begins the next attempt.
+    """
+
+    number: int
+    correlation_id: str
+    failed: dict[str, str] | None = None
 
 
 class CheckpointStore:
@@ -194,11 +219,45 @@ class CheckpointStore:
                         f"update {current} is in progress (target {Plan.from_json(frozen).meta.get('target')}); "
                         f"resume it or cancel it before starting another")
                 return Plan.from_json(frozen)
-            self.cache.set(f"plan:{plan.plan_id}", text)
-            self.cache.set(f"plan_sha256:{plan.plan_id}", hashlib.sha256(text.encode()).hexdigest())
-            self.cache.set(f"frozen_at:{plan.plan_id}", time.time())
-            self.cache.set("current", plan.plan_id)
+            self._put_plan(plan.plan_id, text)
         return Plan.from_json(text)
+
+    def _put_plan(self, plan_id: str, text: str) -> None:
+        """Write a frozen plan as the one in progress; inside the caller's transaction."""
+        self.cache.set(f"plan:{plan_id}", text)
+        self.cache.set(f"plan_sha256:{plan_id}", hashlib.sha256(text.encode()).hexdigest())
+        self.cache.set(f"frozen_at:{plan_id}", time.time())
+        self.cache.set(f"attempt:{plan_id}", dumps(asdict(Attempt(1, plan_id))))
+        self.cache.set("current", plan_id)
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def attempt(self, plan_id: str) -> Attempt:
+        """The current attempt at `plan_id` (attempt 1, under the plan's id, for a plan frozen before
+        attempts were recorded: its reports went out under that id)."""
+        with self._guard():
+            raw = self.cache.get(f"attempt:{plan_id}")
+        return Attempt(**json.loads(raw)) if raw is not None else Attempt(1, plan_id)
+
+    def begin_attempt(self, plan_id: str) -> Attempt:
+        """At the start of a run: after a failed attempt, the next one, with a fresh correlation id,
+        durably before the run's first report; otherwise the attempt goes on."""
+        with self._guard(), self.cache.transact():
+            attempt = self.attempt(plan_id)
+            if attempt.failed is not None:
+                attempt = Attempt(attempt.number + 1, new_plan_id())
+                self.cache.set(f"attempt:{plan_id}", dumps(asdict(attempt)))
+        return attempt
+
+    def fail_attempt(self, plan_id: str, node_id: str, error: str, permanent: bool = False) -> Attempt:
+        """Record that the current attempt ended failed at `node_id` (the next run begins another).
+        `permanent`: the failure was the Target's own (`badtargets.is_permanent`), kept so that a run
+        after a power cut still knows it, with the exception gone."""
+        failed = {"node": node_id, "error": error, **({"permanent": True} if permanent else {})}
+        with self._guard(), self.cache.transact():
+            attempt = Attempt(**dict(asdict(self.attempt(plan_id)), failed=failed))
+            self.cache.set(f"attempt:{plan_id}", dumps(asdict(attempt)))
+        return attempt
 
     # -- node records --------------------------------------------------------------------------
 
@@ -229,26 +288,42 @@ class CheckpointStore:
 
     # -- finishing and history -----------------------------------------------------------------
 
-    def finish(self, plan: Plan, outcome: str) -> dict[str, Any]:
-        """Move `plan` from in-progress to history with `outcome` (completed, cancelled); one transaction."""
+    def finish(self, plan: Plan, outcome: str, reason: str | None = None) -> dict[str, Any]:
+        """Move `plan` from in-progress to history with `outcome` (completed, cancelled) and, for a
+        cancel fioup-flow decided itself, its `reason`; one transaction."""
+        return self.hand_over(plan, outcome, reason)
+
+    def hand_over(self, plan: Plan, outcome: str, reason: str | None = None, bad: dict[str, Any] | None = None,
+                  then: Plan | None = None) -> dict[str, Any]:
+        """`finish`, and in the same transaction record `bad` (a bad Target's entry, see
+        `fioup_flow.badtargets`) and freeze `then` as the plan in progress: a power cut leaves
+        either the failed update in progress, or its history entry, its Target bad and the plan
+        that follows it frozen, never a part of these."""
         records = self.records(plan.plan_id, plan.graph.nodes)
+        attempt = self.attempt(plan.plan_id)
         counts = {state: 0 for state in STATES}
         for record in records.values():
             counts[record.state] += 1
         with self._guard(), self.cache.transact():
             entry = {
                 "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
-                "outcome": outcome, "started": self.cache.get(f"frozen_at:{plan.plan_id}"), "ended": time.time(),
+                "kind": plan.meta.get("kind", "update"), "rollback_of": plan.meta.get("rollback_of"),
+                "outcome": outcome, "reason": reason, "started": self.cache.get(f"frozen_at:{plan.plan_id}"),
+                "ended": time.time(), "attempts": attempt.number, "correlation_id": attempt.correlation_id,
                 "counts": counts, "failed": {n: r.error for n, r in records.items() if r.state == "failed"},
             }
             history = json.loads(self.cache.get("history", "[]"))
             self.cache.set("history", dumps(([entry] + history)[:HISTORY_LIMIT]))
             for node_id in plan.graph.nodes:
                 self.cache.delete(f"node:{plan.plan_id}:{node_id}")
-            for key in ("plan", "plan_sha256", "frozen_at", "cancel"):
+            for key in ("plan", "plan_sha256", "frozen_at", "cancel", "attempt"):
                 self.cache.delete(f"{key}:{plan.plan_id}")
             if self.cache.get("current") == plan.plan_id:
                 self.cache.delete("current")
+            if bad is not None:
+                self._set_bad(bad["name"], bad)
+            if then is not None:
+                self._put_plan(then.plan_id, then.to_json())
         return entry
 
     def history(self, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
@@ -259,3 +334,27 @@ class CheckpointStore:
     def frozen_at(self, plan_id: str) -> float | None:
         with self._guard():
             return self.cache.get(f"frozen_at:{plan_id}")
+
+    # -- bad Targets (see fioup_flow.badtargets) ------------------------------------------------
+
+    def bad_targets(self) -> dict[str, dict[str, Any]]:
+        """Target name -> its entry, for every Target marked bad on this device."""
+        with self._guard():
+            return json.loads(self.cache.get(BAD_TARGETS, "{}"))
+
+    def mark_bad(self, entry: dict[str, Any]) -> None:
+        with self._guard(), self.cache.transact():
+            self._set_bad(entry["name"], entry)
+
+    def clear_bad(self, name: str) -> None:
+        with self._guard(), self.cache.transact():
+            self._set_bad(name, None)
+
+    def _set_bad(self, name: str, entry: dict[str, Any] | None) -> None:
+        """Set or drop one bad Target's entry; inside the caller's transaction."""
+        bad = json.loads(self.cache.get(BAD_TARGETS, "{}"))
+        if entry is None:
+            bad.pop(name, None)
+        else:
+            bad[name] = entry
+        self.cache.set(BAD_TARGETS, dumps(bad))

@@ -9,17 +9,17 @@ and read from there, so a second walk (a resume, a status check) needs no networ
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import platform
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Any, BinaryIO
 
 import yaml
 
+from fioup_flow.bundle import COMPOSE_MAX, MAX_TOTAL, lands_at
 from fioup_flow.errors import FetchError, InstallError
+from fioup_flow.platforms import Platform, host_platform, matching
 from fioup_flow.reference import PinnedRef, ReferenceError
 from fioup_flow.registry import RegistryClient
 from fioup_flow.store import BlobStore
@@ -36,14 +36,8 @@ LAYERS_META_ANNOTATION = "layers-meta"
 COMPOSE_FILE = "docker-compose.yml"
 APP_MANIFEST_MAX = 50 * 1024
 IMAGE_ROOT_MAX = 100 * 1024
-COMPOSE_MAX = 1024 * 1024
 BUNDLE_INDEX_MAX = 1024 * 1024
-BUNDLE_MAX = 64 * 1024 * 1024  # metadata walk only: larger bundles are fetched as data, not parsed here
-
-
-def host_platform() -> tuple[str, str]:
-    machine = platform.machine()
-    return "linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+MANIFEST_KINDS = ("app-manifest", "image-index", "image-manifest", "image-root")
 
 
 @dataclass(frozen=True)
@@ -84,6 +78,67 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """What running a service well means, read from the compose file.
+
+    `created`: "yes" (compose creates it), "no" (`deploy.replicas: 0` or `scale: 0`), or
+    "profile" (only when one of its profiles is active, which the app's `.env` or the device's
+    `[compose_env]` may say: judged if compose made it, not waited for otherwise).
+    `may_stop`: a one-shot, fine once it exited 0: its restart policy lets it stop (`no`, the
+    default, or `on-failure`), or another service waits for it with `service_completed_successfully`.
+    """
+
+    created: str = "yes"
+    may_stop: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"created": self.created, "may_stop": self.may_stop}
+
+
+# restart policies that let a container stay stopped: compose's `restart` values and the
+# `deploy.restart_policy.condition` ones (compose maps `none` to `no` and `any` to `always`)
+STOPPING_POLICIES = ("no", "none", "on-failure")
+
+
+def restart_policy(spec: dict[str, Any]) -> str:
+    """The service's restart policy name (`no` when none is set, as compose and Docker default)."""
+    restart = spec.get("restart")
+    if restart is None:
+        restart = ((spec.get("deploy") or {}).get("restart_policy") or {}).get("condition", "no")
+    if restart is False:  # YAML 1.1 reads an unquoted `restart: no` as false
+        return "no"
+    return str(restart).split(":", 1)[0].strip().lower()
+
+
+def _completion_waited_for(services: dict[str, Any]) -> set[str]:
+    """The services another one waits on with `condition: service_completed_successfully`."""
+    waited = set()
+    for spec in services.values():
+        depends = (spec or {}).get("depends_on") if isinstance(spec, dict) else None
+        if isinstance(depends, dict):
+            waited |= {name for name, how in depends.items()
+                       if isinstance(how, dict) and how.get("condition") == "service_completed_successfully"}
+    return waited
+
+
+def _no_replicas(spec: dict[str, Any]) -> bool:
+    replicas = (spec.get("deploy") or {}).get("replicas", spec.get("scale"))
+    return replicas is not None and str(replicas).strip() == "0"
+
+
+def service_expectations(compose: dict[str, Any]) -> dict[str, Expectation]:
+    """Per service of a parsed compose file, what running it well means (see `Expectation`)."""
+    services = compose["services"]
+    waited = _completion_waited_for(services)
+    expect = {}
+    for name, spec in services.items():
+        spec = spec if isinstance(spec, dict) else {}
+        created = "no" if _no_replicas(spec) else "profile" if spec.get("profiles") else "yes"
+        expect[name] = Expectation(created, restart_policy(spec) in STOPPING_POLICIES or name in waited)
+    return expect
+
+
+@dataclass(frozen=True)
 class AppTree:
     name: str
     uri: str
@@ -93,6 +148,7 @@ class AppTree:
     services: dict[str, Image] = field(default_factory=dict)
     layers_meta: Blob | None = None
     layer_usage: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk once unpacked
+    expect: dict[str, Expectation] = field(default_factory=dict)  # service -> what running it well means
 
     def images(self) -> list[Image]:
         """Each distinct image once, in service order (two services may share one)."""
@@ -123,18 +179,40 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def read_compose(bundle: bytes, app: str) -> dict[str, Any]:
-    """The app's `docker-compose.yml` from its bundle (gzip tar), parsed; InstallError if it is not sane."""
+def is_compose_file(name: str) -> bool:
+    """Whether a bundle entry is the compose file compose runs: it lands at `docker-compose.yml` in the project.
+
+    composeapp looks for an entry named exactly `docker-compose.yml`; `./docker-compose.yml`
+    lands at the same place when unpacked, so it is the same file. `.docker-compose.yml`,
+    `../docker-compose.yml` and `x/docker-compose.yml` are not.
+    """
+    return lands_at(name) == PurePosixPath(COMPOSE_FILE)
+
+
+def _compose_bytes(bundle: BinaryIO, app: str) -> bytes:
+    """The first compose file entry of the gzip tar `bundle`, read as a stream and no further.
+
+    A second entry for the same path makes the unpacker refuse the bundle, so the first one is
+    the file compose would run.
+    """
     try:
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(bundle)), mode="r:") as tar:
-            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == COMPOSE_FILE and m.isfile()), None)
-            if member is None:
-                raise InstallError(f"app {app}: the bundle has no {COMPOSE_FILE}")
-            if member.size > COMPOSE_MAX:
-                raise InstallError(f"app {app}: {COMPOSE_FILE} is larger than {COMPOSE_MAX} bytes")
-            text = tar.extractfile(member).read()
+        with tarfile.open(fileobj=bundle, mode="r|gz") as tar:
+            for member in tar:
+                if not is_compose_file(member.name):
+                    continue
+                if not member.isfile():
+                    raise InstallError(f"app {app}: the bundle's {COMPOSE_FILE} is not a regular file")
+                if member.size > COMPOSE_MAX:
+                    raise InstallError(f"app {app}: {COMPOSE_FILE} is larger than {COMPOSE_MAX} bytes")
+                return tar.extractfile(member).read()
     except (OSError, EOFError, tarfile.TarError) as exc:
         raise InstallError(f"app {app}: the bundle is not a readable gzip tar: {exc}") from exc
+    raise InstallError(f"app {app}: the bundle has no {COMPOSE_FILE}")
+
+
+def read_compose(bundle: BinaryIO, app: str) -> dict[str, Any]:
+    """The app's `docker-compose.yml` from its bundle (gzip tar), parsed; InstallError if it is not sane."""
+    text = _compose_bytes(bundle, app)
     try:
         compose = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -161,23 +239,37 @@ def pinned_images(compose: dict[str, Any], app: str) -> dict[str, PinnedRef]:
 class AppTreeLoader:
     """Walks apps through the store, fetching the small documents it lacks from the registry."""
 
-    def __init__(self, store: BlobStore, registry: RegistryClient | None):
+    def __init__(self, store: BlobStore, registry: RegistryClient | None, host: Platform | None = None):
         self.store = store
         self.registry = registry
-        self.platform = host_platform()
+        self.platform = host or host_platform()
+
+    def _fetched(self, ref: PinnedRef, kind: str, size: int | None, limit: int) -> None:
+        """Make sure the blob `ref` is in the store: fetched (at most `limit` bytes) and verified if not."""
+        if self.store.has(ref.digest):
+            return
+        if self.registry is None:
+            raise FetchError(f"{kind} {ref} is not in the store and there is no registry to fetch it from")
+        if kind in MANIFEST_KINDS:
+            data, _ = self.registry.manifest(ref, limit)
+            self.store.put_bytes(ref.digest, data)
+        else:
+            if size is None or size > limit:
+                raise FetchError(f"{kind} {ref} is too large to read ({size} bytes)")
+            self.store.ingest(ref.digest, size, lambda offset: self.registry.open_blob(ref, offset))
 
     def _bytes(self, ref: PinnedRef, kind: str, size: int | None, limit: int) -> bytes:
-        if not self.store.has(ref.digest):
-            if self.registry is None:
-                raise FetchError(f"{kind} {ref} is not in the store and there is no registry to fetch it from")
-            if kind in ("app-manifest", "image-index", "image-manifest", "image-root"):
-                data, _ = self.registry.manifest(ref)
-                self.store.put_bytes(ref.digest, data)
-            else:
-                if size is None or size > limit:
-                    raise FetchError(f"{kind} {ref} is too large to read ({size} bytes)")
-                self.store.ingest(ref.digest, size, lambda offset: self.registry.open_blob(ref, offset))
+        """A small blob (a manifest, an index), from the store, fetched first if need be."""
+        self._fetched(ref, kind, size, limit)
         return self.store.read(ref.digest, limit)
+
+    def _compose(self, bundle: Blob, app: str) -> dict[str, Any]:
+        """The bundle's compose file, parsed: the bundle is fetched if need be and read as a stream."""
+        # composeapp's one cap on a bundle. It is fetched into the store as the plan would fetch it
+        # anyway (streamed to disk), and read from there only as far as its compose file.
+        self._fetched(bundle.ref, bundle.kind, bundle.size, MAX_TOTAL)
+        with self.store.open(bundle.digest) as data:
+            return read_compose(data, app)
 
     def load(self, app: App) -> AppTree:
         ref = app.ref
@@ -195,12 +287,12 @@ class AppTreeLoader:
             index = Blob(str(ref.with_digest(annotations[INDEX_DIGEST_ANNOTATION])),
                          int(annotations.get(INDEX_SIZE_ANNOTATION, 0)), "bundle-index")
             self._bytes(index.ref, index.kind, index.size, BUNDLE_INDEX_MAX)
-        compose = read_compose(self._bytes(bundle.ref, "bundle", bundle.size, BUNDLE_MAX), app.name)
+        compose = self._compose(bundle, app.name)
         services = {service: self._image(image_ref, app.name)
                     for service, image_ref in pinned_images(compose, app.name).items()}
         meta_blob, usage = self._layers_meta(ref, layers[1:2])
         return AppTree(app.name, app.uri, Blob(app.uri, len(manifest_bytes), "app-manifest"), bundle, index, services,
-                       meta_blob, usage)
+                       meta_blob, usage, service_expectations(compose))
 
     def _layers_meta(self, ref: PinnedRef, descriptors: list[dict[str, Any]]) -> tuple[Blob | None, dict[str, int]]:
         """composeapp's layers meta (layer 1), if any, and from it what each layer takes once unpacked.
@@ -211,7 +303,7 @@ class AppTreeLoader:
             return None, {}
         blob = Blob(str(ref.with_digest(descriptors[0]["digest"])), int(descriptors[0]["size"]), "layers-meta")
         meta = _json(self._bytes(blob.ref, blob.kind, blob.size, BUNDLE_INDEX_MAX), "layers meta")
-        layers = (meta.get(self.platform[1]) or {}).get("layers") or {}
+        layers = (meta.get(self.platform.architecture) or {}).get("layers") or {}
         return blob, {digest: int(info["usage"]) for digest, info in layers.items() if "usage" in info}
 
     def _image(self, ref: PinnedRef, app: str) -> Image:
@@ -233,10 +325,9 @@ class AppTreeLoader:
         return Image(str(ref), root, manifest, config, layers)
 
     def _platform_manifest(self, index: dict[str, Any], ref: PinnedRef, app: str) -> dict[str, Any]:
-        os_name, arch = self.platform
-        matches = [m for m in index.get("manifests", [])
-                   if (m.get("platform") or {}).get("os") == os_name
-                   and (m.get("platform") or {}).get("architecture") == arch]
+        """The one child of the index this host runs (composeapp requires exactly one)."""
+        manifests = index.get("manifests")
+        matches = matching(manifests if isinstance(manifests, list) else [], self.platform)
         if len(matches) != 1:
-            raise FetchError(f"app {app}: image {ref} has {len(matches)} manifests for {os_name}/{arch}, not one")
+            raise FetchError(f"app {app}: image {ref} has {len(matches)} manifests for {self.platform}, not one")
         return matches[0]

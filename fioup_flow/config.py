@@ -9,6 +9,7 @@ on a FoundriesFactory device, and a device configured for fioup works unchanged.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field
@@ -21,6 +22,15 @@ from fioup_flow.throttle import parse_rate
 DEFAULT_CFG_DIRS: tuple[str, ...] = ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
 CFG_DIRS_ENV = ("FIOUP_FLOW_CFG_DIRS", "FIOUP_CFG_DIRS")
 DEFAULT_STORAGE_PATH = "/var/sota"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Where a LmP image ships the factory's roots (aktualizr-lite's default for the key below).
+DEFAULT_TUF_ROOTS_PATH = "/usr/lib/sota/tuf"
+TUF_MODES = ("tuf", "plain")
+# Long enough for what fails in the first seconds of a service's life (a bad config, a dependency
+# out of reach after a connect timeout of 10 s, a crash loop under Docker's restart back-off), short
+# enough that an update keeps the device's old version only briefly; see the README.
+DEFAULT_HEALTH_WINDOW_S = 15.0
+MAX_HEALTH_WINDOW_S = 3600
 
 
 def cfg_dirs_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
@@ -50,6 +60,14 @@ def find_toml_files(cfg_dirs: tuple[str, ...]) -> list[Path]:
     return sorted(files, key=lambda p: p.name, reverse=True)
 
 
+def no_config_message(cfg_dirs: tuple[str, ...]) -> str:
+    """Which paths were searched and what each held, so a typo shows at once."""
+    searched = "; ".join(f"{entry} ({'a folder with no *.toml file' if Path(entry).is_dir() else 'does not exist'})"
+                         for entry in cfg_dirs) or "no path"
+    return (f"no config found: searched {searched}. Register the device (fioup-flow register), or name "
+            f"its sota.toml with -c or ${CFG_DIRS_ENV[0]}")
+
+
 def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
     """Merge the files key by key: the first file (in the given order) that sets a key wins."""
     merged: dict[str, dict[str, Any]] = {}
@@ -76,8 +94,15 @@ class Config:
 
     @classmethod
     def load(cls, cfg_dirs: tuple[str, ...] | None = None) -> "Config":
-        """Read and merge the configuration found in `cfg_dirs` (default: environment, then fioup's path)."""
-        files = find_toml_files(cfg_dirs if cfg_dirs is not None else cfg_dirs_from_env())
+        """Read and merge the configuration found in `cfg_dirs` (default: environment, then fioup's path).
+
+        Finding no file at all is an error (exit 3), as in fioup: a mistyped path must not pass
+        for a device that was never registered, nor `resume` at boot skip an update in progress.
+        """
+        cfg_dirs = cfg_dirs if cfg_dirs is not None else cfg_dirs_from_env()
+        files = find_toml_files(cfg_dirs)
+        if not files:
+            raise NotConfiguredError(no_config_message(cfg_dirs))
         return cls(values=merge_toml(files), files=tuple(files))
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
@@ -150,6 +175,19 @@ class Config:
         return value
 
     @property
+    def health_window(self) -> float:
+        """`pacman.health_window`: seconds each service an update starts must stay up (no restart)
+        before the update is committed. 0 commits once every service is up."""
+        raw = self.get("pacman", "health_window", DEFAULT_HEALTH_WINDOW_S)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"pacman.health_window must be a number of seconds, not {raw!r}") from exc
+        if not 0 <= value <= MAX_HEALTH_WINDOW_S:
+            raise UsageError(f"pacman.health_window must be between 0 and {MAX_HEALTH_WINDOW_S} seconds, not {raw!r}")
+        return value
+
+    @property
     def prune_unused_images(self) -> bool:
         return str(self.get("pacman", "prune_unused_images", "0")).strip().lower() in ("1", "true", "yes")
 
@@ -166,12 +204,21 @@ class Config:
             raise UsageError(f"pacman.engine_restart_command: {exc}") from exc
 
     @property
-    def hardware_id(self) -> str:
-        return str(self.get("provision", "primary_ecu_hardware_id", "")).strip()
+    def compose_env(self) -> dict[str, str]:
+        """The `[compose_env]` section: variables set on the device on purpose for compose to see when
+        it reads the apps' compose files (`${NAME}`). Nothing else from fioup-flow's own environment
+        reaches compose but what `tasks.compose.INHERITED_ENV` names."""
+        env = {}
+        for name, value in self.values.get("compose_env", {}).items():
+            if not ENV_NAME.match(name) or isinstance(value, (dict, list)):
+                raise UsageError(f"compose_env.{name}: a variable needs a name of letters, digits and _ "
+                                 f"and a single value, not {value!r}")
+            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     @property
-    def polling_seconds(self) -> int:
-        return int(str(self.get("uptane", "polling_seconds", "300")))
+    def hardware_id(self) -> str:
+        return str(self.get("provision", "primary_ecu_hardware_id", "")).strip()
 
     @property
     def download_rate(self) -> float | None:
@@ -184,8 +231,23 @@ class Config:
 
     @property
     def tuf_dir(self) -> Path:
-        """Where the trusted TUF metadata lives (python-tuf's metadata folder)."""
+        """Where the device keeps the TUF metadata it verified."""
         return self.storage_path / "tuf"
+
+    @property
+    def tuf_roots_path(self) -> Path:
+        """`storage.uptane_metadata_path`: the folder of the roots the OS image ships (`ci/` and
+        `prod/`), aktualizr-lite's key for it (`src/liteclient.cc`)."""
+        return self._path("storage", "uptane_metadata_path", DEFAULT_TUF_ROOTS_PATH)
+
+    @property
+    def tuf_mode(self) -> str:
+        """`pacman.tuf_mode`: "tuf" (default, full verification) or "plain" (fioup's default: the
+        gateway's targets.json read unverified, trusting TLS alone)."""
+        value = str(self.get("pacman", "tuf_mode", "tuf")).strip().lower()
+        if value not in TUF_MODES:
+            raise UsageError(f"pacman.tuf_mode must be one of {', '.join(TUF_MODES)}, not {value!r}")
+        return value
 
     @property
     def flow_dir(self) -> Path:

@@ -8,15 +8,21 @@ Guarantees (documented in the README):
 - The checkpoint is a hint, the world is the truth: before running any node, and before
   trusting a node recorded `done`, the engine asks the task `is_done(node)`. An effect already
   in place is recorded done without running; a `done` node whose effect vanished runs again.
+  One exception: a point of no return (`Node.point_of_no_return`) recorded done settles itself
+  and every node before it; they are neither asked nor run again (the update is history there).
 - A failed node stops its dependents (they stay `pending`); independent branches finish. The
   update stays in progress, so a resume retries the failed node (and runs what waits on it).
+  A failure the caller's `halt_on` picks (one no retry will mend) stops the run at once instead,
+  as a signal does: what runs beside it would only delay what the caller does next.
 - TransientError is retried with jittered exponential backoff, bounded in attempts and time;
   any other exception fails the node at once and is kept for the caller (exit codes).
 - SIGINT/SIGTERM: scheduling stops, running nodes are asked to stop (`ctx.cancelled`) and
-  waited for; the update stays in progress (exit 128+signal, like shells). A second signal
-  kills the process at once: running nodes are abandoned and re-checked on resume.
-- Cancel (a flag in the store, set by `fioup-flow cancel`) is seen at the next node boundary:
-  nothing new starts, running nodes finish, and the plan moves to history as cancelled.
+  waited for; the update stays in progress (exit 128+signal, like shells). A task that stops
+  early raises `Interrupted`: its node goes back to pending, its partial work kept. A second
+  signal kills the process at once: running nodes are abandoned and re-checked on resume.
+- Cancel (a flag in the store, set by `fioup-flow cancel`) is seen within `poll_s`: nothing new
+  starts, running nodes are asked to stop as for a signal, and the plan moves to history as
+  cancelled.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from tenacity import (
 from fioup_flow.checkpoint import CheckpointStore, NodeRecord
 from fioup_flow.errors import NoSpaceError, NoUpdateInProgressError, exit_code_of
 from fioup_flow.graph import Plan, PlanError
-from fioup_flow.task import Node, Task, TaskContext, TransientError
+from fioup_flow.task import Interrupted, Node, Task, TaskContext, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +104,6 @@ class RunResult:
         return CANCELLED_EXIT_CODE
 
 
-class _Abandoned(Exception):
-    """A node not (re)started because the runner is stopping."""
-
-
 EventHook = Callable[[NodeEvent], None]
 
 
@@ -110,7 +112,7 @@ class Executor:
 
     def __init__(self, store: CheckpointStore, tasks: dict[str, Task], limits: dict[str, int] | None = None,
                  retry: RetryPolicy = RetryPolicy(), on_event: EventHook | None = None, poll_s: float = 0.2,
-                 handle_signals: bool = True):
+                 handle_signals: bool = True, halt_on: Callable[[BaseException], bool] | None = None):
         self.store = store
         self.tasks = tasks
         self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
@@ -118,9 +120,11 @@ class Executor:
         self.on_event = on_event
         self.poll_s = poll_s
         self.handle_signals = handle_signals
+        self.halt_on = halt_on
         self._stopping = threading.Event()
         self._signal: int | None = None
         self._cancelled = False
+        self._settled: set[str] = set()
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class Executor:
         self._stopping.set()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        log.warning("signal %d: stopping at the next node boundary (again to abandon running nodes)", signum)
+        log.warning("signal %d: stopping running nodes at their next stop point (again to abandon them)", signum)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         self.stop(signum)
@@ -157,6 +161,7 @@ class Executor:
             plan = self.store.freeze(plan)
         self._stopping.clear()
         self._signal, self._cancelled = None, False
+        self._settled = self._settled_nodes(plan)
         previous = self._install_signals()
         try:
             result = self._schedule(plan)
@@ -166,6 +171,14 @@ class Executor:
         if result.outcome in ("completed", "cancelled"):
             self.store.finish(plan, result.outcome)
         return result
+
+    def _settled_nodes(self, plan: Plan) -> set[str]:
+        """Each point of no return recorded done, with every node before it: what is history."""
+        settled: set[str] = set()
+        for node in plan.nodes():
+            if node.point_of_no_return and self.store.record(plan.plan_id, node.id).state == "done":
+                settled |= plan.ancestors(node.id) | {node.id}
+        return settled
 
     def _schedule(self, plan: Plan) -> RunResult:
         result = RunResult(plan.plan_id, "completed")
@@ -198,6 +211,8 @@ class Executor:
                         continue
                     if isinstance(outcome, BaseException):
                         result.failed[node.id] = outcome
+                        if self.halt_on is not None and self.halt_on(outcome):
+                            self.stop()
                     elif outcome == "done":
                         done += 1
                         for child in plan.dependents(node.id):
@@ -243,22 +258,20 @@ class Executor:
         task = self.tasks[node.kind]
         record = self.store.record(plan_id, node.id)
         try:
-            if task.is_done(node):
+            if node.id in self._settled or task.is_done(node):
                 if record.state != "done":
                     now = time.time()
                     self._save(plan_id, node, record, state="done", started=record.started or now, ended=now,
                                bytes=node.size, error=None, exit_code=None)
                 self._emit(NodeEvent(node, "done", node.size, node.size or None, already=True))
                 return "done"
-            if self._stopping.is_set():
-                raise _Abandoned()
-            result.ran.append(node.id)
             ctx = TaskContext(node, self._stopping, self._progress_sink)
+            ctx.stop_point()
+            result.ran.append(node.id)
             record.started = time.time()
             for attempt in self._retrying(node):
                 with attempt:
-                    if self._stopping.is_set():
-                        raise _Abandoned()
+                    ctx.stop_point()
                     self._save(plan_id, node, record, state="running", attempts=record.attempts + 1, error=None)
                     self._emit(NodeEvent(node, "running", 0, node.size or None))
                     task.run(node, ctx)
@@ -269,7 +282,7 @@ class Executor:
         return "done"
 
     def _failed(self, plan_id: str, node: Node, record: NodeRecord, exc: Exception) -> str | Exception:
-        if self._stopping.is_set() and (isinstance(exc, _Abandoned) or record.state == "running"):
+        if self._stopping.is_set() and (isinstance(exc, Interrupted) or record.state == "running"):
             if record.state == "running":  # stopped mid-way: pending again, re-checked on resume
                 self._save(plan_id, node, record, state="pending", ended=time.time())
             return "abandoned"

@@ -1,7 +1,8 @@
 """The errors fioup-flow reports, each with the exit code a caller can act on.
 
 The codes from 10 to 70 are fioup's (see its `cmd/fioup/error.go`), so that scripts written for
-fioup keep working. The codes below 10 are ours, for failures fioup has no code for.
+fioup keep working. The codes below 10 are ours, for failures fioup has no code for; 110 and 111
+(rolled back, rollback failed) follow aktualizr-lite's CLI, since fioup does not roll back.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ class EngineUnavailableError(FioupFlowError):
     exit_code = 7
 
 
+class EngineUnsupportedError(FioupFlowError):
+    """The engine or Docker Compose cannot run fioup-flow's updates: an image store whose image IDs
+    are not config digests, or no Compose v2 at or above the version whose flags fioup-flow uses."""
+
+    exit_code = 8
+
+
+class BadTargetError(FioupFlowError):
+    """The Target asked for failed on this device before and is marked bad; `--force` tries it again."""
+
+    exit_code = 9
+
+
 class InvalidStateError(FioupFlowError):
     """The action is not allowed in the current update state."""
 
@@ -76,7 +90,8 @@ class TargetNotFoundError(FioupFlowError):
 
 
 class InvalidOngoingUpdateError(FioupFlowError):
-    """The update in progress cannot be continued as asked."""
+    """The update in progress cannot be continued: its Target was withdrawn or changed (it is
+    cancelled then), or another plan would replace it."""
 
     exit_code = 23
 
@@ -85,24 +100,6 @@ class NoUpdateInProgressError(FioupFlowError):
     """An action that needs an update in progress found none."""
 
     exit_code = 24
-
-
-class NoUpdateError(FioupFlowError):
-    """Everything already runs the requested Target."""
-
-    exit_code = 25
-
-
-class NewerVersionAvailableError(FioupFlowError):
-    """The update in progress is not for the latest Target."""
-
-    exit_code = 26
-
-
-class InitError(FioupFlowError):
-    """Initialising the update failed."""
-
-    exit_code = 30
 
 
 class FetchError(FioupFlowError):
@@ -133,6 +130,20 @@ class StartError(FioupFlowError):
     """Starting an app failed, or its services did not come up in time."""
 
     exit_code = 70
+
+
+class RolledBackError(FioupFlowError):
+    """The update failed for a reason of its Target's own and was rolled back: the device runs its
+    previous Target again, and the failed one is marked bad (aktualizr-lite's `InstallRollbackOk`)."""
+
+    exit_code = 110
+
+
+class RollbackFailedError(FioupFlowError):
+    """The update failed, and so did the rollback that followed it: the rollback stays in progress and
+    `resume` tries it again (aktualizr-lite's `InstallRollbackFailed` is 130, which here is SIGINT's)."""
+
+    exit_code = 111
 
 
 def exit_code_of(exc: BaseException) -> int:

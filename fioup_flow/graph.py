@@ -91,6 +91,10 @@ class Plan:
     def dependents(self, node_id: str) -> list[str]:
         return sorted(self.graph.successors(node_id))
 
+    def ancestors(self, node_id: str) -> set[str]:
+        """Every node that runs before `node_id`, directly or not."""
+        return nx.ancestors(self.graph, node_id)
+
     def edges(self) -> list[tuple[str, str]]:
         return sorted(self.graph.edges())
 

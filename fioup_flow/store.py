@@ -7,6 +7,9 @@ bytes, so a power cut costs at most that much re-download, and it resumes from i
 A partial file can only be trusted as far as it was synced, and a torn write could leave bad
 bytes, so resumed data is verified like the rest: if a resumed download does not match its
 digest, the store throws the partial away and the caller downloads it once more from zero.
+A partial lives as long as an update in progress needs it: `discard_partials` drops the others
+(a cancelled update's, an abandoned one's) so that a device that lives for years does not
+collect them.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 from fioup_flow.durable import fsync_dir, make_dirs
 from fioup_flow.errors import FetchError, NoSpaceError
@@ -25,6 +29,7 @@ CHUNK = 64 * 1024
 SYNC_EVERY = 8 * 1024 * 1024
 
 ProgressFn = Callable[[int], None]
+HEX_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 class DigestMismatchError(FetchError):
@@ -164,9 +169,13 @@ class BlobStore:
         return written
 
     def _commit(self, data_path: Path, digest: str) -> None:
+        """Rename the verified partial to its digest, its data and mode synced first, whoever wrote
+        them: a partial found whole at the start (a crash before its last sync) may be unsynced."""
         final = self.path(digest)
         make_dirs(final.parent)
         os.chmod(data_path, 0o444)
+        with open(data_path, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(data_path, final)
         fsync_dir(final.parent)
         shutil.rmtree(data_path.parent, ignore_errors=True)
@@ -180,15 +189,33 @@ class BlobStore:
 
     def digests(self) -> Iterator[str]:
         """Every committed blob."""
-        if self.blobs.is_dir():
-            for entry in self.blobs.iterdir():
-                if len(entry.name) == 64:
-                    yield f"sha256:{entry.name}"
+        return _digests_in(self.blobs)
+
+    def partials(self) -> Iterator[str]:
+        """Every blob with a partial download, of the update in progress or of one abandoned."""
+        return _digests_in(self.ingest_root)
+
+    def discard_partials(self, keep: Collection[str] = ()) -> None:
+        """Drop every partial download but those of `keep` (the blobs an update in progress still
+        fetches), durably: a partial nothing will resume is only taking room."""
+        dropped = set(self.partials()) - set(keep)
+        for digest in dropped:
+            self.discard_partial(digest)
+        if dropped:
+            fsync_dir(self.ingest_root)
 
     def sync(self) -> None:
         """Make removals durable (after a prune)."""
         if self.blobs.is_dir():
             fsync_dir(self.blobs)
+
+
+def _digests_in(folder: Path) -> Iterator[str]:
+    """The digests named by the entries of `folder` (a blob, a partial download's folder)."""
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if HEX_NAME.fullmatch(entry.name):
+                yield f"sha256:{entry.name}"
 
 
 def _bounded(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:

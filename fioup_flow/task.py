@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 RESOURCES = ("network", "docker", "disk", "cpu")
 
@@ -28,6 +28,10 @@ class Node:
 
     `resource` is the scheduling class that bounds how many such nodes run at once; `size` is the
     number of bytes the node is expected to move, for progress only.
+
+    `point_of_no_return` marks the node after which the update is history: once it is recorded
+    done, the engine trusts it and every node before it without looking at the world again (what
+    changes there later is the next update's business), and re-checks only the nodes after it.
     """
 
     id: str
@@ -35,25 +39,39 @@ class Node:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     resource: str = "cpu"
     size: int = 0
+    point_of_no_return: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "params": self.params, "resource": self.resource, "size": self.size}
+        data = {"id": self.id, "kind": self.kind, "params": self.params, "resource": self.resource, "size": self.size}
+        if self.point_of_no_return:  # only where set: every other node freezes to the bytes it always did
+            data["point_of_no_return"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Node:
+        """A frozen node; one frozen before a field existed gets the field's default."""
         return cls(id=data["id"], kind=data["kind"], params=data.get("params", {}),
-                   resource=data.get("resource", "cpu"), size=int(data.get("size", 0)))
+                   resource=data.get("resource", "cpu"), size=int(data.get("size", 0)),
+                   point_of_no_return=bool(data.get("point_of_no_return", False)))
 
 
 ProgressSink = Callable[[Node, int, "int | None"], None]
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """The runner is stopping (a signal, a cancel): the node was not started, or its task stopped
+    early and kept its partial work (a download's bytes, synced) for the next attempt. Never a
+    failure: the engine puts the node back to pending, and a resume re-checks it."""
 
 
 class TaskContext:
     """What a running task may use from the engine: progress reports, the stop request, a logger.
 
-    `cancelled` is set when the update is cancelled or the runner is asked to stop; a long task
-    (a big download) may check it and return early by raising, leaving its partial work for the
-    next attempt. Ignoring it is correct too: the engine waits for the task to finish.
+    `cancelled` is set when the update is cancelled or the runner is asked to stop. A long task
+    stops at its next safe point through `checked` (between the chunks of a stream) or `sleep`
+    (a wait), which raise Interrupted; a step that must not be cut short (a `compose up`) simply
+    does not look, and the engine waits for it to finish.
     """
 
     def __init__(self, node: Node, cancelled: threading.Event, progress_sink: ProgressSink | None = None,
@@ -72,6 +90,24 @@ class TaskContext:
 
     def should_stop(self) -> bool:
         return self.cancelled.is_set()
+
+    def stop_point(self) -> None:
+        """Raise Interrupted if the runner is stopping."""
+        if self.should_stop():
+            raise Interrupted(f"{self.node.id}: stopped, the runner is stopping")
+
+    def checked(self, items: Iterable[T]) -> Iterator[T]:
+        """`items` passed on, with a stop point before the first and after each one is consumed:
+        a stream stops at its next chunk, and whatever was handed on was dealt with."""
+        self.stop_point()
+        for item in items:
+            yield item
+            self.stop_point()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, or raise Interrupted as soon as the runner is stopping."""
+        if self.cancelled.wait(seconds):
+            self.stop_point()
 
 
 class Task(Protocol):

@@ -1,7 +1,10 @@
 """Record the new Target as what the device runs (node `commit:<target>`).
 
 This is the update's point of no return, taken only after every app of the Target started:
-from here `check`, `status` and the next update see the new Target as current.
+from here `check`, `status` and the next update see the new Target as current. The node says so
+(`point_of_no_return`): once it is recorded done, a resume trusts it and every node before it,
+so an app that stops or turns unhealthy later cannot reopen an update that finished; bringing
+it back is the next update's job (it plans a repair).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ def node(target: Target) -> Node:
     return Node(id=f"commit:{target.name}", kind=KIND, params={
         "name": target.name, "version": target.version, "custom": target.custom,
         "apps": [{"name": a.name, "uri": a.uri} for a in target.apps],
-    })
+    }, point_of_no_return=True)
 
 
 def target_of(node: Node) -> Target:

@@ -2,7 +2,8 @@
 
 Done when the store holds the blob under its digest, which the store only allows once the
 bytes verified. A download cut off (by the network, a kill or a power cut) resumes from what
-the ingest area kept; a resumed download that fails to verify starts once more from zero.
+the ingest area kept; a resumed download that fails to verify starts once more from zero. A
+signal or a cancel stops the download at its next chunk, the partial kept and synced.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class FetchBlob:
         size = int(node.params["size"])
 
         def download() -> None:
-            self.store.ingest(ref.digest, size, lambda offset: self._open(ref, offset),
+            self.store.ingest(ref.digest, size, lambda offset: ctx.checked(self._open(ref, offset)),
                               progress=lambda done: ctx.progress(done, size))
 
         if ref.host in self.out_of_reach:

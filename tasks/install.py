@@ -26,11 +26,18 @@ from fioup_flow.durable import fsync_dir, make_dirs, write_atomic
 from fioup_flow.errors import FetchError, InstallError
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import App
-from fioup_flow.task import Node, TaskContext
-from tasks import appstate, compose
+from fioup_flow.task import Node, TaskContext, TransientError
+from tasks import appstate
+from tasks.compose import OVERRIDE_FILE, Compose
 from tasks.imagetar import local_tag, save_stream
 
 KIND = "install"
+
+
+class ImageLoadFailed(InstallError, TransientError):
+    """The engine refused to load an image the store verified: the engine's trouble (its disk, its
+    state), not the Target's; retried, and never a reason to mark the Target bad (as aktualizr-lite
+    retries an image-load failure at its next cycle instead of marking the Target failing)."""
 MARKER = ".fioup-flow-app.json"
 STAGING = ".staging"
 PREVIOUS = ".previous"
@@ -53,10 +60,11 @@ def installed_uri(project: Path) -> str | None:
 class InstallApp:
     kind = KIND
 
-    def __init__(self, store: BlobStore, compose_root: Path, engine: docker.DockerClient):
+    def __init__(self, store: BlobStore, compose_root: Path, engine: docker.DockerClient, compose: Compose):
         self.store = store
         self.root = compose_root
         self.engine = engine
+        self.compose = compose
         self.loader = AppTreeLoader(store, registry=None)
 
     def _tree(self, node: Node) -> AppTree:
@@ -86,20 +94,23 @@ class InstallApp:
             tree = self._tree(node)
         except FetchError as exc:
             raise InstallError(f"app {node.params['app']}: {exc}") from exc
-        self._load_images(tree)
+        self._load_images(tree, ctx)
         if not self._project_ok(tree):
             self._put_in_place(self._stage(tree), tree.name)
 
-    def _load_images(self, tree: AppTree) -> None:
+    def _load_images(self, tree: AppTree, ctx: TaskContext) -> None:
+        """Stream the missing images into the engine; a stop request ends the stream at its next
+        chunk, and the engine drops a load cut short whole (as after a power cut)."""
         missing = self._missing_images(tree)
         if not missing:
             return
         try:
-            for message in self.engine.api.load_image(save_stream(missing, self.store)):
+            for message in self.engine.api.load_image(ctx.checked(save_stream(missing, self.store))):
                 if "error" in message or "errorDetail" in message:
-                    raise InstallError(f"app {tree.name}: the engine refused an image: {message.get('error', message)}")
+                    raise ImageLoadFailed(f"app {tree.name}: the engine refused an image: "
+                                          f"{message.get('error', message)}")
         except docker.errors.APIError as exc:
-            raise InstallError(f"app {tree.name}: loading images failed: {exc.explanation or exc}") from exc
+            raise ImageLoadFailed(f"app {tree.name}: loading images failed: {exc.explanation or exc}") from exc
         still = self._missing_images(tree)
         if still:
             raise InstallError(f"app {tree.name}: images not in the engine after loading: "
@@ -116,8 +127,8 @@ class InstallApp:
             raise InstallError(f"app {tree.name}: the unpacked bundle does not match its index: {'; '.join(problems)}")
         override = {"services": {service: {"image": local_tag(image), "pull_policy": "never"}
                                  for service, image in sorted(tree.services.items())}}
-        write_atomic(staging / compose.OVERRIDE_FILE, yaml.safe_dump(override, sort_keys=True).encode())
-        compose.config_check(tree.name, staging, InstallError)
+        write_atomic(staging / OVERRIDE_FILE, yaml.safe_dump(override, sort_keys=True).encode())
+        self.compose.config_check(tree.name, staging, InstallError)
         write_atomic(staging / MARKER, json.dumps({"app": tree.name, "uri": tree.uri}).encode())
         return staging
 

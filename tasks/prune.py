@@ -1,9 +1,11 @@
 """Remove what the new Target no longer needs (node `prune:<target>`), after it was committed.
 
 Old project folders (kept until now so a running container never lost its files), projects
-of apps that left the Target, store blobs no app of the Target references, and the images
-only old versions used. Images are removed by the local tags fioup-flow loaded them under and
-only when no container uses them; with `pacman.prune_unused_images` every unused image goes.
+of apps that left the Target, store blobs no app of the Target references, every partial
+download (all of this update's fetches are done: what is left is an abandoned update's), and
+the images only old versions used. Images are removed by the local tags fioup-flow loaded
+them under and only when no container uses them; with `pacman.prune_unused_images` every
+unused image goes.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Prune:
     def is_done(self, node: Node) -> bool:
         keep_blobs, keep_tags = self._keep(node)
         return (not self._stale_folders(node) and set(self.store.digests()) <= keep_blobs
-                and not self._stale_tags(keep_tags))
+                and not any(self.store.partials()) and not self._stale_tags(keep_tags))
 
     def run(self, node: Node, ctx: TaskContext) -> None:
         keep_blobs, keep_tags = self._keep(node)
@@ -73,6 +75,7 @@ class Prune:
         for digest in set(self.store.digests()) - keep_blobs:
             self.store.remove(digest)
         self.store.sync()
+        self.store.discard_partials()
         for tag in self._stale_tags(keep_tags):
             try:
                 self.engine.api.remove_image(tag)

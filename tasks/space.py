@@ -1,7 +1,9 @@
 """Check that the update fits before fetching anything (node `space:<target>`), exit code 41 if not.
 
 Runs again on every resume (it has no effect to be "in place"), so an update refused for lack of
-space goes on once space was freed, and counts only what is still missing at that moment.
+space goes on once space was freed, and counts only what is still missing at that moment. It
+first drops the partial downloads of blobs this update does not fetch (an abandoned update's):
+the one update in progress is this one, so nothing will resume them, and they only take room.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SpaceCheck:
         return all(self.store.has(digest, size) for digest, size, _, _ in node.params["blobs"])
 
     def run(self, node: Node, ctx: TaskContext) -> None:
+        self.store.discard_partials(keep={digest for digest, _, _, _ in node.params["blobs"]})
         stat = self.stat(node)
         if not stat.fits:
             raise NoSpaceError(f"not enough storage for the update: {stat.describe()}")

@@ -17,7 +17,8 @@ import docker
 
 from fioup_flow.errors import StopError
 from fioup_flow.task import Node, TaskContext
-from tasks import appstate, compose
+from tasks import appstate
+from tasks.compose import Compose
 
 KIND = "stop"
 
@@ -30,8 +31,9 @@ def node(app: str, keep_image_ids: list[str]) -> Node:
 class StopApp:
     kind = KIND
 
-    def __init__(self, engine: docker.DockerClient):
+    def __init__(self, engine: docker.DockerClient, compose: Compose):
         self.engine = engine
+        self.compose = compose
 
     def is_done(self, node: Node) -> bool:
         keep = set(node.params["keep"])
@@ -42,6 +44,6 @@ class StopApp:
 
     def run(self, node: Node, ctx: TaskContext) -> None:
         if node.params["keep"]:
-            compose.stop(node.params["app"], StopError)
+            self.compose.stop(node.params["app"], StopError)
         else:
-            compose.down(node.params["app"], StopError)
+            self.compose.down(node.params["app"], StopError)

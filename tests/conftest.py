@@ -17,7 +17,7 @@ from ciskips import (  # noqa: F401 - hooks: under CI=true a skipped test fails 
     pytest_terminal_summary,
 )
 from core_factory import Factory, start_factory, stop_factory
-from support import Device, clean_engine, new_device, publish
+from support import Device, fresh_device, new_device, publish
 
 # version -> the sample apps of that Target, published under the tag `updates`
 RELEASES = {
@@ -30,11 +30,22 @@ RELEASE_TAG = "updates"
 
 @pytest.fixture(scope="session")
 def factory(tmp_path_factory) -> Iterator[Factory]:
-    """One real local factory for the session: `up` in a temporary home, `down` at the end."""
+    """One real local factory for the session: `up` in a temporary home, `down` at the end.
+
+    Its registries' certificates come from a CA standing for the Web PKI, which a device trusts
+    through its system's CA store: the fioup-flow processes of the session get `SSL_CERT_FILE`
+    naming the system's bundle plus that CA (this machine's own store is left alone).
+    """
     running = start_factory(tmp_path_factory.mktemp("factory") / "home")
+    before = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = running.info["ca_bundle"]
     try:
         yield running
     finally:
+        if before is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = before
         stop_factory(running)
 
 
@@ -67,6 +78,5 @@ def releases(factory) -> str:
 @pytest.fixture
 def device(factory, releases, engine, tmp_path) -> Device:
     """A freshly registered device following the sample releases, on an engine with nothing on it."""
-    clean_engine(engine)
-    yield new_device(factory.info, tmp_path / "sota", "--tag", releases)
-    clean_engine(engine)
+    with fresh_device(factory, engine, tmp_path / "sota", releases) as fresh:
+        yield fresh

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +27,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# The sample shellhttpd publishes $SHELLHTTPD_PORT (compose reads it from fioup-flow's
-# environment); a port of the test run's own keeps it clear of anything else on this machine.
-os.environ.setdefault("SHELLHTTPD_PORT", str(free_port()))
+# The sample shellhttpd publishes ${SHELLHTTPD_PORT:-18080}. Compose sees no variable of
+# fioup-flow's environment, only those the device's `[compose_env]` sets: every test device gets
+# this port, the test run's own, which keeps the app clear of anything else on this machine.
+SHELLHTTPD_PORT = int(os.environ.get("SHELLHTTPD_PORT") or free_port())
+
+
+def compose_env_drop_in(folder: Path, **variables: str) -> Path:
+    """A config drop-in (as in /etc/sota/conf.d) giving compose SHELLHTTPD_PORT and `variables`."""
+    values = {"SHELLHTTPD_PORT": str(SHELLHTTPD_PORT), **variables}
+    path = folder / "compose-env.toml"
+    path.write_text("[compose_env]\n" + "".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items()))
+    return path
+
+
+# Every test device watches the apps an update starts for this long (`pacman.health_window`), not
+# the default 15 s: long enough to see each up, short enough for a suite of many updates. The file
+# sorts first, so that any drop-in a test adds for the key wins.
+TEST_HEALTH_WINDOW_S = 1
+
+
+def health_window_drop_in(folder: Path, seconds: float, name: str = "health-window.toml") -> Path:
+    """A config drop-in setting `pacman.health_window`."""
+    path = folder / name
+    path.write_text(f"[pacman]\nhealth_window = {seconds}\n")
+    return path
+
+
+def test_defaults_drop_in(folder: Path) -> Path:
+    return health_window_drop_in(folder, TEST_HEALTH_WINDOW_S, "00-test-defaults.toml")
 
 
 def sample_page() -> str:
     """What the sample shellhttpd app serves right now."""
-    return requests.get(f"http://127.0.0.1:{os.environ['SHELLHTTPD_PORT']}/", timeout=5).text
+    return requests.get(f"http://127.0.0.1:{SHELLHTTPD_PORT}/", timeout=5).text
 
 
 def fioup_flow(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `fioup-flow` as a person would, with network retries kept short for tests."""
-    full_env = dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3", **(env or {}))
+    full_env = {**os.environ, "FIOUP_FLOW_RETRY_SECONDS": "3", **(env or {})}
     return subprocess.run([str(BIN / "fioup-flow"), *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, stdin=subprocess.DEVNULL)
 
@@ -67,18 +95,56 @@ class Device:
         return last_json(self.run(*args))
 
 
-def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str) -> subprocess.CompletedProcess:
+def image_roots(home: Path, folder: Path) -> Path:
+    """What a device's OS image ships: the factory's TUF roots (`fioup-flow-factory roots`) in
+    `folder/tuf` (as /usr/lib/sota/tuf), and a config file pointing the device at them (as a
+    drop-in in /usr/lib/sota/conf.d would); returns that file."""
+    done = subprocess.run([str(BIN / "fioup-flow-factory"), "roots", "--home", str(home), "--out",
+                           str(folder / "tuf")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    drop_in = folder / "image-roots.toml"
+    drop_in.write_text(f'[storage]\nuptane_metadata_path = "{folder / "tuf"}"\n')
+    return drop_in
+
+
+def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str,
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """`fioup-flow register` against a factory whose `up` printed `info`."""
-    return fioup_flow(["register", "--server", info["api"], "--token", info["registration_token"],
-                       "--ca", info["ca"], "--name", name or f"dev-{uuid.uuid4().hex[:8]}",
-                       "--sota-dir", str(sota_dir), *extra])
+    return fioup_flow(["register", "--factory", info["factory"], "--server", info["api"],
+                       "--token", info["registration_token"], "--ca", info["ca"],
+                       "--name", name or f"dev-{uuid.uuid4().hex[:8]}", "--sota-dir", str(sota_dir), *extra], env=env)
 
 
 def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
+    """A device registered with the factory `info` describes, its image's roots beside its sota dir."""
     name = f"dev-{uuid.uuid4().hex[:8]}"
     done = register(info, sota_dir, name, *extra)
     assert done.returncode == 0, done.stderr
-    return Device(name, sota_dir)
+    image = image_roots(Path(info["home"]), sota_dir.with_name(f"{sota_dir.name}-image"))
+    return Device(name, sota_dir, [image, compose_env_drop_in(sota_dir), test_defaults_drop_in(sota_dir)])
+
+
+@contextmanager
+def fresh_device(factory, engine, sota_dir: Path, tag: str, hwid: str | None = None) -> Iterator[Device]:
+    """A device registered for the Targets of `tag` (and `hwid`), on an engine with nothing on it,
+    left empty again afterwards."""
+    clean_engine(engine)
+    try:
+        yield new_device(factory.info, sota_dir, "--tag", tag, *(("--hwid", hwid) if hwid else ()))
+    finally:
+        clean_engine(engine)
+
+
+@contextmanager
+def device_running(factory, engine, folder: Path, tag: str, hwid: str, version: int,
+                   health_window: float) -> Iterator[Device]:
+    """A fresh device of the Targets of `tag` and `hwid`, watching the apps an update starts for
+    `health_window` seconds, already running Target `version`; the engine emptied after."""
+    with fresh_device(factory, engine, folder / "sota", tag, hwid) as device:
+        device.drop_ins.append(health_window_drop_in(folder, health_window))
+        done = device.run("apply", str(version))
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield device
 
 
 def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: str) -> Any:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from fioup_flow import rollback
 from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
 from fioup_flow.cli.progress import NodeLog, human_bytes
 from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
-from fioup_flow.errors import FioupFlowError, InvalidStateError
+from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
 
@@ -21,9 +22,15 @@ def finish(agent: Agent, result: RunResult) -> None:
         click.echo(f"{left} report(s) wait in the outbox for the gateway; they go out with the next command",
                    err=True)
     if result.outcome == "completed":
+        if rolled_back := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=False):
+            raise rolled_back
         click.echo(f"Update {result.plan_id} completed")
         return
     if result.outcome == "failed":
+        if rollback_failed := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=True):
+            raise rollback_failed
+        if note := rollback.ended_note(agent.checkpoint, result.plan_id):
+            click.echo(note, err=True)
         node_id, exc = min(result.failed.items())
         if isinstance(exc, FioupFlowError):
             raise exc
@@ -38,7 +45,25 @@ def finish(agent: Agent, result: RunResult) -> None:
 
 def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
     agent.on_event = NodeLog(total)
+    agent.on_next_plan = agent.on_event.next_plan
     finish(agent, agent.run(plan))
+
+
+def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
+    """Go on with the update in progress, unless the Targets verified now withdrew or changed its
+    Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
+    verdict = agent.recheck(ongoing)
+    if verdict.note:
+        click.echo(verdict.note, err=True)
+    if verdict.cancel:
+        agent.cancel_stale(ongoing, verdict.cancel)
+        restore(agent)
+        agent.flush_outbox()
+        raise InvalidOngoingUpdateError(
+            f"update {ongoing.plan_id} to {ongoing.meta['target']} is cancelled: {verdict.cancel}. "
+            "`fioup-flow apply` updates to a Target the factory lists now")
+    click.echo(f"{verb} update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
+    run_plan(agent, None, len(ongoing))
 
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
@@ -54,12 +79,15 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.argument("version", type=int, required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
+@click.option("--force", is_flag=True, help="Update to Target VERSION even if it failed here before (marked bad).")
 @click.pass_obj
-def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> None:
-    """Update to Target VERSION (default: the latest), or go on with the update in progress."""
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool) -> None:
+    """Update to Target VERSION (default: the latest that is not marked bad), or go on with the update
+    in progress."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
+        agent.check_engine()
         agent.flush_outbox()
         ongoing = agent.checkpoint.current_plan()
         if ongoing is not None:
@@ -67,10 +95,11 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
                 raise InvalidStateError(
                     f"update {ongoing.plan_id} to version {ongoing.meta.get('version')} is in progress; "
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
-            click.echo(f"Continuing update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-            run_plan(agent, None, len(ongoing))
+            continue_update(agent, ongoing, "Continuing")
             return
-        target = agent.choose_target(version)
+        if force and version is None:
+            raise UsageError("--force needs a VERSION: it tries a Target marked bad again by hand")
+        target = agent.choose_target(version, force=force)
         try:
             plan = agent.plan(target, report_failure=not dry_run)
         except FioupFlowError:
@@ -98,7 +127,11 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
 @click.command("resume")
 @click.pass_obj
 def resume_command(obj) -> None:
-    """Go on with the update in progress, if any (meant to run at boot). Nothing to do: exit 0."""
+    """Go on with the update in progress, if any (meant to run at boot). Nothing to do: exit 0.
+
+    When the gateway answers, the Targets are checked again first: an update whose Target was
+    withdrawn or changed, and that has not stopped or started an app yet, is cancelled (exit 23).
+    """
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
@@ -110,8 +143,8 @@ def resume_command(obj) -> None:
             except FioupFlowError as exc:  # not registered yet, say: nothing to deliver anyway
                 click.echo(f"reports not delivered: {exc}", err=True)
             return
-        click.echo(f"Resuming update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-        run_plan(agent, None, len(ongoing))
+        agent.check_engine()
+        continue_update(agent, ongoing, "Resuming")
 
 
 COMMANDS: list[click.Command] = [apply_command, resume_command]

@@ -3,7 +3,7 @@
 They read the checkpoint store under `config.flow_dir`; none of them runs a node. `graph` with
 no update in progress shows the plan `apply` would run (which needs the gateway and registry).
 `cancel` takes the instance lock to tell whether a runner is active: if one is, it only raises
-the cancel flag, which the runner sees at its next node boundary.
+the cancel flag, which the runner sees within a fraction of a second (it stops as on a signal).
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ import time
 from typing import Any
 
 import click
-import docker.errors
 from rich.console import Console
 
 from fioup_flow.agent import Agent
+from fioup_flow.badtargets import BadTargets
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
-from fioup_flow.errors import EngineUnavailableError, FioupFlowError, LockedError, NotConfiguredError
+from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.outbox import Outbox, outbox_path
 from fioup_flow.render import (
     FORMATS,
     render_dot,
@@ -72,13 +73,13 @@ def graph(ctx: click.Context, fmt: str) -> None:
 
 
 def _device(config) -> dict[str, Any]:
-    """What runs: the current Target and each of its apps as the engine sees them."""
+    """What runs: the current Target and each of its apps as the engine sees them. An engine that does
+    not answer is an error (exit 7): "unknown" for every app would read like apps that are gone."""
     current = current_target(config.flow_dir)
     try:
         apps = apps_status(appstate.client(), current)
-    except (docker.errors.DockerException, EngineUnavailableError) as exc:
-        apps = [{"name": a.name, "uri": a.uri, "state": "unknown", "services": [], "error": str(exc)}
-                for a in (current.apps if current else ())]
+    except appstate.UNANSWERED as exc:
+        raise appstate.unavailable(exc) from exc
     return {"current": {"target": current.name, "version": current.version} if current else None, "apps": apps}
 
 
@@ -115,12 +116,37 @@ def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
         table = rows(plan, records)
         current = {
             "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
+            "kind": plan.meta.get("kind", "update"), "reason": plan.meta.get("reason"),
             "started": store.frozen_at(plan.plan_id), "cancel_requested": store.cancel_requested(plan.plan_id),
             "counts": {state: sum(1 for r in table if r["state"] == state) for state in STATES},
             "failed": [{"id": r["id"], "error": r["error"], "exit_code": records[r["id"]].exit_code}
                        for r in table if r["state"] == "failed"],
         }
-    return {"in_progress": current, "history": store.history(history) if store else []}
+    return {"in_progress": current, "history": store.history(history) if store else [],
+            "bad_targets": [bad.as_json() for bad in BadTargets(store).all()] if store else []}
+
+
+def _reports(flow_dir) -> dict[str, Any]:
+    """What waits in the outbox, and what the gateway refused for good (set aside, newest last)."""
+    path = outbox_path(flow_dir)
+    if not path.exists():
+        return {"pending": 0, "set_aside": []}
+    outbox = Outbox(path)
+    try:
+        return {"pending": len(outbox.pending()),
+                "set_aside": [{k: entry[k] for k in ("id", "endpoint", "status", "reason", "at")}
+                              for entry in outbox.rejected()]}
+    finally:
+        outbox.close()
+
+
+def _print_reports(reports: dict[str, Any]) -> None:
+    if reports["pending"]:
+        click.echo(f"Reports waiting for the gateway: {reports['pending']}")
+    if reports["set_aside"]:
+        click.secho(f"Reports the gateway refused (set aside, the last {len(reports['set_aside'])}):", fg="yellow")
+        for entry in reports["set_aside"]:
+            click.echo(f"  {_when(entry['at'])}  {entry['endpoint']} {entry['id']}: {entry['reason']}")
 
 
 def _when(ts: float | None) -> str:
@@ -130,7 +156,7 @@ def _when(ts: float | None) -> str:
 def _print_device(data: dict[str, Any]) -> None:
     current = data["current"]
     click.echo(f"Current: {current['target']} (version {current['version']})" if current else "Current: none")
-    colours = {"running": "green", "stopped": "red", "missing": "red", "unknown": "yellow"}
+    colours = {"running": "green", "stopped": "red", "missing": "red"}
     for app in data["apps"]:
         services = ", ".join(f"{s['name']} {s['state']}" + (f" ({s['health']})" if s["health"] else "")
                              for s in app["services"]) or "no containers"
@@ -144,7 +170,13 @@ def _print_device(data: dict[str, Any]) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, history: int) -> None:
     """Show the update in progress (node counts, failures) and the last updates."""
-    data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history))
+    try:
+        data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history),
+                    reports=_reports(ctx.obj.config.flow_dir))
+    except FioupFlowError as exc:
+        if as_json:  # a script reads stdout: the error goes there too, and the exit code says which
+            emit_json({"error": str(exc), "exit_code": exc.exit_code})
+        raise
     if as_json:
         emit_json(data)
         return
@@ -153,18 +185,29 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
     if current is None:
         click.echo("No update in progress")
     else:
-        click.echo(f"Update in progress: {current['plan_id']} (target {current['target']}, "
+        what = "Rollback" if current["kind"] == "rollback" else "Update"
+        click.echo(f"{what} in progress: {current['plan_id']} (target {current['target']}, "
                    f"version {current['version']}, started {_when(current['started'])})")
+        if current["reason"]:
+            click.echo(f"  because: {current['reason']}")
         click.echo("  " + ", ".join(f"{state} {n}" for state, n in current["counts"].items() if n))
         if current["cancel_requested"]:
-            click.echo("  cancel requested: the runner stops at the next node boundary")
+            click.echo("  cancel requested: the runner stops its running nodes at their next stop point")
         for failed in current["failed"]:
             click.secho(f"  failed {failed['id']}: {failed['error']}", fg="red")
     if data["history"]:
         click.echo("Recent updates:")
         for entry in data["history"]:
             counts = ", ".join(f"{s} {n}" for s, n in entry["counts"].items() if n)
-            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
+            kind = " (rollback)" if entry.get("kind") == "rollback" else ""
+            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}{kind}  {entry['outcome']}  ({counts})")
+            if entry.get("reason"):
+                click.echo(f"    {entry['reason']}")
+    if data["bad_targets"]:
+        click.secho("Bad Targets (not tried again; `fioup-flow apply VERSION --force` tries one):", fg="yellow")
+        for bad in data["bad_targets"]:
+            click.echo(f"  {_when(bad['when'])}  {bad['name']} (version {bad['version']}): {bad['reason']}")
+    _print_reports(data["reports"])
 
 
 @click.command()
@@ -172,7 +215,7 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
               help="Move the checkpoint store aside (e.g. when it is corrupt) and forget the update in progress.")
 @click.pass_context
 def cancel(ctx: click.Context, discard_state: bool) -> None:
-    """Abandon the update in progress at a node boundary."""
+    """Abandon the update in progress, dropping its partial downloads."""
     flow_dir = ctx.obj.config.flow_dir
     if discard_state:
         with InstanceLock(flow_dir / LOCK_NAME):
@@ -191,7 +234,7 @@ def cancel(ctx: click.Context, discard_state: bool) -> None:
             restore(Agent(ctx.obj.config))
     except LockedError:
         store.request_cancel(plan.plan_id)
-        click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at the next node boundary")
+        click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at its next stop point")
 
 
 COMMANDS: list[click.Command] = [graph, status, cancel]

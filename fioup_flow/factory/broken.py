@@ -10,6 +10,9 @@ of bad input through the normal publish path, changed at one point only:
   fetching (the layer is new, so no good Target shares the rotten blob).
 * `path-escape`: the bundle carries one more entry, `../escape`, after the app's files; the
   bundle index lists only the app's files. The device finds it when it unpacks the bundle.
+* `symlink-chain`: the bundle carries, after the app's files, links that each look harmless
+  alone (`a -> .`, `a/b -> ..`, `a/b/c -> ..`) and then a file `a/b/c/escape`, which an
+  unpacker that writes through the links it made puts beside the project folders.
 * `bad-compose`: the images are built and pinned, but the bundle's `docker-compose.yml` is no
   longer YAML. The device finds it when it reads the compose file to walk the app.
 """
@@ -42,7 +45,11 @@ from fioup_flow.factory.publish import (
 )
 from fioup_flow.factory.registry import RegistryPusher
 
-ESCAPE_ENTRY = "../escape"
+ESCAPE_NAME = "escape"
+ESCAPE_ENTRY = f"../{ESCAPE_NAME}"
+# Unpacked in `<compose-apps>/.staging/<app>`, these climb to `<compose-apps>` through links only.
+LINK_CHAIN = (("a", "."), ("a/b", ".."), ("a/b/c", ".."))
+ESCAPE_DATA = b"written outside the project\n"
 ROTTEN_LAYER_MB = 1
 # Appended to a valid compose file: an unclosed flow sequence, which no YAML parser accepts.
 BAD_YAML = b"\nx-broken: [unclosed, {\n"
@@ -74,24 +81,43 @@ def publish_rotten_layer(pusher: RegistryPusher, blobs: BlobDir, name: str, app_
     return uri
 
 
-def with_entry(bundle: bytes, name: str, data: bytes) -> bytes:
-    """The gzip tar `bundle` with one more regular file `name` at its end (the name is not checked)."""
+def with_entries(bundle: bytes, extra: list[tarfile.TarInfo], data: bytes) -> bytes:
+    """The gzip tar `bundle` with the entries `extra` at its end, each regular file holding `data`.
+
+    Nothing is checked: the point is to write what a device must refuse.
+    """
     out = io.BytesIO()
     with (tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as src,
           gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz,
           tarfile.open(fileobj=gz, mode="w|") as dst):
         for member in src:
             dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        dst.addfile(tar_entry(name, size=len(data)), io.BytesIO(data))
+        for member in extra:
+            dst.addfile(member, io.BytesIO(data) if member.isfile() else None)
     return out.getvalue()
 
 
-def publish_path_escape(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int) -> str:
-    """The app whose bundle also holds `../escape`; its index matches the app's own files."""
+def _publish_with_entries(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int,
+                          extra: list[tarfile.TarInfo]) -> str:
+    """The app whose bundle also holds `extra`; its index matches the app's own files."""
     pinned = pin_app(pusher, blobs, app_dir, version)
     bundle, index = build_bundle(app_dir, compose_text(pinned))
-    escaping = with_entry(bundle, ESCAPE_ENTRY, b"written outside the project\n")
+    escaping = with_entries(bundle, extra, ESCAPE_DATA)
     return push_app(pusher, blobs, name, version, (escaping, index), pinned.layers_meta)
+
+
+def publish_path_escape(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int) -> str:
+    """The app whose bundle also holds `../escape`."""
+    extra = [tar_entry(ESCAPE_ENTRY, size=len(ESCAPE_DATA))]
+    return _publish_with_entries(pusher, blobs, name, app_dir, version, extra)
+
+
+def publish_symlink_chain(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int) -> str:
+    """The app whose bundle also holds a chain of links and a file written through them."""
+    links = [tar_entry(link, tarfile.SYMTYPE, 0o777, linkname=target) for link, target in LINK_CHAIN]
+    through = f"{LINK_CHAIN[-1][0]}/{ESCAPE_NAME}"  # a/b/c/escape
+    extra = links + [tar_entry(through, size=len(ESCAPE_DATA))]
+    return _publish_with_entries(pusher, blobs, name, app_dir, version, extra)
 
 
 def publish_bad_compose(pusher: RegistryPusher, blobs: BlobDir, name: str, app_dir: Path, version: int) -> str:
@@ -104,6 +130,7 @@ def publish_bad_compose(pusher: RegistryPusher, blobs: BlobDir, name: str, app_d
 BREAKERS: dict[str, Breaker] = {
     "digest": publish_rotten_layer,
     "path-escape": publish_path_escape,
+    "symlink-chain": publish_symlink_chain,
     "bad-compose": publish_bad_compose,
 }
 

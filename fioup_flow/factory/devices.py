@@ -1,7 +1,9 @@
 """Registered devices and everything they report, as files under `home.devices/<uuid>/`.
 
-`device.json` holds the registration (name, uuid, hardware id, tags, public key, the device's
-registry secret, created_at / last_seen as epoch seconds). Events and app states are JSON lines,
+`device.json` holds the registration (name, uuid, hardware id, tags, device group, public key,
+the device's registry secret, created_at / last_seen as epoch seconds, and `checkin`: the Target,
+apps and tag its last requests named in fioup's `x-ats-*` headers); `registration.json` the
+registration request as it arrived. Events and app states are JSON lines,
 append-only and fsynced, so tests (and people) can read back exactly what a device sent.
 Events are deduplicated by their `id`: a device re-sends a batch whose answer it lost in a
 crash, and the record must still show each event once.
@@ -22,6 +24,7 @@ from fioup_flow.factory.filelock import exclusive
 from fioup_flow.factory.home import FactoryHome
 
 DEVICE_FILE = "device.json"
+REGISTRATION_FILE = "registration.json"
 EVENTS_FILE = "events.jsonl"
 APPS_STATES_FILE = "apps-states.jsonl"
 DELIVERIES_FILE = "deliveries.jsonl"  # every event batch as it arrived, resends included
@@ -39,17 +42,26 @@ class DeviceRecords:
         self.home = home
 
     # --- registration --------------------------------------------------------------------
-    def register(self, name: str, uuid: str, hardware_id: str, tags: list[str], pubkey_pem: str) -> dict[str, Any]:
-        """Record a new device; DeviceExistsError if its name or uuid is taken."""
+    def register(self, name: str, uuid: str, hardware_id: str, tags: list[str], pubkey_pem: str,
+                 group: str | None = None, request: dict | None = None) -> dict[str, Any]:
+        """Record a new device (and the `request` that registered it); DeviceExistsError if its
+        name or uuid is taken."""
         with exclusive(self.home.devices_lock):
             if self.get(uuid) is not None or self._by_name(name) is not None:
                 raise DeviceExistsError(f"a device named {name!r} or with uuid {uuid} exists already")
             now = time.time()
-            record = {"name": name, "uuid": uuid, "hardware_id": hardware_id, "tags": list(tags),
+            record = {"name": name, "uuid": uuid, "hardware_id": hardware_id, "tags": list(tags), "group": group,
                       "created_at": now, "last_seen": now, "pubkey": pubkey_pem,
                       "registry_secret": secrets.token_urlsafe(24)}
+            if request is not None:
+                write_atomic(self._dir(uuid) / REGISTRATION_FILE, json.dumps(request, indent=2).encode(), mode=0o600)
             self._save(record)
             return record
+
+    def registration(self, uuid: str) -> dict[str, Any] | None:
+        """The registration request of a device, as it arrived."""
+        path = self._dir(uuid) / REGISTRATION_FILE
+        return json.loads(path.read_text()) if path.exists() else None
 
     # --- lookups -------------------------------------------------------------------------
     def get(self, uuid: str) -> dict[str, Any] | None:
@@ -76,16 +88,19 @@ class DeviceRecords:
         return record is not None and secrets.compare_digest(record["registry_secret"], secret)
 
     # --- what devices report -------------------------------------------------------------
-    def touch(self, uuid: str) -> None:
-        """Set last_seen to now (every gateway request does)."""
+    def touch(self, uuid: str, checkin: dict[str, str] | None = None) -> None:
+        """Set last_seen to now and keep what the request's check-in headers said (`checkin`: target,
+        apps, tag), as dg-satellite's `Device.CheckIn` does; every gateway request does this."""
         with exclusive(self._lock(uuid)):
             record = self.get(uuid)
             if record is not None:
                 record["last_seen"] = time.time()
+                record["checkin"] = dict(record.get("checkin", {}), **(checkin or {}))
                 self._save(record)
 
-    def record_events(self, uuid: str, events: list[dict]) -> int:
-        """Append the events not recorded before (by `id`); returns how many were new."""
+    def record_events(self, uuid: str, events: list[dict], target: str | None = None) -> int:
+        """Append the events not recorded before (by `id`); returns how many were new. The batch goes
+        to the deliveries log with the Target the request's `x-ats-target` named."""
         with exclusive(self._lock(uuid)):
             seen = {e.get("id") for e in self.events(uuid)}
             fresh = []
@@ -93,7 +108,8 @@ class DeviceRecords:
                 if event.get("id") is None or event.get("id") not in seen:
                     fresh.append(event)
                     seen.add(event.get("id"))
-            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh)}])
+            self._append(uuid, DELIVERIES_FILE, [{"ids": [e.get("id") for e in events], "new": len(fresh),
+                                                  "target": target}])
             self._append(uuid, EVENTS_FILE, fresh)
             return len(fresh)
 

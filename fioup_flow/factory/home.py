@@ -48,8 +48,23 @@ class FactoryHome:
     def ca_key(self) -> Path:
         return self.pki / "ca.key"
 
+    @property
+    def public_ca_cert(self) -> Path:
+        """The CA standing for the Web PKI: it signs the registries' and the blob storage's certificates."""
+        return self.pki / "public-ca.crt"
+
+    @property
+    def public_ca_key(self) -> Path:
+        return self.pki / "public-ca.key"
+
+    @property
+    def public_ca_bundle(self) -> Path:
+        """The system's CA bundle plus the public CA: what `SSL_CERT_FILE` names for a device of
+        this factory, as a real device's system store holds the Web PKI's roots."""
+        return self.pki / "system-plus-public-ca.crt"
+
     def server_cert(self, name: str) -> Path:
-        """TLS certificate of a server: `gateway`, `api` or `registry`."""
+        """TLS certificate of a server: `gateway`, `api`, `registry`, `thirdparty` or `storage`."""
         return self.pki / f"{name}.crt"
 
     def server_key(self, name: str) -> Path:
@@ -73,20 +88,18 @@ class FactoryHome:
     def tuf_keys(self) -> Path:
         return self.tuf / "keys"
 
-    @property
-    def tuf_roots(self) -> Path:
-        """Every root version ever signed, `<N>.root.json` (devices walk them in order)."""
-        return self.tuf / "root"
+    def tuf_roots(self, repo: str) -> Path:
+        """Every root version of repository `repo` (`ci` or `prod`), `<N>.root.json`."""
+        return self.tuf / repo / "root"
 
     @property
     def tuf_targets_db(self) -> Path:
-        """The unsigned master list of targets and the repository's version counter."""
+        """The unsigned master lists of targets (CI and production) and the version counter."""
         return self.tuf / "targets.json"
 
-    @property
-    def tuf_views(self) -> Path:
-        """Signed targets/snapshot/timestamp per (hardware id, tags) view, served as files."""
-        return self.tuf / "views"
+    def tuf_views(self, repo: str) -> Path:
+        """Signed targets/snapshot/timestamp of repository `repo` per set of tags, served as files."""
+        return self.tuf / repo / "views"
 
     @property
     def tuf_lock(self) -> Path:
@@ -104,6 +117,19 @@ class FactoryHome:
     @property
     def registry_data(self) -> Path:
         return self.registry / "data"
+
+    @property
+    def thirdparty(self) -> Path:
+        """The second registry, standing for a third party's (Docker Hub, say)."""
+        return self.root / "thirdparty"
+
+    @property
+    def thirdparty_config(self) -> Path:
+        return self.thirdparty / "config.yml"
+
+    @property
+    def thirdparty_data(self) -> Path:
+        return self.thirdparty / "data"
 
     # --- devices: registrations and everything they report -------------------------------
     @property

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -71,35 +70,13 @@ def service_pid(home: FactoryHome, service: str) -> int | None:
     return _pid(home, service)
 
 
-def port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for_port(port: int, timeout: float, home: FactoryHome | None = None, service: str | None = None) -> None:
-    """Return once 127.0.0.1:`port` accepts connections; raise ServiceStartError after `timeout`.
-
-    Given `home` and `service`, fail at once (with the log's tail) if that process has died.
-    """
-    deadline = time.monotonic() + timeout
-    while not port_open(port):
-        if home is not None and service is not None and not process_running(home, service):
-            raise ServiceStartError(f"{service} exited while starting:\n{log_tail(home, service)}")
-        if time.monotonic() > deadline:
-            raise ServiceStartError(f"{service or 'a service'} does not answer on port {port} after {timeout:g}s")
-        time.sleep(POLL_INTERVAL)
-
-
 def wait_for_url(url: str, timeout: float, ca: Path, home: FactoryHome | None = None,
                  service: str | None = None) -> None:
     """Return once `url` gives any HTTP answer over TLS verified with `ca` (so it is ours).
 
     A port that merely accepts connections could belong to some other program; a TLS server
-    whose certificate chains to the factory CA is this factory's. Fails like `wait_for_port`.
+    whose certificate chains to the factory CA is this factory's. Given `home` and `service`, fails
+    at once (with the log's tail) if that process has died; raises ServiceStartError after `timeout`.
     """
     deadline = time.monotonic() + timeout
     while True:

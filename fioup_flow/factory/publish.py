@@ -10,12 +10,16 @@ either names an image already pinned by digest, or carries a build recipe for th
           files: images/web            # folder copied to / in the image (its own layer)
           cmd: ["sh", "/app/serve.sh"] # also: entrypoint, env (map), expose (ports),
           healthcheck: {test: [...], interval: 2s}   # workdir
+          registry: third-party        # optional: push to the third party's registry instead
 
 The published bundle (layer 0 of the app) is the folder without `images/` (the build inputs),
 its compose file rewritten as composectl publish does: `image:` pinned to
 `127.0.0.1:<port>/<factory>/<name>@sha256:<manifest digest>`, `x-fioup-build` removed, label
-`io.compose-spec.config-hash` added. Sample apps ship in the package: `sample:<app>/<version>`
-(e.g. `sample:shellhttpd/v1`) names `fioup_flow/factory/samples/<app>/<version>`.
+`io.compose-spec.config-hash` added. An image built with `registry: third-party` is pushed to the
+registry standing for a third party's (anonymous pull, like Docker Hub's public images) under
+its own name, not the factory's, and pinned as `127.0.0.1:<its port>/<name>@sha256:<digest>`.
+Sample apps ship in the package: `sample:<app>/<version>` (e.g. `sample:shellhttpd/v1`) names
+`fioup_flow/factory/samples/<app>/<version>`.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ from fioup_flow.factory.images import (
     host_arch,
     tar_entry,
 )
-from fioup_flow.factory.registry import RegistryPusher, registry_host
+from fioup_flow.factory.registry import RegistryPusher, third_party
 from fioup_flow.factory.tufrepo import TufRepository
+from fioup_flow.tuf.flavour import canonical_bytes
 
 APP_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 APP_ARTIFACT_TYPE = "application/vnd.fio+compose-app"
@@ -61,6 +66,7 @@ CONFIG_HASH_LABEL = "io.compose-spec.config-hash"
 BUILD_KEY = "x-fioup-build"
 BUILD_INPUTS = "images"
 SAMPLE_PREFIX = "sample:"
+REGISTRIES = ("hub", "third-party")  # where an image may be pushed (the recipe's `registry`)
 
 
 def sample_path(name: str) -> Path:
@@ -169,8 +175,6 @@ def pin_app(pusher: RegistryPusher, blobs: BlobDir, app_dir: Path, version: int,
     Filler layers (`filler_mb`) go into the image of the app's first service (by name), so the
     app as a whole grows by that much.
     """
-    factory = pusher.home.load_state()["factory"]
-    host = registry_host(pusher.home)
     compose = yaml.safe_load((app_dir / "docker-compose.yml").read_text())
     services = compose.get("services") or {}
     layers_meta: dict[str, dict[str, int]] = {}
@@ -186,10 +190,20 @@ def pin_app(pusher: RegistryPusher, blobs: BlobDir, app_dir: Path, version: int,
         spec = _image_spec(app_dir, image_name, recipe, filler_mb if index == 0 else 0, filler_seed)
         image = images[service_name] = build_image(spec, blobs)
         layers_meta.update(image.layers_meta)
-        repository = f"{factory}/{image_name}"
-        _push_image(pusher, repository, image, str(version))
-        services[service_name] = _pin_service(service, f"{host}/{repository}@{image.digest}")
+        where = f"{app_dir}: service {service_name}"
+        target, repository = _destination(pusher, recipe.get("registry", "hub"), image_name, where)
+        _push_image(target, repository, image, str(version))
+        services[service_name] = _pin_service(service, f"{target.host}/{repository}@{image.digest}")
     return PinnedApp(compose, layers_meta, images)
+
+
+def _destination(pusher: RegistryPusher, registry: str, image_name: str, where: str) -> tuple[RegistryPusher, str]:
+    """(pusher, repository) for an image: the hub, in the factory's namespace, or the third party."""
+    if registry not in REGISTRIES:
+        raise UsageError(f"{where}: registry must be one of {', '.join(REGISTRIES)}, not {registry!r}")
+    if registry == "hub":
+        return pusher, f"{pusher.home.load_state()['factory']}/{image_name}"
+    return RegistryPusher(pusher.home, pusher.subject, third_party(pusher.home)), image_name
 
 
 def compose_text(pinned: PinnedApp) -> bytes:
@@ -234,11 +248,14 @@ def push_app(pusher: RegistryPusher, blobs: BlobDir, name: str, version: int,
     }
     digest = pusher.push_manifest(repository, str(version), json.dumps(manifest, indent=3).encode(),
                                   APP_MANIFEST_TYPE)
-    return f"{registry_host(pusher.home)}/{repository}@{digest}"
+    return f"{pusher.host}/{repository}@{digest}"
 
 
-def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict[str, dict]:
-    """One TUF target file info per hardware id, named `<hwid>-lmp-<version>` (fioup.md §4)."""
+def target_entries(factory: str, version: int, app_uris: dict[str, str], tags: list[str],
+                   hwids: list[str]) -> dict[str, dict]:
+    """One TUF target per hardware id, named `<hwid>-lmp-<version>` (fioup.md §4), shaped as a
+    real factory's (fioctl `client/foundries.go`, TufCustom): length 0, the sha256 of the OSTree
+    commit (here a stand-in: the sha256 of the custom data), and `custom`."""
     created = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     entries = {}
     for hwid in hwids:
@@ -249,12 +266,13 @@ def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwid
             "name": f"{hwid}-lmp",
             "targetFormat": "OSTREE",
             "arch": platform.machine(),
+            "uri": f"https://ci.foundries.io/projects/{factory}/lmp/builds/{version}",
             "createdAt": created,
+            "updatedAt": created,
             "docker_compose_apps": {app: {"uri": uri} for app, uri in sorted(app_uris.items())},
         }
-        canonical = json.dumps(custom, sort_keys=True, separators=(",", ":")).encode()
-        entries[f"{hwid}-lmp-{version}"] = {"length": 0, "hashes": {"sha256": hashlib.sha256(canonical).hexdigest()},
-                                            "custom": custom}
+        entries[f"{hwid}-lmp-{version}"] = {"length": 0, "hashes": {"sha256": hashlib.sha256(
+            canonical_bytes(custom)).hexdigest()}, "custom": custom}
     return entries
 
 
@@ -267,15 +285,18 @@ def publishing(home: FactoryHome) -> Iterator[tuple[RegistryPusher, BlobDir]]:
         yield RegistryPusher(home), BlobDir(Path(work))
 
 
-def add_targets(home: FactoryHome, version: int, uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict:
-    """Add the Targets of `version` naming these app URIs; returns them (name -> TUF target file info)."""
-    entries = target_entries(version, uris, tags or ["main"], hwids or [default_hwid()])
-    TufRepository(home).add_targets(entries)
+def add_targets(home: FactoryHome, version: int, uris: dict[str, str], tags: list[str], hwids: list[str],
+                production: bool = False) -> dict:
+    """Add the Targets of `version` naming these app URIs, to production too with `production`;
+    returns them (name -> TUF target file info)."""
+    entries = target_entries(home.load_state()["factory"], version, uris, tags or ["main"], hwids or [default_hwid()])
+    TufRepository(home).add_targets(entries, production)
     return entries
 
 
 def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: list[str],
-                 hwids: list[str], layer_mb: dict[str, int] | int = 0, layer_seed: str = "") -> dict:
+                 hwids: list[str], layer_mb: dict[str, int] | int = 0, layer_seed: str = "",
+                 production: bool = False) -> dict:
     """Publish `apps` (name -> folder) as version `version` and add their Targets.
 
     `layer_mb` adds that many MB of incompressible layers per app (an int for every app, or a
@@ -288,7 +309,7 @@ def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: l
         for name in sorted(apps):
             mb = layer_mb.get(name, 0) if isinstance(layer_mb, dict) else layer_mb
             uris[name] = publish_app(pusher, blobs, name, apps[name], version, mb, layer_seed)
-    return add_targets(home, version, uris, tags, hwids)
+    return add_targets(home, version, uris, tags, hwids, production)
 
 
 def parse_app_specs(app_specs: tuple[str, ...]) -> dict[str, Path]:
@@ -322,9 +343,12 @@ def _parse_layer_mb(values: tuple[str, ...]) -> dict[str, int] | int:
 @click.option("--layer-mb", "layer_mb", multiple=True, metavar="[APP=]MB",
               help="Add MB of incompressible layers to every app, or to APP.")
 @click.option("--layer-seed", default="", help="Seed of the filler bytes (change it to make them differ).")
+@click.option("--production", is_flag=True,
+              help="Make the Targets production Targets too (what `fioctl waves init` then `waves complete` do).")
 def publish_command(home_dir: Path, version: int, app_specs: tuple[str, ...], tags: tuple[str, ...],
-                    hwids: tuple[str, ...], layer_mb: tuple[str, ...], layer_seed: str) -> None:
-    """Build the apps' images, push them and the apps to the registry, add the Targets."""
+                    hwids: tuple[str, ...], layer_mb: tuple[str, ...], layer_seed: str, production: bool) -> None:
+    """Build the apps' images, push them and the apps to the registry, add the Targets (CI, and
+    production with --production)."""
     added = publish_apps(FactoryHome(home_dir), version, parse_app_specs(app_specs), list(tags), list(hwids),
-                         _parse_layer_mb(layer_mb), layer_seed)
+                         _parse_layer_mb(layer_mb), layer_seed, production)
     click.echo(json.dumps(added, indent=2, sort_keys=True))

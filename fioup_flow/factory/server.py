@@ -1,10 +1,10 @@
-"""The factory-server process: the gateway (mutual TLS) and api (server TLS) HTTPS listeners.
+"""The factory-server process: the gateway (mutual TLS), api and blob storage HTTPS listeners.
 
-Run as `python -m fioup_flow.factory.server --home DIR` (by `up`, through process.py). Both
+Run as `python -m fioup_flow.factory.server --home DIR` (by `up`, through process.py). The
 listeners live in one process, each in its own thread, one thread per connection. The TLS
 handshake runs in the connection's thread, not in the accepting one, so a client that stalls
 mid-handshake cannot block the listener. A gateway client without a certificate signed by the
-factory CA fails the handshake; routes see the peer's CN in `Call.peer_cn`.
+factory CA fails the handshake; routes see the peer's CN and businessCategory in the `Call`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from fioup_flow.factory.api import ApiApp
 from fioup_flow.factory.faults import Faults
 from fioup_flow.factory.gateway import GatewayApp
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.http import Call, HttpError, Reply
+from fioup_flow.factory.http import Call, FileSlice, HttpError, Reply
+from fioup_flow.factory.storage import BlobStorageApp
 
 log = logging.getLogger("factory-server")
 
 CONNECTION_TIMEOUT = 30.0
 MAX_BODY = 64 << 20
+SEND_CHUNK = 1 << 20
 
 
 class App(Protocol):
@@ -52,7 +54,7 @@ class TlsListener(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, name: str, port: int, context: ssl.SSLContext, app: App, faults: Faults):
+    def __init__(self, name: str, port: int, context: ssl.SSLContext, app: App, faults: Faults | None):
         self.name, self.context, self.app, self.faults = name, context, app, faults
         super().__init__(("127.0.0.1", port), Handler)
 
@@ -81,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         try:
             call = self._call()
-            injected = self.server.faults.take_http_error()
+            injected = self.server.faults.take_http_error() if self.server.faults else None
             if injected:
                 raise HttpError(injected, "injected fault: the server is overloaded")
             reply = self.server.app.handle(call)
@@ -96,7 +98,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         url = urlsplit(self.path)
         return Call(method=self.command, path=url.path, query=parse_qs(url.query),
-                    headers={k.lower(): v for k, v in self.headers.items()}, body=body, peer_cn=self._peer_cn())
+                    headers={k.lower(): v for k, v in self.headers.items()}, body=body,
+                    peer_cn=self._peer_subject("commonName"),
+                    peer_business_category=self._peer_subject("businessCategory"))
 
     def _body(self) -> bytes:
         try:
@@ -125,11 +129,12 @@ class Handler(BaseHTTPRequestHandler):
             pass
         return b"".join(chunks)
 
-    def _peer_cn(self) -> str | None:
+    def _peer_subject(self, attribute: str) -> str | None:
+        """An attribute of the client certificate's subject (OpenSSL's long name), if any."""
         cert = self.request.getpeercert()
         for rdn in (cert or {}).get("subject", ()):
             for key, value in rdn:
-                if key == "commonName":
+                if key == attribute:
                     return value
         return None
 
@@ -140,20 +145,38 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in reply.headers.items():
             self.send_header(key, value)
         if reply.status != 204:
-            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("Content-Length", str(reply.length))
         self.end_headers()
-        if self.command != "HEAD" and reply.status != 204:
+        if self.command == "HEAD" or reply.status == 204:
+            return
+        if isinstance(reply.body, FileSlice):
+            self._send_file(reply.body)
+        else:
             self.wfile.write(reply.body)
 
+    def _send_file(self, part: FileSlice) -> None:
+        with open(part.path, "rb") as source:
+            source.seek(part.offset)
+            left = part.length
+            while left:
+                chunk = source.read(min(SEND_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{part.path} ended {left} bytes early")
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
     def log_message(self, format: str, *args) -> None:
-        log.info("%s %s %s", self.server.name, self._peer_cn() or self.client_address[0], format % args)
+        log.info("%s %s %s", self.server.name, self._peer_subject("commonName") or self.client_address[0],
+                 format % args)
 
 
 def listeners(home: FactoryHome) -> list[TlsListener]:
+    """The gateway and the api, which the fault switches reach, and the blob storage, which they do not."""
     ports = home.load_state()["ports"]
     return [
         TlsListener("gateway", ports["gateway"], tls_context(home, "gateway", True), GatewayApp(home), Faults(home)),
         TlsListener("api", ports["api"], tls_context(home, "api", False), ApiApp(home), Faults(home)),
+        TlsListener("storage", ports["storage"], tls_context(home, "storage", False), BlobStorageApp(home), None),
     ]
 
 

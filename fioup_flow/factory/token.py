@@ -3,8 +3,10 @@
 docker-registry (Distribution 2.8) trusts a token when its `x5c` header carries the signing
 certificate and that certificate chains to `auth.token.rootcertbundle` (the factory CA). `iss`
 and `aud` must equal the registry config's `issuer` and `service`, and `access` must grant the
-actions on the repository. The constants below are the one source of those two names: the
-registry config (registry.py) is written from them too.
+actions on the repository. The constants below are the one source of those names: the registry
+configs (registry.py) are written from them too. Each of the factory's two registries (its hub
+and the one standing for a third party) is its own `service`, so a token for one is refused by
+the other.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fioup_flow.factory.home import FactoryHome
 
 ISSUER = "fioup-flow-factory"
 SERVICE = "fioup-flow-registry"
+THIRDPARTY_SERVICE = "fioup-flow-thirdparty"
 TOKEN_TTL_SECONDS = 300
 # Tolerates small clock differences between the minting and the checking process.
 NOT_BEFORE_SLACK_SECONDS = 10
@@ -32,13 +35,13 @@ def _der_b64(pem_path: Path) -> str:
     return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
 
 
-def issue_token(home: FactoryHome, subject: str, access: list[dict]) -> str:
-    """An ES256 JWT for `subject` granting `access` (items `{"type","name","actions"}`)."""
+def issue_token(home: FactoryHome, subject: str, access: list[dict], service: str = SERVICE) -> str:
+    """An ES256 JWT for `subject` granting `access` (items `{"type","name","actions"}`) on `service`."""
     now = int(time.time())
     claims = {
         "iss": ISSUER,
         "sub": subject,
-        "aud": SERVICE,
+        "aud": service,
         "exp": now + TOKEN_TTL_SECONDS,
         "nbf": now - NOT_BEFORE_SLACK_SECONDS,
         "iat": now,

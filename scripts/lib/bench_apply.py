@@ -118,7 +118,7 @@ class Bench:
         registry = self.factory["registry"]
         certs = Path("/etc/docker/certs.d") / registry
         certs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.factory["ca"], certs / "ca.crt")
+        shutil.copyfile(self.factory["public_ca"], certs / "ca.crt")
         env = dict(os.environ, DOCKER_CONFIG=str(self.work / "docker-config"))
         publisher = json.loads((self.home / "factory.json").read_text())["publisher"]
         done = subprocess.run(["docker", "login", registry, "-u", publisher["username"], "--password-stdin"],
@@ -138,12 +138,24 @@ class Bench:
 
     # --- fioup-flow side ---------------------------------------------------------------
     def register(self, round_no: int) -> dict[str, str]:
+        """A new device, with its image's TUF roots beside it; the environment that selects it."""
         device = self.work / f"device-{round_no}"
         done = register(self.factory, device, f"bench-{os.getpid()}-{round_no}", "--tag", TAG)
         if done.returncode != 0:
             log(f"fioup-flow register failed ({done.returncode}):\n{done.stdout}{done.stderr}")
             raise SystemExit(1)
-        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=str(device / "sota.toml"))
+        run(["fioup-flow-factory", "roots", "--home", str(self.home), "--out", str(self.work / "image-tuf")])
+        image = self.work / "image-roots.toml"
+        image.write_text(f'[storage]\nuptane_metadata_path = "{self.work / "image-tuf"}"\n')
+        # compose reads the port shellhttpd publishes from the device's config, not the environment
+        drop_in = device / "compose-env.toml"
+        drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n'
+                           # the health window is a deliberate wait, not the update's mechanics: not timed
+                           '[pacman]\nhealth_window = 0\n')
+        # The registry's certificate is the factory's "public" CA's, which devices trust through
+        # the system store: SSL_CERT_FILE names the system's bundle plus that CA.
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{image},{drop_in}",
+                    SSL_CERT_FILE=self.factory["ca_bundle"])
 
     def save_compose_files(self, env: dict[str, str], version: int) -> None:
         """Keep the installed, pinned compose files of `version` for the baseline."""

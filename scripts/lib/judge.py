@@ -192,5 +192,28 @@ def judge_events(plan: Plan, records: list[dict], deliveries: list[dict]) -> Eve
     return verdict
 
 
+def judge_failed_events(plan: Plan, records: list[dict], deliveries: list[dict]) -> EventVerdict:
+    """The gateway's `records` of the last attempt at an update that failed (its own correlation id
+    only): its plan's events up to the failure, in order, each once, then `EcuInstallationCompleted`
+    with `success: false` (fioup-flow's report of the failure, which its plan cannot name)."""
+    verdict = EventVerdict()
+    expected = plan_events(plan)
+    counts = Counter(r["id"] for r in records)
+    verdict.duplicated = sum(n - 1 for n in counts.values())
+    verdict.records = len(records)
+    verdict.resends = sum(len(d["ids"]) - d["new"] for d in deliveries)
+    if verdict.duplicated:
+        verdict.problems.append("recorded twice: " + ", ".join(f"{i[:8]} x{n}" for i, n in counts.items() if n > 1))
+    if not records or records[-1]["eventType"]["id"] != "EcuInstallationCompleted" \
+            or records[-1]["event"].get("success") is not False:
+        verdict.problems.append("the failed update does not end with EcuInstallationCompleted success false")
+        verdict.lost = 1
+    got = [(r["id"], r["eventType"]["id"]) for r in records[:-1]]
+    if got != expected[:len(got)]:
+        verdict.problems.append(f"the failed update's events: expected a prefix of {_show(expected)}, "
+                                f"recorded {_show(got)}")
+    return verdict
+
+
 def _show(events: Iterable[tuple[str, str]]) -> str:
     return "[" + ", ".join(f"{kind}:{event_id[:8]}" for event_id, kind in events) + "]"

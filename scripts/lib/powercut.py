@@ -11,11 +11,14 @@ or `apply` again when the cut came before the plan was frozen) and checks, judgi
 1. converged: each service of each app of the Target runs a container whose image ID is the one
    the Target's app pins (read from the factory registry's storage), no container of another
    image of those apps runs, no app the Target dropped runs, the sample app serves the
-   version's page, and the device's own record names the Target;
+   version's page, and the device's own record names the Target; in the failing scenario,
+   whose Target crash-loops, the device is back on its start version after a rollback, and the
+   Target is marked bad in its store;
 2. every blob in the store verifies against its digest;
 3. the gateway holds exactly the events the frozen plan names, ids and order, each once; the
    events the device sent again are counted from the gateway's `deliveries` log (a resend is
-   allowed, a second record is not);
+   allowed, a second record is not) (failing scenario: the failed
+   update's events too, a prefix of its plan's, the last `EcuInstallationCompleted` success false);
 4. no blob that was verified on disk after the cut is downloaded again, and a partial resumes
    from what the cut kept (the registry's log). Per cut it reports the bytes the device had
    received but lost to the cut (a partial is synced every SYNC_EVERY bytes: up to 8 MiB);
@@ -77,7 +80,7 @@ from faults.netproxy import FaultProxy  # noqa: E402
 from faults.powercutfs import MODES as DISK_MODES  # noqa: E402
 from faults.powercutfs import PowercutMount  # noqa: E402
 from faults.storeview import StoreView  # noqa: E402
-from support import clean_engine, new_device, registry_blob_gets  # noqa: E402
+from support import SHELLHTTPD_PORT, clean_engine, new_device, registry_blob_gets  # noqa: E402
 from support import sample_page as served_page  # noqa: E402
 
 from fioup_flow.checkpoint import store_path  # noqa: E402
@@ -85,6 +88,7 @@ from fioup_flow.factory.devices import DeviceRecords  # noqa: E402
 from fioup_flow.factory.faults import Faults  # noqa: E402
 from fioup_flow.factory.home import FactoryHome  # noqa: E402
 from fioup_flow.factory.images import host_arch  # noqa: E402
+from fioup_flow.factory.tufrepo import TufRepository  # noqa: E402
 from fioup_flow.graph import Plan  # noqa: E402
 from fioup_flow.installed import current_target  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
@@ -95,6 +99,7 @@ from judge import (  # noqa: E402
     EventVerdict,
     Expected,
     judge_events,
+    judge_failed_events,
     pinned_images,
     running_containers,
     sample_page,
@@ -111,11 +116,19 @@ RELEASES: dict[int, tuple[dict[str, str], tuple[str, ...]]] = {
     1: ({"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}, ()),
     2: ({"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}, FILLER),
     3: ({"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"}, FILLER),
+    4: ({"shellhttpd": "shellhttpd/v2", "crashloop": "crashloop/v1"}, FILLER),  # crash-loops: rolled back
 }
 # scenario -> (start version, None for a fresh device; target version)
 SCENARIOS: dict[str, tuple[int | None, int]] = {
-    "install": (None, 1), "change": (1, 2), "add-remove": (2, 3), "downgrade": (3, 1)}
+    "install": (None, 1), "change": (1, 2), "add-remove": (2, 3), "downgrade": (3, 1), "failing": (1, 4)}
+# scenarios whose target fails its health window: the device ends on its start version after a
+# rollback (apply exits 110), the target marked bad; each run forces it (`--force`), as a device
+# reused from the cut before has it marked already
+FAILING = {"failing"}
+ROLLED_BACK = 110
 NO_UPDATE_IN_PROGRESS = 24
+HEALTH_WINDOW_S = 3  # the device's `pacman.health_window`: every update waits it out, the default's 15 s would
+# make most cuts land in it
 # invariant 5 compares two single measurements of compose runs on a busy machine: an app may stay
 # stopped up to this factor, plus this many seconds, longer than in the uninterrupted run
 WINDOW_SLACK = 1.5, 1.0
@@ -384,17 +397,28 @@ class Lab:
                 self.boot_engine()
 
     def drop_in(self) -> dict:
-        """The device's own settings: a rate limit, so that a cut lands mid-download; and, when the
-        engine goes down with the power, how the device restarts it (see tasks/portleak.py)."""
-        pacman = {"download_rate_limit": RATE_LIMIT}
+        """The device's own settings: a rate limit, so that a cut lands mid-download; when the
+        engine goes down with the power, how the device restarts it (see tasks/portleak.py); a short
+        health window; the port the sample shellhttpd publishes (compose reads it from
+        `[compose_env]` only); and where its image's TUF roots are (written fresh, outside the
+        power-cut mount, as /usr/lib/sota/tuf is read-only on a device)."""
+        roots = self.work / "image-tuf"
+        TufRepository(self.home).export_roots(roots)
+        pacman = {"download_rate_limit": RATE_LIMIT, "health_window": HEALTH_WINDOW_S}
         if self.power:
             pacman["engine_restart_command"] = [
                 sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart", str(self.power.folder)]
-        return {"pacman": pacman}
+        return {"pacman": pacman, "compose_env": {"SHELLHTTPD_PORT": str(SHELLHTTPD_PORT)},
+                "storage": {"uptane_metadata_path": str(roots)}}
 
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]
         return (None if start is None else start + self.offset), target + self.offset
+
+    def end_version(self, scenario: str) -> int:
+        """The version the device must end on: the target's, or the start's if the target fails."""
+        start, target = self.versions(scenario)
+        return start if scenario in FAILING else target
 
     def fresh_device(self) -> Device:
         """Take the old device's apps down, wipe the engine, register a new device."""
@@ -511,16 +535,32 @@ def what_was_hit(cut: Cut, plans: PlanCatcher) -> str:
     return "finishing" if plans.plans else "before the plan"
 
 
-def boot(device: Device, version: int) -> str | None:
-    """What the device does after the power comes back; None, or why it did not get there."""
+def apply_args(scenario: str, target: int) -> tuple[str, ...]:
+    return (str(target), "--force") if scenario in FAILING else (str(target),)
+
+
+def boot(device: Device, version: int, failing: tuple[int, float] | None = None) -> str | None:
+    """What the device does after the power comes back; None, or why it did not get there.
+    `failing`: (the failing target, when its run began): until that run was rolled back, the
+    device applies the target again, as the cut came before the plan was frozen."""
     done = device.run("resume")
-    if done.returncode not in (0, NO_UPDATE_IN_PROGRESS):
+    if done.returncode not in (0, NO_UPDATE_IN_PROGRESS) + ((ROLLED_BACK,) if failing else ()):
         return f"resume exit {done.returncode}: {done.stderr.strip()[-300:]}"
-    if device.version() != version:  # the cut came before the plan was frozen (or undid it)
+    if failing and not failed_since(device.store().history(), *failing):
+        done = device.run("apply", str(failing[0]), "--force")
+        if done.returncode != ROLLED_BACK:
+            return f"apply after boot exit {done.returncode}, not {ROLLED_BACK}: {done.stderr.strip()[-300:]}"
+    elif not failing and device.version() != version:  # the cut came before the plan was frozen (or undid it)
         done = device.run("apply", str(version))
         if done.returncode != 0:
             return f"apply after boot exit {done.returncode}: {done.stderr.strip()[-300:]}"
     return None
+
+
+def failed_since(history: list[dict], target: int, since: float) -> dict | None:
+    """The history entry of the update to `target` that was rolled back after `since`, if any."""
+    return next((e for e in history if e["version"] == target and e["outcome"] == "rolled-back"
+                 and e["ended"] >= since), None)
 
 
 @dataclass(frozen=True)
@@ -575,9 +615,9 @@ def uninterrupted(lab: Lab, scenario: str, say: Callable[[str], None]) -> Baseli
     start, target = lab.versions(scenario)
     device = lab.bring_to(start)
     began, wall = time.monotonic(), time.time()
-    done = device.run("apply", str(target))
+    done = device.run("apply", *apply_args(scenario, target))
     seconds = time.monotonic() - began
-    if done.returncode != 0:
+    if done.returncode != (ROLLED_BACK if scenario in FAILING else 0):
         raise RuntimeError(f"{scenario}: the uninterrupted run failed: {done.stderr}")
     baseline = Baseline(seconds, stopped_windows(container_events(lab.engine, kept_apps(scenario), wall), wall, set()))
     stops = ", ".join(f"{app} stopped {w:.1f} s" for app, w in sorted(baseline.stopped.items())) or "no app stopped"
@@ -605,20 +645,21 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
         cut.at = round(random.Random(cut.seed).uniform(0, baseline.seconds), 3)
     cut.disk = lab.disk.mode
     device = lab.bring_to(start)
+    end, failing = lab.end_version(cut.scenario), (target, time.time()) if cut.scenario in FAILING else None
     records = DeviceRecords(lab.home)
     events_at_start, deliveries_at_start = len(records.events(device.uuid)), len(records.log(device.uuid, "deliveries"))
     gets_at_start = len(registry_blob_gets(lab.home))
     with PlanCatcher(device.store()) as plans:
-        update = device.start("apply", str(target))
+        update = device.start("apply", *apply_args(cut.scenario, target))
         wait_for_the_moment(cut, update)
         lab.cut(update, cut)
         cut.hit = what_was_hit(cut, plans)
         at_cut = measure_at_cut(lab, device, cut, gets_at_start, events_at_start, deliveries_at_start)
-        apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
+        apps = set(RELEASES[end - lab.offset][0])
         boot_engine(lab, cut)
         down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
         log_at = lab.power.log_size() if lab.power else 0
-        why = boot(device, target)
+        why = boot(device, end, failing)
         cut.engine_restarts = lab.power.restarts_since(log_at) if lab.power else []
         cut.boot_seconds = time.monotonic() - began
     if why:
@@ -626,16 +667,16 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     seen = container_events(lab.engine, apps, wall)
     cut.stopped = stopped_windows(seen, wall, down)
     cut.running_after = max((max(times["start"]) - wall for times in seen.values() if times["start"]), default=0.0)
-    check(lab, device, cut, target, at_cut, plans)
+    check(lab, device, cut, end, at_cut, plans, failing)
     check_stopped(cut, baseline)
     if not cut.converged and lab.power:  # was anything lost, or does the next power-on get there?
         lab.restart_engine()
         again = Cut(cut.seed, cut.scenario, cut.mode, cut.at)
         with PlanCatcher(device.store()) as more:
             more.plans.update(plans.plans)
-            if why := boot(device, target):
+            if why := boot(device, end, failing):
                 again.failures["boot"] = why
-        check(lab, device, again, target, at_cut, more)
+        check(lab, device, again, end, at_cut, more, failing)
         cut.second_boot = "converged" if again.converged else "; ".join(f"{k}: {v}" for k, v in again.failures.items())
     return cut
 
@@ -678,9 +719,12 @@ def check_stopped(cut: Cut, baseline: Baseline) -> None:
         cut.failures["5-stopped"] = "; ".join(late)
 
 
-def check(lab: Lab, device: Device, cut: Cut, target: int, at_cut: AtCut, plans: PlanCatcher) -> None:
-    """The invariants, each failure written into `cut.failures`."""
+def check(lab: Lab, device: Device, cut: Cut, target: int, at_cut: AtCut, plans: PlanCatcher,
+          failing: tuple[int, float] | None = None) -> None:
+    """The invariants, each failure written into `cut.failures`; `target` is the version to end on."""
     problems = settle(lambda: lab.world_problems(device, target))
+    if failing and not any(bad["version"] == failing[0] for bad in device.store().bad_targets().values()):
+        problems.append(f"version {failing[0]} is not marked bad in the device's store")
     if problems:
         stories = {app: container_story(lab.engine, app) for app in lab.expect(target).images
                    if any(p.startswith(f"{app}/") for p in problems)}
@@ -692,7 +736,7 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, at_cut: AtCut, plans:
     if corrupt:
         cut.failures["2-blobs"] = f"{len(corrupt)} corrupt: {', '.join(d[:19] for d in corrupt)}"
 
-    check_events(lab, device, cut, target, at_cut, plans)
+    check_events(lab, device, cut, target, at_cut, plans, failing)
 
     after = registry_blob_gets(lab.home)[at_cut.gets:]
     again = sorted({d for d, _ in after} & at_cut.verified)
@@ -715,21 +759,38 @@ def container_story(engine: docker.DockerClient, app: str) -> str:
     return "; ".join(stories) or "no container"
 
 
-def check_events(lab: Lab, device: Device, cut: Cut, target: int, at_cut: AtCut, plans: PlanCatcher) -> None:
-    """Invariant 3: the gateway holds exactly the events of the update's frozen plan, in order."""
+def check_events(lab: Lab, device: Device, cut: Cut, target: int, at_cut: AtCut, plans: PlanCatcher,
+                 failing: tuple[int, float] | None = None) -> None:
+    """Invariant 3: the gateway holds exactly the events of the update's frozen plan, in order; in
+    the failing scenario, the rollback's so, and the failed update's a prefix ending in failure."""
     history = device.store().history()
     if not history or history[0].get("version") != target:
         cut.failures["3-events"] = "no finished update to the target in the device's history"
         return
-    plan = plans.plans.get(history[0]["plan_id"])
-    if plan is None:
-        cut.failures["3-events"] = f"the plan {history[0]['plan_id']} that finished was never seen frozen"
-        return
+    judged = [(history[0], judge_events)]
+    if failing:
+        if (failed := failed_since(history, *failing)) is None:
+            cut.failures["3-events"] = "no rolled-back update in the device's history"
+            return
+        judged.append((failed, judge_failed_events))
     records = DeviceRecords(lab.home)
-    cut.events = judge_events(plan, records.events(device.uuid)[at_cut.events:],
-                              records.log(device.uuid, "deliveries")[at_cut.deliveries:])
-    if cut.events.problems:
-        cut.failures["3-events"] = "; ".join(cut.events.problems)
+    since, deliveries = records.events(device.uuid)[at_cut.events:], records.log(device.uuid, "deliveries")[at_cut.deliveries:]
+    problems, verdicts = [], []
+    for entry, judge in judged:
+        plan = plans.plans.get(entry["plan_id"])
+        if plan is None:
+            problems.append(f"the plan {entry['plan_id']} that finished was never seen frozen")
+            continue
+        own = [r for r in since if r["event"]["correlationId"] == entry["correlation_id"]] if failing else since
+        verdicts.append(judge(plan, own, deliveries))
+    cut.events = verdicts[0] if verdicts else cut.events
+    for verdict in verdicts[1:]:  # the same deliveries: their resends are counted once
+        cut.events.records += verdict.records
+        cut.events.lost += verdict.lost
+        cut.events.duplicated += verdict.duplicated
+    problems += [problem for verdict in verdicts for problem in verdict.problems]
+    if problems:
+        cut.failures["3-events"] = "; ".join(problems)
 
 
 # --- a run of many cuts -------------------------------------------------------------------------------
@@ -877,7 +938,7 @@ class Trip:
 
 def plan_trips(count: int, seed: int) -> list[Trip]:
     rng = random.Random(seed)
-    return [Trip(rng.choice(sorted(SCENARIOS)), rng.choice(NETWORK_FAULTS)) for _ in range(count)]
+    return [Trip(rng.choice(sorted(set(SCENARIOS) - FAILING)), rng.choice(NETWORK_FAULTS)) for _ in range(count)]
 
 
 def run_network(lab: Lab, trips: list[Trip], proxies: tuple[FaultProxy, FaultProxy],
@@ -1018,6 +1079,7 @@ def main() -> int:
         os.environ["DOCKER_HOST"] = engine.host
         home = args.work / "factory"
         info = json.loads(factory_cli("up", "--home", str(home)))
+        os.environ["SSL_CERT_FILE"] = info["ca_bundle"]  # the registry's CA, as in a system store
         try:
             lab_home = FactoryHome(home.resolve())
             if args.network:

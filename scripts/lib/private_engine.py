@@ -75,8 +75,10 @@ class PrivateEngine:
     """A dockerd of our own. `cut()` takes it down the way a power cut does, containers and all;
     `boot()` starts it again on the same data, as a device boots."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, options: tuple[str, ...] = ()):
+        """`options`: more dockerd flags, for an engine configured unlike a device's (a test's)."""
         self.folder = folder.absolute()
+        self.options = options
         self.host = f"unix://{self.folder / 'docker.sock'}"
         self.pidfile = self.folder / "dockerd.pid"
         self.log = self.folder / "dockerd.log"
@@ -135,7 +137,8 @@ class PrivateEngine:
             subprocess.run(
                 ["setsid", "--fork", "dockerd", "--data-root", str(self.folder / "root"),
                  "--exec-root", str(self.folder / "exec"), "-H", self.host, "--pidfile", str(self.pidfile),
-                 "--bridge", "none", "--default-address-pool", f"base=10.{self.octet}.0.0/16,size=24"],
+                 "--bridge", "none", "--default-address-pool", f"base=10.{self.octet}.0.0/16,size=24",
+                 *self.options],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._answers():

@@ -2,11 +2,14 @@
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from fioup_flow.store import BlobStore, DigestMismatchError, PartialCorruptError
+from fioup_flow.task import TaskContext
+from tasks import space
 
 DATA = os.urandom(300_000)
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -79,3 +82,37 @@ def test_a_download_complete_but_not_committed_is_committed_without_asking_again
     calls: list[int] = []
     store.ingest(DIGEST, len(DATA), source(DATA, calls))
     assert calls == [] and store.verify(DIGEST)
+
+
+def half_fetched(store: BlobStore, data: bytes) -> str:
+    """A download of `data` cut off halfway; returns its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def dies_halfway(offset: int):
+        yield data[:len(data) // 2]
+        raise ConnectionError("link dropped")
+
+    with pytest.raises(ConnectionError):
+        store.ingest(digest, len(data), dies_halfway)
+    return digest
+
+
+def test_partials_not_kept_are_dropped_and_committed_blobs_and_kept_partials_stay(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    committed = os.urandom(1000)
+    store.put_bytes("sha256:" + hashlib.sha256(committed).hexdigest(), committed)
+    ours, abandoned = half_fetched(store, DATA), half_fetched(store, os.urandom(5000))
+    assert set(store.partials()) == {ours, abandoned}
+    store.discard_partials(keep={ours})
+    assert list(store.partials()) == [ours] and store.partial_size(ours) == len(DATA) // 2
+    assert len(list(store.digests())) == 1
+    store.discard_partials()
+    assert not list(store.partials())
+
+
+def test_an_update_starting_drops_the_partials_of_blobs_it_does_not_fetch_and_keeps_its_own(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    ours, abandoned = half_fetched(store, DATA), half_fetched(store, os.urandom(5000))
+    node = space.node("target-1", [(ours, len(DATA), "layer", None)])
+    space.SpaceCheck(store, 95).run(node, TaskContext(node, threading.Event()))
+    assert list(store.partials()) == [ours] and store.partial_size(ours) == len(DATA) // 2

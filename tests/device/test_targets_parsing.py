@@ -20,9 +20,26 @@ def test_a_pinned_reference_splits_into_host_repository_and_digest() -> None:
     assert str(ref.with_digest("sha256:" + "cd" * 32)) == "127.0.0.1:5000/factory/web@sha256:" + "cd" * 32
 
 
-@pytest.mark.parametrize("bad", ["factory/web@" + DIGEST, "hub.io/factory/web:latest", "hub.io/Factory/web@" + DIGEST,
-                                 "hub.io/factory/web@sha256:abc"])
-def test_a_reference_without_host_or_full_digest_is_refused(bad: str) -> None:
+@pytest.mark.parametrize("written, host, repository", [
+    ("docker.io/library/nginx", "docker.io", "library/nginx"),
+    ("nginx", "docker.io", "library/nginx"),
+    ("docker.io/nginx", "docker.io", "library/nginx"),
+    ("index.docker.io/grafana/grafana:11.0", "docker.io", "grafana/grafana"),
+    ("factory/web", "docker.io", "factory/web"),
+    ("localhost/web", "localhost", "web"),
+    ("hub.foundries.io/factory/web", "hub.foundries.io", "factory/web"),
+])
+def test_a_reference_is_named_as_docker_names_it_and_docker_io_is_fetched_from_registry_1(
+        written: str, host: str, repository: str) -> None:
+    """distribution's ParseNormalizedNamed (how composectl pins images) and containerd's host mapping."""
+    ref = PinnedRef.parse(f"{written}@{DIGEST}")
+    assert (ref.host, ref.repository) == (host, repository)
+    assert ref.registry_host == ("registry-1.docker.io" if host == "docker.io" else host)
+
+
+@pytest.mark.parametrize("bad", ["hub.io/factory/web:latest", "hub.io/Factory/web@" + DIGEST,
+                                 "hub.io/factory/web@sha256:abc", "bad_host:x/web@" + DIGEST])
+def test_a_reference_without_a_full_digest_or_with_a_bad_name_is_refused(bad: str) -> None:
     with pytest.raises(ReferenceError):
         PinnedRef.parse(bad)
 

@@ -68,9 +68,9 @@ class Device:
         out, err = proc.communicate(timeout=30)
         return proc.returncode, (json.loads(out) if out.strip() else {}), err
 
-    def cli(self, *args: str) -> Result:
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
         """The real `fioup-flow` command, run in this process by click's CliRunner (fast)."""
-        return CliRunner().invoke(main, ["-c", str(self.config), *args], catch_exceptions=False)
+        return CliRunner().invoke(main, ["-c", str(self.config), *args], catch_exceptions=False, env=env)
 
     def cli_process(self, *args: str) -> subprocess.CompletedProcess:
         """The installed `fioup-flow` command, as a process."""

@@ -95,5 +95,37 @@ class Flaky(WriteFile):
         super().run(node, ctx)
 
 
+def stream_node(node_id: str, chunks: int, delay: float) -> Node:
+    return Node(node_id, "stream", {"name": node_id.replace(":", "_"), "chunks": chunks, "delay": delay},
+                resource="network", size=chunks)
+
+
+class Stream:
+    """A download in miniature: appends lines `0..chunks-1` to `out/<name>.part`, one every
+    `delay` s through `ctx.checked`, going on from the lines already there; then renames it."""
+
+    kind = "stream"
+
+    def __init__(self, work: Path):
+        self.out = Path(work) / "out"
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def partial(self, node: Node) -> Path:
+        return self.out / f"{node.params['name']}.part"
+
+    def is_done(self, node: Node) -> bool:
+        return (self.out / node.params["name"]).exists()
+
+    def run(self, node: Node, ctx: TaskContext) -> None:
+        part = self.partial(node)
+        kept = len(part.read_text().splitlines()) if part.exists() else 0
+        with open(part, "a") as f:
+            for i in ctx.checked(range(kept, node.params["chunks"])):
+                time.sleep(node.params["delay"])
+                f.write(f"{i}\n")
+                f.flush()
+        os.replace(part, self.out / node.params["name"])
+
+
 def all_kinds(work: Path) -> dict:
-    return {t.kind: t for t in (WriteFile(work), AlwaysFails(), Flaky(work))}
+    return {t.kind: t for t in (WriteFile(work), AlwaysFails(), Flaky(work), Stream(work))}

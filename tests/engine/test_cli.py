@@ -28,6 +28,15 @@ def test_with_no_update_in_progress_graph_and_status_say_so_and_exit_0(device: D
     assert not device.flow_dir.exists()  # looking creates nothing
 
 
+def test_status_with_the_engine_out_of_reach_says_so_and_exits_7_in_text_and_json(failed: Device):
+    nowhere = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    result = failed.cli("status", env=nowhere)
+    assert result.exit_code == 7
+    assert "the Docker engine at unix:///nonexistent/docker.sock does not answer" in result.stderr
+    data = json.loads(failed.cli("status", "--json", env=nowhere).stdout)
+    assert data["exit_code"] == 7 and "unix:///nonexistent/docker.sock does not answer" in data["error"]
+
+
 def test_status_shows_the_failed_node_and_its_error_and_the_counts(failed: Device):
     result = failed.cli_process("status")  # the installed command, as a process, once
     assert result.returncode == 0, result.stderr

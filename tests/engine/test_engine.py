@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import signal
 import threading
 import time
 from pathlib import Path
@@ -13,9 +15,9 @@ from fioup_flow.checkpoint import CheckpointStore
 from fioup_flow.engine import Executor, NodeEvent, RetryPolicy
 from fioup_flow.errors import FetchError, InvalidOngoingUpdateError, NoUpdateInProgressError
 from fioup_flow.graph import Plan, PlanError
-from fioup_flow.task import Node, TaskContext
+from fioup_flow.task import Interrupted, Node, TaskContext
 from tests.engine.conftest import diamond_plan, failing_plan
-from tests.engine.kinds import WriteFile, all_kinds, write_node
+from tests.engine.kinds import WriteFile, all_kinds, stream_node, write_node
 
 FAST = RetryPolicy(attempts=3, base_s=0.001, max_wait_s=0.01, budget_s=5)
 
@@ -122,6 +124,16 @@ def test_a_failing_node_stops_its_dependents_and_independent_branches_finish(sto
     assert store.current_plan_id() == plan.plan_id  # still in progress: resume retries the failed node
 
 
+def test_a_failure_the_caller_halts_on_stops_the_nodes_running_beside_it_at_once(store, work):
+    plan = stream_plan()  # 2 s when left alone
+    plan.add(Node("fetch:bad", "fail", {"message": "the Target's own fault"}, resource="network"))
+    started = time.monotonic()
+    result = executor(store, work, halt_on=lambda error: isinstance(error, FetchError)).run(plan)
+    assert result.outcome == "failed" and list(result.failed) == ["fetch:bad"]
+    assert time.monotonic() - started < 1.0, "the stream beside the failure ran on"
+    assert store.record(plan.plan_id, "fetch:stream").state == "pending", "stopped, its partial kept"
+
+
 def test_a_node_that_finds_the_disk_full_fails_with_exit_code_41_whatever_it_was_writing(store, work):
     plan = Plan(meta={"target": "full-disk-target", "version": 9})
     plan.add(Node("install:app", "fail", {"errno": errno.ENOSPC}))
@@ -193,3 +205,86 @@ def test_the_progress_hook_hears_each_node_run_report_bytes_and_finish(store, wo
         assert states == ["running", "progress", "done"]
     progress = next(e for e in events if e.state == "progress")
     assert progress.done_bytes == len(progress.node.params["content"])
+
+
+def committed_plan() -> Plan:
+    """write:a -> write:commit (the point of no return) -> write:after -> fetch:bad (fails for good)."""
+    plan = Plan(meta={"target": "committed-target", "version": 10})
+    plan.add(write_node("write:a"))
+    plan.add(dataclasses.replace(write_node("write:commit"), point_of_no_return=True), ["write:a"])
+    plan.add(write_node("write:after"), ["write:commit"])
+    plan.add(Node("fetch:bad", "fail", {"message": "registry said no"}, resource="network"), ["write:after"])
+    return plan
+
+
+def test_once_a_point_of_no_return_is_done_the_nodes_before_it_are_history_and_the_nodes_after_it_are_not(
+        store, work):
+    plan = committed_plan()
+    assert executor(store, work).run(plan).outcome == "failed"
+    for name in ("write_a", "write_commit", "write_after"):  # the world changed behind the checkpoint's back
+        (work / "out" / name).unlink()
+    events: list[NodeEvent] = []
+    result = executor(store, work, on_event=events.append).run()
+    assert result.ran == ["write:after", "fetch:bad"]
+    assert not (work / "out" / "write_a").exists() and not (work / "out" / "write_commit").exists()
+    assert {e.node.id for e in events if e.already} == {"write:a", "write:commit"}
+    records = store.records(plan.plan_id, plan.graph.nodes)
+    assert [records[n].state for n in ("write:a", "write:commit", "write:after")] == ["done"] * 3
+
+
+def test_a_point_of_no_return_not_yet_done_protects_nothing(store, work):
+    plan = Plan(meta={"target": "uncommitted-target", "version": 11})
+    plan.add(write_node("write:a"))
+    plan.add(Node("fetch:bad", "fail", {"message": "registry said no"}, resource="network"), ["write:a"])
+    plan.add(dataclasses.replace(write_node("write:commit"), point_of_no_return=True), ["fetch:bad"])
+    assert executor(store, work).run(plan).outcome == "failed"
+    (work / "out" / "write_a").unlink()
+    assert "write:a" in executor(store, work).run().ran
+
+
+def stream_plan() -> Plan:
+    plan = Plan(meta={"target": "stream-target", "version": 12})
+    plan.add(stream_node("fetch:stream", chunks=200, delay=0.01))  # 2 s when left alone
+    return plan
+
+
+def run_stopped(ex: Executor, plan: Plan, stop) -> tuple[object, float]:
+    """Run `plan`, calling `stop` 0.3 s in; returns the result and how long the run took."""
+    timer = threading.Timer(0.3, stop)
+    timer.start()
+    started = time.monotonic()
+    try:
+        return ex.run(plan), time.monotonic() - started
+    finally:
+        timer.cancel()
+
+
+def test_a_signal_stops_a_stream_at_its_next_chunk_and_resume_goes_on_from_what_it_kept(store, work):
+    plan = stream_plan()
+    ex = executor(store, work)
+    result, took = run_stopped(ex, plan, lambda: ex.stop(signal.SIGTERM))
+    assert (result.outcome, result.exit_code) == ("interrupted", 143)
+    assert took < 1.0, f"the stream ran on for {took:.2f} s after the signal"
+    assert store.record(plan.plan_id, "fetch:stream").state == "pending"
+    kept = (work / "out" / "fetch_stream.part").read_text().splitlines()
+    assert 0 < len(kept) < 200
+    assert executor(store, work).run().outcome == "completed"
+    assert (work / "out" / "fetch_stream").read_text().splitlines() == [str(i) for i in range(200)]
+
+
+def test_a_cancel_stops_a_stream_at_its_next_chunk(store, work):
+    plan = stream_plan()
+    result, took = run_stopped(executor(store, work), plan, lambda: store.request_cancel(plan.plan_id))
+    assert result.outcome == "cancelled" and took < 1.0
+    assert store.history()[0]["counts"]["done"] == 0
+
+
+def test_a_task_waiting_is_woken_by_a_stop_request_and_told_so():
+    stop = threading.Event()
+    ctx = TaskContext(Node("healthy:app", "healthy"), stop)
+    ctx.sleep(0.01)  # nothing asked: it just waits
+    threading.Timer(0.1, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        ctx.sleep(30)
+    assert time.monotonic() - started < 1.0

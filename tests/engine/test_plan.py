@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import pytest
@@ -52,3 +54,17 @@ def test_plan_ids_are_26_characters_unique_and_sort_by_creation_time():
     assert len(first) == 26
     assert len(set(later)) == 100
     assert all(first < other for other in later)
+
+
+def test_a_point_of_no_return_survives_freezing_and_a_plan_frozen_before_the_marker_existed_still_loads():
+    plan = diamond_plan()
+    marked = Plan(plan_id=plan.plan_id, meta=plan.meta)
+    for node in plan.nodes():
+        marked.add(dataclasses.replace(node, point_of_no_return=node.id == "write:d"), plan.dependencies(node.id))
+    thawed = Plan.from_json(marked.to_json())
+    assert [n.id for n in thawed.nodes() if n.point_of_no_return] == ["write:d"]
+    assert thawed.ancestors("write:d") == {"write:a", "write:b", "write:c"}
+    old = json.loads(plan.to_json())  # what the version before the marker froze: no such field
+    assert all("point_of_no_return" not in raw for raw in old["nodes"])
+    assert not any(n.point_of_no_return for n in Plan.from_json(plan.to_json()).nodes())
+    assert Plan.from_json(plan.to_json()).to_json() == plan.to_json()

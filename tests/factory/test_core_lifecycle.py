@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -12,9 +13,18 @@ import requests
 from core_factory import factory_cli, start_factory, stop_factory
 
 from fioup_flow.factory.home import FactoryHome
-from fioup_flow.factory.process import port_open, process_running, stop_process
+from fioup_flow.factory.process import process_running, stop_process
 
-SERVICES = ("factory-server", "registry")
+SERVICES = ("factory-server", "registry", "thirdparty")
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _status(home) -> dict:
@@ -22,7 +32,7 @@ def _status(home) -> dict:
 
 
 def _ports(info: dict) -> list[int]:
-    return [int(info[key].rsplit(":", 1)[1]) for key in ("gateway", "api", "registry")]
+    return [int(info[key].rsplit(":", 1)[1]) for key in ("gateway", "api", "registry", "thirdparty", "storage")]
 
 
 def test_up_prints_where_the_factory_answers_and_every_listener_answers(tmp_path):
@@ -33,9 +43,10 @@ def test_up_prints_where_the_factory_answers_and_every_listener_answers(tmp_path
         assert info["ca"] == str(running.home.ca_cert) and info["registration_token"]
         assert all(port_open(port) for port in _ports(info))
         assert requests.get(f"{info['api']}/ota/devices/", verify=info["ca"], timeout=10).status_code == 200
-        # The registry answers over TLS with the factory's cert and asks for a token.
-        challenge = requests.get(f"https://{info['registry']}/v2/", verify=info["ca"], timeout=10)
-        assert challenge.status_code == 401 and "/token" in challenge.headers["WWW-Authenticate"]
+        # Both registries answer over TLS with the public CA's certificates and ask for a token.
+        for registry in (info["registry"], info["thirdparty"]):
+            challenge = requests.get(f"https://{registry}/v2/", verify=info["public_ca"], timeout=10)
+            assert challenge.status_code == 401 and "/token" in challenge.headers["WWW-Authenticate"]
     finally:
         stop_factory(running)
 

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fioup_flow.checkpoint import BAD_TARGETS
 from fioup_flow.graph import Plan
 
 DB = "cache.db"  # diskcache's database file
@@ -82,6 +83,10 @@ class StoreView:
     def history(self) -> list[dict[str, Any]]:
         """Finished updates, newest first."""
         return json.loads(self.get("history") or "[]")
+
+    def bad_targets(self) -> dict[str, dict[str, Any]]:
+        """The Targets marked bad, by name (see fioup_flow.badtargets)."""
+        return json.loads(self.get(BAD_TARGETS) or "{}")
 
 
 def _stamps(files: list[Path]) -> list[tuple[int, int, int] | None]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from securesystemslib.signer import CryptoSigner
+from tuf.api.exceptions import DownloadError
 from tuf.api.metadata import Metadata, Root
 
 from faults.needs import FUSE
-from fioup_flow.durable import open_cache, write_atomic
-from fioup_flow.targets import DurableUpdater
+from fioup_flow.durable import make_dirs, open_cache, write_atomic
 from fioup_flow.store import CHUNK, SYNC_EVERY, BlobStore, PartialCorruptError
+from fioup_flow.task import Interrupted, Node, TaskContext
+from fioup_flow.tuf.updater import Updater
 
 pytestmark = [*FUSE, pytest.mark.timeout(60)]
 
@@ -40,6 +43,45 @@ def test_a_committed_blob_survives_a_cut(disk) -> None:
     store.ingest(digest, len(data), lambda offset: iter([data[offset:]]))
     disk.cut()
     assert BlobStore(disk.mount / "reset-apps").verify(digest)
+
+
+def test_a_partial_found_complete_is_synced_before_it_is_committed(disk) -> None:
+    """A crash can leave a partial whole but unsynced (after the last byte, before the sync): the
+    rename must not make a name durable for data that is not."""
+    data = os.urandom(1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    store = BlobStore(disk.mount / "reset-apps")
+    partial = store.ingest_root / digest.split(":")[1] / "data"
+    make_dirs(partial.parent)
+    partial.write_bytes(data)  # written, never synced
+    store.ingest(digest, len(data), lambda offset: iter([data[offset:]]))
+    disk.cut()
+    assert BlobStore(disk.mount / "reset-apps").verify(digest)
+
+
+def test_a_download_stopped_at_a_chunk_keeps_every_byte_it_wrote_through_a_cut_and_resumes_there(disk) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    stop = threading.Event()
+    ctx = TaskContext(Node(f"fetch:{digest}", "fetch"), stop)
+    asked: list[int] = []
+
+    def open_at(offset: int):
+        asked.append(offset)
+        for i in range(offset, len(data), 64 * 1024):
+            if offset == 0 and i >= 1024 * 1024:
+                stop.set()  # a signal arrives mid-download
+            yield data[i:i + 64 * 1024]
+
+    with pytest.raises(Interrupted):
+        BlobStore(disk.mount / "reset-apps").ingest(digest, len(data), lambda offset: ctx.checked(open_at(offset)))
+    store = BlobStore(disk.mount / "reset-apps")
+    written = store.partial_size(digest)
+    disk.cut()
+    assert store.partial_size(digest) == written > 0
+    stop.clear()
+    store.ingest(digest, len(data), lambda offset: ctx.checked(open_at(offset)))
+    assert asked == [0, written] and store.verify(digest)
 
 
 PAST_SYNC = 2 * 1024 * 1024  # bytes written after the last sync when the power goes
@@ -105,9 +147,8 @@ def test_a_partial_a_disk_kept_with_a_torn_tail_is_thrown_away_or_verified_never
     assert store.verify(digest)
 
 
-def a_signed_root() -> bytes:
-    signer = CryptoSigner.generate_ed25519()
-    root = Root(expires=datetime.now(timezone.utc) + timedelta(days=30))
+def a_signed_root(signer: CryptoSigner, version: int) -> bytes:
+    root = Root(version=version, expires=datetime.now(timezone.utc) + timedelta(days=30))
     for role in ("root", "timestamp", "snapshot", "targets"):
         root.add_key(signer.public_key, role)
     metadata = Metadata(root)
@@ -116,13 +157,16 @@ def a_signed_root() -> bytes:
 
 
 @pytest.mark.parametrize("disk", ["reorder"], indirect=True)
-def test_the_trusted_tuf_root_survives_a_cut_while_the_tuf_client_rewrites_it(disk) -> None:
-    """Every TUF refresh starts by rewriting the trusted root (root_history/N.root.json, and the
-    root.json link to it); a disk that keeps that rename without its data, or the link's removal
-    without the new link, would leave the device with no trusted root: no update ever again."""
-    tuf = disk.mount / "sota" / "tuf"
-    write_atomic(tuf / "root.json", a_signed_root())
+def test_the_trusted_tuf_root_survives_a_cut_while_the_tuf_client_rotates_it(disk) -> None:
+    """A refresh that follows a root rotation replaces the trusted root.json; a disk that kept that
+    rename without its data would leave the device with no trusted root: no update ever again."""
+    tuf, signer = disk.mount / "sota" / "tuf", CryptoSigner.generate_ed25519()
+    write_atomic(tuf / "root.json", a_signed_root(signer, 1))
     for seed in range(40):
-        DurableUpdater(metadata_dir=str(tuf), metadata_base_url="http://127.0.0.1:9/", bootstrap=None)  # refresh()'s start
+        held = Metadata.from_bytes((tuf / "root.json").read_bytes()).signed.version
+        served = {f"{held + 1}.root.json": a_signed_root(signer, held + 1)}  # then no timestamp: the refresh fails
+        with pytest.raises(DownloadError):
+            Updater(tuf, lambda name, _length: served.get(name), lambda: []).refresh()
         disk.cut(seed)
-        assert Root.type == Metadata.from_bytes((tuf / "root.json").read_bytes()).signed.type, f"seed {seed}"
+        kept = Metadata.from_bytes((tuf / "root.json").read_bytes()).signed
+        assert kept.type == Root.type and kept.version in (held, held + 1), f"seed {seed}"

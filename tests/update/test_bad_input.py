@@ -2,8 +2,11 @@
 
 Each scenario starts from a device running v1 (shellhttpd v1 + pair v1, both up). The broken
 Targets carry shellhttpd v2 broken one way (`fioup_flow.factory.broken`) beside pair v1:
-a layer whose bytes do not match its digest, a bundle with a `../escape` entry, a compose file
-that is not YAML. The release lives under its own hardware id, so its versions are its own.
+a layer whose bytes do not match its digest, a bundle with a `../escape` entry, a bundle whose
+links lead a later file out of the project, a compose file that is not YAML. The release lives under its own hardware id, so its versions are its own.
+
+A Target refused once is refused again: its failure is its own, so the update ends (nothing is
+left in progress to retry) and the Target is marked bad until `apply VERSION --force`.
 """
 
 from __future__ import annotations
@@ -14,25 +17,24 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import clean_engine
-from support import BIN, Device, new_device, publish, sample_page
+from support import BIN, Device, clean_engine, new_device, publish, sample_page
 
-from fioup_flow.factory.broken import ESCAPE_ENTRY
+from fioup_flow.factory.broken import ESCAPE_NAME
 from fioup_flow.factory.devices import DeviceRecords
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
 HWID = "bad-input-linux"
 TAG = "bad-input"
-OLD, GOOD = 1, 5
+OLD, GOOD = 1, 6
 OLD_APPS = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
 GOOD_APPS = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
-BROKEN = {"digest": 2, "path-escape": 3, "bad-compose": 4}  # kind -> version
+BROKEN = {"digest": 2, "path-escape": 3, "bad-compose": 4, "symlink-chain": 5}  # kind -> version
 
 
 @pytest.fixture(scope="module")
 def bad_release(factory) -> None:
-    """v1 and v5 good, v2..v4 broken (through the `publish-broken` command), all under HWID/TAG."""
+    """v1 and v6 good, v2..v5 broken (through the `publish-broken` command), all under HWID/TAG."""
     publish(factory.home.root, OLD, OLD_APPS, TAG, "--hwid", HWID)
     publish(factory.home.root, GOOD, GOOD_APPS, TAG, "--hwid", HWID)
     for kind, version in BROKEN.items():
@@ -89,6 +91,18 @@ def assert_refused(device: Device, engine, kind: str, exit_code: int, message: s
     return failed
 
 
+def assert_ended_and_marked_bad(device: Device, kind: str, message: str) -> None:
+    """The update is over, its Target bad with the reason; asking for it again is refused (exit 9)."""
+    status = device.json("status", "--json")
+    assert status["in_progress"] is None, "nothing left in progress: a retry would fail the same way"
+    assert (status["history"][0]["outcome"], status["history"][0]["version"]) == ("failed", BROKEN[kind])
+    (bad,) = status["bad_targets"]
+    assert bad["version"] == BROKEN[kind] and message in bad["reason"]
+    assert device.run("resume").stdout.strip() == "No update in progress"
+    again = device.run("apply", str(BROKEN[kind]))
+    assert again.returncode == 9 and "--force" in again.stderr, again.stderr
+
+
 def assert_good_target_applies(device: Device) -> None:
     done = device.run("apply", str(GOOD))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -98,33 +112,28 @@ def assert_good_target_applies(device: Device) -> None:
 
 def test_a_layer_that_does_not_match_its_digest_fails_the_fetch_with_exit_40(device, engine, factory) -> None:
     assert_refused(device, engine, "digest", 40, "does not match its digest")
-    status = device.json("status", "--json")
-    assert status["in_progress"]["version"] == BROKEN["digest"]
-    assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [40]
     (event,) = failure_events(factory, device)
     assert event["eventType"]["id"] == "EcuDownloadCompleted"
     assert "does not match its digest" in event["event"]["details"]
-
-    again = device.run("resume")
-    assert again.returncode == 40, "resume retries the fetch, which fails the same way"
-    assert len(failure_events(factory, device)) == 2
-    assert device.run("cancel").returncode == 0
-    assert device.json("status", "--json")["in_progress"] is None
+    assert_ended_and_marked_bad(device, "digest", "does not match its digest")
+    assert len(failure_events(factory, device)) == 1, "not tried again"
     assert_good_target_applies(device)
 
 
-def test_a_bundle_entry_that_escapes_the_project_fails_the_install_with_exit_60(device, engine, factory) -> None:
-    assert_refused(device, engine, "path-escape", 60, "points outside the project")
-    assert not (device.sota_dir / "compose-apps" / "escape").exists()
-    assert not (device.sota_dir / "compose-apps" / ".staging" / "shellhttpd").exists()
-    assert not (device.sota_dir / "compose-apps" / ".staging" / ESCAPE_ENTRY).exists()
-    status = device.json("status", "--json")
-    assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [60]
+@pytest.mark.parametrize("kind, message", [
+    ("path-escape", "points outside the project"),  # `../escape`
+    ("symlink-chain", "passes through 'a', a symlink"),  # `a -> .`, `a/b -> ..`, `a/b/c -> ..`, `a/b/c/escape`
+])
+def test_a_bundle_entry_that_escapes_the_project_fails_the_install_with_exit_60(device, engine, factory, kind,
+                                                                               message) -> None:
+    assert_refused(device, engine, kind, 60, message)
+    apps = device.sota_dir / "compose-apps"
+    assert [p for p in device.sota_dir.rglob(ESCAPE_NAME)] == [], "nothing was written outside the project"
+    assert not (apps / ".staging" / "shellhttpd").exists()
     (event,) = failure_events(factory, device)
     assert event["eventType"]["id"] == "EcuInstallationCompleted"
-    assert "points outside the project" in event["event"]["details"]
-
-    assert device.run("cancel").returncode == 0
+    assert message in event["event"]["details"]
+    assert_ended_and_marked_bad(device, kind, message)
     assert_good_target_applies(device)
 
 
@@ -138,4 +147,7 @@ def test_a_compose_file_that_does_not_parse_is_refused_before_the_plan_with_exit
     assert "does not parse" in event["event"]["details"]
 
     assert device.run("cancel").stdout.strip() == "No update in progress to cancel"
+    (bad,) = device.json("status", "--json")["bad_targets"]
+    assert bad["version"] == BROKEN["bad-compose"] and "does not parse" in bad["reason"]
+    assert device.run("apply", str(BROKEN["bad-compose"])).returncode == 9, "refused again, as bad"
     assert_good_target_applies(device)

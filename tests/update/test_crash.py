@@ -75,36 +75,92 @@ def big_release(factory) -> str:
     return BIG_TAG
 
 
-def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(factory, big_release, engine,
-                                                                              tmp_path: Path) -> None:
-    device = new_device(factory.info, tmp_path / "sota", "--tag", big_release, "--hwid", BIG_HWID)
-    (tmp_path / "rate.toml").write_text('[pacman]\ndownload_rate_limit = "24M"\n')
+def big_device(factory, tmp_path: Path, rate: str) -> Device:
+    """A device on the big release, its downloads limited to `rate` (a drop-in, the last one)."""
+    device = new_device(factory.info, tmp_path / "sota", "--tag", BIG_TAG, "--hwid", BIG_HWID)
+    (tmp_path / "rate.toml").write_text(f'[pacman]\ndownload_rate_limit = "{rate}"\n')
     device.drop_ins.append(tmp_path / "rate.toml")
+    return device
+
+
+def partials(device: Device) -> dict[str, int]:
+    """Bytes on disk of each partial download, by digest."""
     ingest = device.sota_dir / "reset-apps" / "ingest"
+    found = ingest.glob("*/data") if ingest.exists() else []
+    return {f"sha256:{p.parent.name}": p.stat().st_size for p in found}
+
+
+def committed(device: Device) -> dict[str, int]:
+    """Size of each blob in the store, by digest."""
     blobs = device.sota_dir / "reset-apps" / "blobs" / "sha256"
+    return {f"sha256:{p.name}": p.stat().st_size for p in blobs.iterdir()} if blobs.exists() else {}
 
-    def partials() -> dict[str, int]:
-        """Bytes on disk of each download in progress, by digest."""
-        found = ingest.glob("*/data") if ingest.exists() else []
-        return {f"sha256:{p.parent.name}": p.stat().st_size for p in found}
 
-    process = start_apply(device)
-    wait_for(lambda: max(partials().values(), default=0) > 2 * SYNC_EVERY, 120, "a large blob half fetched")
-    kill(process)
-    kept = partials()
-    finished = {f"sha256:{p.name}" for p in blobs.iterdir()}
-    time.sleep(1)  # let the registry log the responses the kill cut short
-    at_kill = len(registry_blob_gets(factory.home))
+def wait_for_a_big_partial(device: Device, least: int) -> None:
+    wait_for(lambda: max(partials(device).values(), default=0) > least, 120, f"a large blob {least} bytes in")
+
+
+def resume_fetching_only_what_was_not_kept(factory, device: Device, kept: dict[str, int]) -> None:
+    """Resume; no blob verified before is fetched again, and a partial resumes from its length
+    (bytes counted where the registry sends them, from its own log)."""
+    finished = set(committed(device))
+    time.sleep(1)  # let the registry log the responses the stop cut short
+    before = len(registry_blob_gets(factory.home))
     resume(device)
-    assert "v1" in sample_page()
-
-    after = registry_blob_gets(factory.home)[at_kill:]
-    assert not finished & {digest for digest, _ in after}, "a blob verified before the kill is fetched again"
+    after = registry_blob_gets(factory.home)[before:]
+    assert not finished & {digest for digest, _ in after}, "a blob verified before the stop is fetched again"
+    sizes = committed(device)
     for digest, on_disk in kept.items():
         resumed = sum(written for d, written in after if d == digest)  # 0 if it was whole, only uncommitted
-        size = (blobs / digest.split(":")[1]).stat().st_size
-        assert resumed <= size - on_disk, f"{digest}: the resume asks only for the bytes the device did not keep"
-        print(f"\nkill mid-blob: {digest[:19]}: {on_disk} of {size} bytes kept, {resumed} fetched on resume")
+        assert resumed <= sizes[digest] - on_disk, f"{digest}: the resume asks only for the bytes not kept"
+        print(f"\n{digest[:19]}: {on_disk} of {sizes[digest]} bytes kept, {resumed} fetched on resume")
+
+
+def test_a_kill_mid_blob_resumes_that_blob_and_fetches_no_finished_blob_again(factory, big_release, engine,
+                                                                              tmp_path: Path) -> None:
+    device = big_device(factory, tmp_path, "24M")
+    process = start_apply(device)
+    wait_for_a_big_partial(device, 2 * SYNC_EVERY)
+    kill(process)
+    resume_fetching_only_what_was_not_kept(factory, device, partials(device))
+    assert "v1" in sample_page()
+
+
+def test_sigterm_mid_download_stops_at_the_next_chunk_keeps_the_partial_and_resume_fetches_the_rest(
+        factory, big_release, engine, tmp_path: Path) -> None:
+    device = big_device(factory, tmp_path, "4M")  # the 48 MB layer takes 12 s
+    process = start_apply(device)
+    wait_for_a_big_partial(device, SYNC_EVERY)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    took = time.monotonic() - started
+    print(f"\nSIGTERM mid-download: exit {code} after {took:.2f} s")
+    assert code == 143
+    assert took < 2.0, f"the download went on for {took:.1f} s after SIGTERM"
+    kept = partials(device)
+    big = max(kept, key=kept.get)
+    assert kept[big] > SYNC_EVERY and node_state(device, f"fetch:{big}") == "pending"
+    device.drop_ins.pop()  # the rest at full speed
+    resume_fetching_only_what_was_not_kept(factory, device, kept)
+    assert "v1" in sample_page()
+
+
+def test_cancel_from_another_process_stops_a_download_at_its_next_chunk_and_drops_its_partial(
+        factory, big_release, engine, tmp_path: Path) -> None:
+    device = big_device(factory, tmp_path, "4M")
+    process = start_apply(device)
+    wait_for_a_big_partial(device, SYNC_EVERY)
+    done = device.run("cancel")
+    started = time.monotonic()
+    assert "Cancel requested" in done.stdout, done.stdout + done.stderr
+    code = process.wait(timeout=60)
+    took = time.monotonic() - started
+    print(f"\ncancel mid-download: exit {code} after {took:.2f} s")
+    assert code == 1 and took < 2.0, f"exit {code} {took:.1f} s after the cancel"
+    assert partials(device) == {}, "the partial of a cancelled update is kept"
+    status = device.json("status", "--json")
+    assert status["in_progress"] is None and status["history"][0]["outcome"] == "cancelled"
 
 
 def kill_between_stop_and_start(device: Device, engine) -> None:
@@ -158,3 +214,40 @@ def test_cancelling_an_update_cut_between_stop_and_start_brings_the_old_version_
     status = device.json("status", "--json")
     assert status["current"]["version"] == 1 and status["in_progress"] is None
     assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "running"}
+
+
+def test_an_update_cut_after_its_commit_is_history_and_an_app_stopped_since_stays_as_it_is(factory, device,
+                                                                                          engine) -> None:
+    """Once the commit is recorded, resume finishes the update without judging the apps again:
+    an app stopped by hand after the commit neither fails the update nor is started by it."""
+    assert device.run("apply", "1").returncode == 0
+    faults = Faults(factory.home)
+    process = start_apply(device, "2")
+    try:
+        wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
+        faults.set(events_delay_s=30)  # the next report, right after the commit, keeps the device waiting
+        wait_for(lambda: node_state(device, "commit:") == "done", 120, "the commit")
+        kill(process)
+    finally:
+        faults.clear()
+    for container in engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"}):
+        container.stop()  # `docker stop` by hand
+    resume(device)
+    status = device.json("status", "--json")
+    assert status["in_progress"] is None and status["history"][0]["outcome"] == "completed"
+    assert status["current"]["version"] == 2
+    assert {a["name"]: a["state"] for a in status["apps"]} == {"pair": "running", "shellhttpd": "stopped"}
+    assert not engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"})
+
+
+def test_a_partial_no_update_needs_is_gone_after_the_next_completed_update_even_one_fetching_nothing(
+        device, engine) -> None:
+    assert device.run("apply", "1").returncode == 0
+    abandoned = device.sota_dir / "reset-apps" / "ingest" / ("ab" * 32) / "data"
+    abandoned.parent.mkdir(parents=True)
+    abandoned.write_bytes(os.urandom(100_000))  # what an update abandoned mid-download leaves
+    for container in engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"}):
+        container.stop()  # so that `apply 1` repairs the app: a plan that fetches nothing
+    assert device.run("apply", "1").returncode == 0
+    assert "v1" in sample_page()
+    assert partials(device) == {}

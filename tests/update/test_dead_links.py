@@ -16,8 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import clean_engine
-from support import BIN, Device, new_device, publish, sample_page
+from support import BIN, Device, fresh_device, publish, sample_page
 
 from fioup_flow.factory.cli import REGISTRY, SERVER, bring_up
 from fioup_flow.factory.devices import DeviceRecords
@@ -41,9 +40,8 @@ def dead_links_release(factory) -> None:
 @pytest.fixture
 def device(factory, dead_links_release, engine, tmp_path: Path) -> Iterator[Device]:
     """A freshly registered device of this release, on an engine with nothing on it."""
-    clean_engine(engine)
-    yield new_device(factory.info, tmp_path / "sota", "--tag", TAG, "--hwid", HWID)
-    clean_engine(engine)
+    with fresh_device(factory, engine, tmp_path / "sota", TAG, HWID) as fresh:
+        yield fresh
 
 
 @contextmanager
@@ -131,11 +129,13 @@ def test_a_gateway_down_during_resume_fails_with_exit_40_and_its_report_waits_fo
         assert failed.returncode == 40, failed.stdout + failed.stderr
         assert "cannot get registry credentials from the gateway" in failed.stderr
         assert MIN_RETRYING_S < took < GIVE_UP_ONCE_S, "the gateway is given up on once, not once per blob"
-        assert "1 report(s) wait in the outbox" in failed.stderr
-    assert len(failures(factory, device)) == 1, "the second failure waits in the device's outbox"
+        assert "going on with the frozen plan" in failed.stderr, "offline, the Targets are not checked again"
+        assert "report(s) wait in the outbox" in failed.stderr  # the failed check, the second attempt's events and failure
+    assert len(failures(factory, device)) == 1, "the later failures wait in the device's outbox"
     assert_applies(device, "resume")
-    assert [kind for kind, _ in failures(factory, device)] == ["EcuDownloadCompleted"] * 2
-    assert "cannot get registry credentials" in failures(factory, device)[1][1]
+    assert [kind for kind, _ in failures(factory, device)] == [
+        "EcuDownloadCompleted", "MetadataUpdateCompleted", "EcuDownloadCompleted"]
+    assert "cannot get registry credentials" in failures(factory, device)[2][1]
 
 
 def test_a_registry_down_while_the_apps_are_walked_fails_with_exit_40_and_nothing_frozen(device, factory) -> None:

@@ -3,11 +3,10 @@ holds, and only a leak gets the engine restarted: once, through the device's own
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
-from support import free_port
+from support import SHELLHTTPD_PORT, free_port
 
 from fioup_flow.errors import StartError
 from tasks.portleak import EngineRestart, HostPort, leaked_ports, published_ports
@@ -33,7 +32,7 @@ def test_a_port_a_program_listens_on_is_no_leak(engine) -> None:
 
 def test_a_port_a_container_of_the_engine_publishes_is_no_leak(device, engine) -> None:
     assert device.run("apply", "1").returncode == 0
-    port = int(os.environ["SHELLHTTPD_PORT"])
+    port = SHELLHTTPD_PORT
     assert port in published_ports(engine)
     assert leaked_ports(engine, refused(port)) == []
 
