@@ -23,10 +23,15 @@ Guarantees (documented in the README):
 - Cancel (a flag in the store, set by `fioup-flow cancel`) is seen within `poll_s`: nothing new
   starts, running nodes are asked to stop as for a signal, and the plan moves to history as
   cancelled.
+
+Besides its own `on_event` hook, every executor tells the run observers of its process (`observed_by`)
+which plan it starts, each node event, and how the run ended: a command that shows progress sees every
+run it causes, however deep inside the agent (or the daemon) the executor was made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import signal
@@ -34,7 +39,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 from tenacity import (
     Retrying,
@@ -107,6 +112,42 @@ class RunResult:
 EventHook = Callable[[NodeEvent], None]
 
 
+class RunObserver(Protocol):
+    """What watches every run of the process (`observed_by`); called from the executor's threads."""
+
+    def plan_started(self, plan: Plan, records: dict[str, NodeRecord]) -> None:
+        """A run of `plan` begins (new, resumed, or one that follows another: a rollback, a restore)."""
+
+    def node_event(self, event: NodeEvent) -> None: ...
+
+    def plan_ended(self, plan: Plan, result: RunResult) -> None: ...
+
+
+_observers: list[RunObserver] = []
+
+
+@contextlib.contextmanager
+def observed_by(observer: RunObserver) -> Iterator[None]:
+    """Every executor of this process tells `observer` of its runs while the block runs."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
+def _safely(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except Exception:  # a broken progress display must not fail an update
+        log.exception("progress hook failed")
+
+
+def _tell(call: Callable[[RunObserver], None]) -> None:
+    for observer in list(_observers):
+        _safely(lambda: call(observer))
+
+
 class Executor:
     """Runs plans with `tasks` (kind -> implementation), at most `limits[resource]` nodes at once per class."""
 
@@ -162,6 +203,9 @@ class Executor:
         self._stopping.clear()
         self._signal, self._cancelled = None, False
         self._settled = self._settled_nodes(plan)
+        if _observers:
+            records = self.store.records(plan.plan_id, plan.graph.nodes)
+            _tell(lambda observer: observer.plan_started(plan, records))
         previous = self._install_signals()
         try:
             result = self._schedule(plan)
@@ -170,6 +214,7 @@ class Executor:
                 signal.signal(sig, handler)
         if result.outcome in ("completed", "cancelled"):
             self.store.finish(plan, result.outcome)
+        _tell(lambda observer: observer.plan_ended(plan, result))
         return result
 
     def _settled_nodes(self, plan: Plan) -> set[str]:
@@ -248,10 +293,8 @@ class Executor:
 
     def _emit(self, event: NodeEvent) -> None:
         if self.on_event:
-            try:
-                self.on_event(event)
-            except Exception:  # a broken progress display must not fail an update
-                log.exception("progress hook failed")
+            _safely(lambda: self.on_event(event))
+        _tell(lambda observer: observer.node_event(event))
 
     def _visit(self, plan_id: str, node: Node, result: RunResult) -> str | BaseException:
         """Check, and if needed run, one node. Returns "done", "abandoned", or the task's exception."""

@@ -2,6 +2,8 @@
 
 flock is released by the kernel when the holder dies (kill -9, power cut), so a stale lock
 cannot outlive its process; the pid written into the file only serves the error message.
+Whether a runner holds it is read from the kernel's table of locks (`held`), never by trying
+the lock: a look that held it for an instant would make a runner starting then exit 4.
 """
 
 from __future__ import annotations
@@ -48,3 +50,15 @@ class InstanceLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def held(path: Path) -> bool:
+    """Whether a live process holds the lock at `path`, from /proc/locks (the lock left alone)."""
+    try:
+        info = os.stat(path)
+        with open("/proc/locks") as table:
+            locks = table.read()
+    except FileNotFoundError:
+        return False
+    mark = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino} "
+    return any(line.split()[1] == "FLOCK" and mark in line for line in locks.splitlines() if line.strip())

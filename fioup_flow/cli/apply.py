@@ -7,7 +7,7 @@ import click
 from fioup_flow import rollback
 from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
-from fioup_flow.cli.progress import NodeLog, human_bytes
+from fioup_flow.cli.progress import human_bytes, progress_option
 from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
@@ -43,9 +43,7 @@ def finish(agent: Agent, result: RunResult) -> None:
     raise SystemExit(result.exit_code)
 
 
-def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
-    agent.on_event = NodeLog(total)
-    agent.on_next_plan = agent.on_event.next_plan
+def run_plan(agent: Agent, plan: Plan | None) -> None:
     finish(agent, agent.run(plan))
 
 
@@ -63,7 +61,7 @@ def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
             f"update {ongoing.plan_id} to {ongoing.meta['target']} is cancelled: {verdict.cancel}. "
             "`fioup-flow apply` updates to a Target the factory lists now")
     click.echo(f"{verb} update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-    run_plan(agent, None, len(ongoing))
+    run_plan(agent, None)
 
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
@@ -76,6 +74,7 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 
 
 @click.command("apply")
+@progress_option
 @click.argument("version", type=int, required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
@@ -121,10 +120,11 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force:
             agent.flush_outbox()
             return
         click.echo(f"Updating to {target.name} (version {target.version}): {len(plan)} nodes", err=True)
-        run_plan(agent, plan, len(plan))
+        run_plan(agent, plan)
 
 
 @click.command("resume")
+@progress_option
 @click.pass_obj
 def resume_command(obj) -> None:
     """Go on with the update in progress, if any (meant to run at boot). Nothing to do: exit 0.

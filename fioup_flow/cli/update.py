@@ -17,6 +17,7 @@ from rich.console import Console
 from fioup_flow.agent import Agent
 from fioup_flow.badtargets import BadTargets
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
+from fioup_flow.cli import progress
 from fioup_flow.cli.output import emit_json
 from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
@@ -165,11 +166,15 @@ def _print_device(data: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one line of JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print one line of JSON (with --watch: JSON lines).")
 @click.option("--history", "history", default=5, show_default=True, help="How many past updates to list.")
+@click.option("--watch", is_flag=True, help="Follow the update another process runs until it ends (read-only).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, history: int) -> None:
+def status(ctx: click.Context, as_json: bool, history: int, watch: bool) -> None:
     """Show the update in progress (node counts, failures) and the last updates."""
+    if watch:
+        progress.watch(ctx.obj.config, as_json)
+        return
     try:
         data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history),
                     reports=_reports(ctx.obj.config.flow_dir))

@@ -37,7 +37,7 @@ every write it made.
 
 The harness never touches the device's disk while an update runs: it follows fioup-flow's
 progress lines (stderr) and reads the checkpoint store from the mount's backing folder, the
-durable state, through a copy (tests/faults/storeview.py). Each cut records what it hit: the
+durable state, through a copy (fioup_flow/storeview.py). Each cut records what it hit: the
 update before its plan was frozen, mid-update, finishing (plan done, process still up), or
 nothing (the update had ended): the last are reported apart and not counted in `converged K/N`.
 Setup (registration, reaching the start version) is fsynced file by file before the cut run,
@@ -79,7 +79,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from faults.netproxy import FaultProxy  # noqa: E402
 from faults.powercutfs import MODES as DISK_MODES  # noqa: E402
 from faults.powercutfs import PowercutMount  # noqa: E402
-from faults.storeview import StoreView  # noqa: E402
+from fioup_flow.storeview import StoreView  # noqa: E402
 from support import SHELLHTTPD_PORT, clean_engine, new_device, registry_blob_gets  # noqa: E402
 from support import sample_page as served_page  # noqa: E402
 

@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
 
-from faults.storeview import StoreView
+from fioup_flow.storeview import StoreView
 from fioup_flow.checkpoint import store_path
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults

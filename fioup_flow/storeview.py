@@ -1,8 +1,10 @@
 """The checkpoint store, seen without writing a byte to the device's disk.
 
 Opening a `CheckpointStore` is not a look: it writes its settings and marker and syncs the
-folder. Done every 30 ms on the power-cut mount while an update runs, that could make durable by
-accident what the product forgot to sync. Even a read-only SQLite connection is not quite a look:
+folder. `status --watch`, looking twice a second while another process updates, must not write to
+the device's storage nor take SQLite locks the runner waits on; the power-cut harness, looking
+every 30 ms, could otherwise make durable by accident what the product forgot to sync. Even a
+read-only SQLite connection is not quite a look:
 it opens the `-wal` read-write (creating it when missing), chowns it when run as root, and maps
 the `-shm`, whose closing writes back the agent's own dirty wal-index pages.
 
@@ -13,8 +15,8 @@ copy during which either changed is taken again. The store's keys and values are
 in diskcache's `Cache` table (`key`, `raw`, `value`): `current`, `plan:<id>`, `node:<plan>:<node>`,
 `history`.
 
-The power-cut harness points it at the backing folder of the mount (the durable state, which the
-device never sees being read), the crash tests at the store itself.
+`status --watch` and the crash tests point it at the store itself, the power-cut harness at the
+backing folder of the mount (the durable state, which the device never sees being read).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from fioup_flow.checkpoint import BAD_TARGETS
+from fioup_flow.checkpoint import BAD_TARGETS, NodeRecord
 from fioup_flow.graph import Plan
 
 DB = "cache.db"  # diskcache's database file
@@ -77,8 +79,14 @@ class StoreView:
         return self.plan(plan_id) if plan_id else None
 
     def node_state(self, plan_id: str, node_id: str) -> str:
-        raw = self.get(f"node:{plan_id}:{node_id}")
-        return json.loads(raw)["state"] if raw else "pending"
+        return self.records(plan_id, [node_id])[node_id].state
+
+    def records(self, plan_id: str, node_ids: Iterable[str]) -> dict[str, NodeRecord]:
+        """Where each node stands, from one copy of the store (absent: pending, never tried)."""
+        keys = {node_id: f"node:{plan_id}:{node_id}" for node_id in node_ids}
+        raw = self.values(*keys.values())
+        return {node_id: NodeRecord(**json.loads(raw[key])) if key in raw else NodeRecord()
+                for node_id, key in keys.items()}
 
     def history(self) -> list[dict[str, Any]]:
         """Finished updates, newest first."""
