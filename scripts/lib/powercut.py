@@ -79,7 +79,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from faults.netproxy import FaultProxy  # noqa: E402
 from faults.powercutfs import MODES as DISK_MODES  # noqa: E402
 from faults.powercutfs import PowercutMount  # noqa: E402
-from fioup_flow.storeview import StoreView  # noqa: E402
 from support import SHELLHTTPD_PORT, clean_engine, new_device, registry_blob_gets  # noqa: E402
 from support import sample_page as served_page  # noqa: E402
 
@@ -92,6 +91,7 @@ from fioup_flow.factory.tufrepo import TufRepository  # noqa: E402
 from fioup_flow.graph import Plan  # noqa: E402
 from fioup_flow.installed import current_target  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
+from fioup_flow.storeview import StoreView  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
 from judge import (  # noqa: E402

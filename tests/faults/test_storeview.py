@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from faults.needs import FUSE
-from fioup_flow.storeview import StoreView
 from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.graph import Plan
+from fioup_flow.storeview import StoreView
 from fioup_flow.task import Node
 
 pytestmark = [*FUSE, pytest.mark.timeout(60)]

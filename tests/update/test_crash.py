@@ -16,11 +16,11 @@ from typing import Callable
 import pytest
 from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
 
-from fioup_flow.storeview import StoreView
 from fioup_flow.checkpoint import store_path
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
 from fioup_flow.store import SYNC_EVERY
+from fioup_flow.storeview import StoreView
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
