@@ -66,7 +66,8 @@ class Summary:
 def command_outcome(runs: list[tuple[str, str]], exit_code: int) -> str:
     """The outcome of a command from the (kind, outcome) of each run it caused: none (nothing to
     run) or error (stopped before any run); rolled-back or rollback-failed when a rollback ran;
-    else the first run's: completed, failed, interrupted, cancelled (a restore may follow it)."""
+    else the first run's: completed, paused (a fetch), failed, interrupted, cancelled (a restore
+    may follow it)."""
     if not runs:
         return "none" if exit_code == 0 else "error"
     rollbacks = [outcome for kind, outcome in runs if kind == ROLLBACK]
@@ -79,6 +80,7 @@ HEADLINES = {
     "completed": "Updated to {what}", "rolled-back": "Rolled back to {what}",
     "rollback-failed": "Rollback to {what} failed at {phase}", "failed": "Update to {what} failed at {phase}",
     "interrupted": "Update to {what} interrupted at {phase}", "cancelled": "Update to {what} cancelled at {phase}",
+    "paused": "Fetched the update to {what}",
     "none": "No update ran", "error": "Stopped before an update ran",
 }
 
@@ -88,8 +90,10 @@ def summary_line(snap: Snapshot, summary: Summary) -> str:
     what = f"{snap.target} (version {snap.target_version})"
     line = HEADLINES.get(summary.outcome, summary.outcome).format(what=what, phase=snap.phase)
     if snap.plan_id is not None:
+        line += f" in {seconds(snap.elapsed_s)}"
+    if snap.blobs_done:
         rate = f" at {human_bytes(snap.mean_rate_bps)}/s" if snap.mean_rate_bps else ""
-        line += f" in {seconds(snap.elapsed_s)}: {human_bytes(snap.bytes_done)} in {snap.blobs_done} blobs{rate}"
+        line += f": {human_bytes(snap.bytes_done)} in {snap.blobs_done} blobs{rate}"
     return f"{line} (exit {summary.exit_code})"
 
 
@@ -190,10 +194,13 @@ def showing(mode: str, blobs: Callable[[], BlobsOnDisk]) -> Iterator[Reporter | 
             reporter.finish(code, error)
 
 
-def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--progress auto|json|off` for a command that runs plans: one decorator line wires it."""
+def progress_option(command: Callable[..., Any] | None = None, *, default: str = "auto") -> Any:
+    """`--progress auto|json|off` for a command that runs plans, wired by one decorator line:
+    `@progress_option`, or `@progress_option(default="off")` for a command that logs its runs itself."""
+    if command is None:
+        return functools.partial(progress_option, default=default)
 
-    @click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
+    @click.option("--progress", "progress_mode", type=click.Choice(MODES), default=default, show_default=True,
                   help="auto: a live view on a terminal, else one line per node and a progress line every "
                        "few seconds (stderr); json: one JSON object per line on stdout; off: neither.")
     @functools.wraps(command)
