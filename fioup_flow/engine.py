@@ -23,10 +23,6 @@ Guarantees (documented in the README):
 - Cancel (a flag in the store, set by `fioup-flow cancel`) is seen within `poll_s`: nothing new
   starts, running nodes are asked to stop as for a signal, and the plan moves to history as
   cancelled.
-
-Besides its own `on_event` hook, every executor tells the run observers of its process (`observed_by`)
-which plan it starts, each node event, and how the run ended: a command that shows progress sees every
-run it causes, however deep inside the agent (or the daemon) the executor was made.
 """
 
 from __future__ import annotations
@@ -113,7 +109,11 @@ EventHook = Callable[[NodeEvent], None]
 
 
 class RunObserver(Protocol):
-    """What watches every run of the process (`observed_by`); called from the executor's threads."""
+    """What watches every run of the process (`observed_by`); called from the executor's threads.
+
+    Besides its own `on_event` hook, every executor tells the run observers of its process which
+    plan it starts, each node event, and how the run ended: a command that shows progress sees every
+    run it causes, however deep inside the agent (or the daemon) the executor was made."""
 
     def plan_started(self, plan: Plan, records: dict[str, NodeRecord]) -> None:
         """A run of `plan` begins (new, resumed, or one that follows another: a rollback, a restore)."""
