@@ -5,11 +5,13 @@ key changes meaning or goes away, never when one is added): the figures of `prog
 what the line is about (`event`), and the node, outcome, exit code and error where they apply.
 Byte progress is at most one line every `TICK_S`; every node event and every run's start and end
 is a line of its own; the last line is the summary, with the exit code the process ends with.
+A reader that goes away costs the update nothing: the lines go to /dev/null from then on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, TextIO
 
@@ -35,8 +37,11 @@ class JsonLines:
             "outcome": outcome, "exit_code": exit_code,
             "error": error if error is not None else (str(node.error) if node and node.error else None),
         }
-        self.out.write(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
-        self.out.flush()
+        try:
+            self.out.write(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+            self.out.flush()
+        except BrokenPipeError:  # also what the interpreter flushes at exit, hence the descriptor itself
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
     def begin(self, snap: Snapshot) -> None:
         self._line("start", snap)

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TextIO
 import click
 
 from fioup_flow.checkpoint import NodeRecord, store_path
+from fioup_flow.config import Config
 from fioup_flow.engine import NodeEvent, RunResult, observed_by
 from fioup_flow.errors import exit_code_of
 from fioup_flow.graph import Plan
@@ -212,7 +213,7 @@ def progress_option(command: Callable[..., Any] | None = None, *, default: str =
     return shown_command
 
 
-def watch(config: Any, as_json: bool) -> None:
+def watch(config: Config, as_json: bool) -> None:
     """Follow the update another process runs until it ends, drawn as `--progress` draws a run."""
     blobs = BlobStore(config.reset_apps_root)
     with showing("json" if as_json else "auto", lambda: blobs) as reporter:
