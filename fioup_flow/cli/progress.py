@@ -147,11 +147,10 @@ class Reporter:
             self.runs.append((plan.meta.get("kind", "update"), result.outcome))
             self.view.ended(self.progress.snapshot(), result.outcome)
 
-    def finish(self, exit_code: int, error: str | None) -> Summary:
+    def finish(self, exit_code: int, error: str | None) -> None:
         summary = Summary(command_outcome(self.runs, exit_code), exit_code, error)
         with self._lock:
             self.view.summary(self.progress.snapshot(), summary)
-        return summary
 
 
 def view_maker(mode: str, out: TextIO) -> Callable[[Progress], View]:
