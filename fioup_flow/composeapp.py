@@ -21,7 +21,7 @@ from fioup_flow.bundle import COMPOSE_MAX, MAX_TOTAL, lands_at
 from fioup_flow.errors import FetchError, InstallError
 from fioup_flow.platforms import Platform, host_platform, matching
 from fioup_flow.reference import PinnedRef, ReferenceError
-from fioup_flow.registry import RegistryClient
+from fioup_flow.registry import BlobSource
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import App
 
@@ -175,9 +175,10 @@ def pinned_images(compose: dict[str, Any], app: str) -> dict[str, PinnedRef]:
 
 
 class AppTreeLoader:
-    """Walks apps through the store, fetching the small documents it lacks from the registry."""
+    """Walks apps through the store, fetching the small documents it lacks from the registry (or
+    another `BlobSource`: an offline bundle)."""
 
-    def __init__(self, store: BlobStore, registry: RegistryClient | None, host: Platform | None = None):
+    def __init__(self, store: BlobStore, registry: BlobSource | None, host: Platform | None = None):
         self.store = store
         self.registry = registry
         self.platform = host or host_platform()

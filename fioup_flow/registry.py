@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -71,6 +71,21 @@ class HubCredentials:
 
 
 Credentials = Callable[[], HubCredentials]
+
+
+class BlobSource(Protocol):
+    """Where the fetch task and the walk of an app tree read blobs from: the registries
+    (`RegistryClient`), or an offline bundle's folder (`offline.BundleBlobs`). The store verifies
+    every blob on its way in, whichever it came from."""
+
+    def manifest(self, ref: PinnedRef, limit: int) -> tuple[bytes, str]:
+        """The manifest `ref` pins, at most `limit` bytes, verified against its digest; (bytes, media type)."""
+
+    def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterable[bytes]:
+        """The blob's bytes from `offset` on."""
+
+    def origin(self, ref: PinnedRef) -> str:
+        """Where `ref`'s bytes are read from, for messages."""
 
 
 class RegistryError(FetchError):
@@ -212,6 +227,9 @@ class RegistryClient:
         if "sha256:" + hashlib.sha256(data).hexdigest() != ref.digest:
             raise RegistryError(f"manifest {ref} does not match its digest")
         return data, media_type
+
+    def origin(self, ref: PinnedRef) -> str:
+        return self._url(ref, "blobs")
 
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from `offset` on; a server that ignores `Range` has the head skipped."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fioup_flow.agent import Agent
@@ -12,6 +14,8 @@ from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.offline import OfflineBundle
+from fioup_flow.planner import fetched_blobs
 
 
 def finish(agent: Agent, result: RunResult) -> None:
@@ -44,6 +48,7 @@ def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
 def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
     """Go on with the update in progress, unless the Targets verified now withdrew or changed its
     Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
+    agent.follow(ongoing)
     verdict = agent.recheck(ongoing)
     if verdict.note:
         click.echo(verdict.note, err=True)
@@ -60,7 +65,7 @@ def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
     """The --dry-run summary: what the plan changes and what it still has to download."""
-    blobs = {n.params["uri"].rsplit("@", 1)[1]: n.size for n in plan.nodes() if n.kind == "fetch"}
+    blobs = fetched_blobs(plan)
     missing = {digest: size for digest, size in blobs.items() if not agent.store.has(digest, size)}
     return {"plan_id": plan.plan_id, "target": plan.meta["target"], "version": plan.meta["version"],
             "diff": plan.meta["diff"], "nodes": len(plan), "blobs": len(blobs), "blobs_to_download": len(missing),
@@ -71,14 +76,16 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.argument("version", type=int, required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
+@click.option("--src-dir", type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+              help="Update from this offline bundle (tuf/ and apps/, as `fioctl targets offline-update` "
+                   "writes it) instead of the gateway and registries.")
 @click.pass_obj
-def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> None:
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, src_dir: Path | None) -> None:
     """Update to Target VERSION (default: the latest), or go on with the update in progress."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
-        agent = Agent(config)
+        agent = Agent(config, bundle=OfflineBundle(src_dir) if src_dir else None)
         agent.check_engine()
-        agent.flush_outbox()
         ongoing = agent.checkpoint.current_plan()
         if ongoing is not None:
             if version is not None and version != ongoing.meta.get("version"):
@@ -87,6 +94,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
             continue_update(agent, ongoing, "Continuing")
             return
+        agent.flush_outbox()
         target = agent.choose_target(version)
         try:
             plan = agent.plan(target, report_failure=not dry_run)
