@@ -289,8 +289,9 @@ class Agent:
             return compile_update(observed, target, self.load_trees(target),
                                   prune_all_images=self.config.prune_unused_images)
         self.bundle.require_apps(target)
-        plan = compile_update(observed, target, self.load_trees(target), prune_all_images=self.config.prune_unused_images,
-                              source=self.bundle.record(), install_after_download=True)
+        plan = compile_update(observed, target, self.load_trees(target),
+                              prune_all_images=self.config.prune_unused_images, source=self.bundle.record(),
+                              install_after_download=True)
         self.bundle.require_blobs(fetched_blobs(plan), self.store)
         return plan
 

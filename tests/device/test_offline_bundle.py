@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import BIN, publish
+from tuf.api.metadata import Root, Targets
 
 from fioup_flow.composeapp import AppTreeLoader
 from fioup_flow.errors import BundleMetadataError
@@ -25,7 +26,6 @@ from fioup_flow.targets import App
 from fioup_flow.tuf.bundle import BundleMeta, check_for_device, check_targets, verify_bundle_meta
 from fioup_flow.tuf.flavour import load
 from fioup_flow.tuf.trusted_set import TrustedSet
-from tuf.api.metadata import Root, Targets
 
 HWID = "bundle-linux"
 TAG = "bundle"
