@@ -80,6 +80,7 @@ class OfflineBundle:
         return self.tuf.is_dir()
 
     def gone(self) -> BundleGoneError:
+        """The error of an update in progress whose folder went: what happened and the ways on."""
         return BundleGoneError(f"the offline bundle at {self.root} is gone: insert it again and run "
                                f"`fioup-flow resume` (or `fioup-flow apply --src-dir` with its new place), "
                                f"or `fioup-flow cancel`")
@@ -136,7 +137,7 @@ class BundleBlobs:
             return None
 
     def origin(self, ref: PinnedRef) -> str:
-        return f"{self.path(ref.digest)} (a damaged offline bundle: write it again, then `fioup-flow resume`)"
+        return f"{self.path(ref.digest)} (a damaged offline bundle: write it again)"
 
     def manifest(self, ref: PinnedRef, limit: int) -> tuple[bytes, str]:
         with self._open(ref) as f:
