@@ -35,6 +35,7 @@ from tuf.api.exceptions import DownloadError, RepositoryError
 
 from fioup_flow.config import Config
 from fioup_flow.errors import (
+    BundleContentDamagedError,
     BundleContentMissingError,
     BundleGoneError,
     BundleMetadataMissingError,
@@ -43,7 +44,7 @@ from fioup_flow.errors import (
 from fioup_flow.gateway import NotSentError
 from fioup_flow.graph import Plan
 from fioup_flow.reference import PinnedRef
-from fioup_flow.store import BlobStore, DigestMismatchError, digest_hex
+from fioup_flow.store import BlobStore, digest_hex
 from fioup_flow.targets import Target, TargetsSource
 from fioup_flow.tuf.bundle import BUNDLE_FILE, check_for_device, check_targets, verify_bundle_meta
 from fioup_flow.tuf.local import folder_fetch, refresh_from_folder
@@ -136,8 +137,9 @@ class BundleBlobs:
         except FileNotFoundError:
             return None
 
-    def origin(self, ref: PinnedRef) -> str:
-        return f"{self.path(ref.digest)} (a damaged offline bundle: write it again)"
+    def damaged(self, ref: PinnedRef, reason: str) -> BundleContentDamagedError:
+        return BundleContentDamagedError(f"{reason}, read from {self.path(ref.digest)} (a damaged offline bundle: "
+                                         f"write it again)")
 
     def manifest(self, ref: PinnedRef, limit: int) -> tuple[bytes, str]:
         with self._open(ref) as f:
@@ -145,7 +147,7 @@ class BundleBlobs:
         if len(data) > limit:
             raise FetchError(f"manifest {ref} in the offline bundle is larger than {limit} bytes")
         if hashlib.sha256(data).hexdigest() != digest_hex(ref.digest):
-            raise DigestMismatchError(f"manifest {ref} does not match its digest, read from {self.origin(ref)}")
+            raise self.damaged(ref, f"manifest {ref} does not match its digest")
         return data, ""
 
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:

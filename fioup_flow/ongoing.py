@@ -35,8 +35,9 @@ def cancellable(plan: Plan, records: dict[str, NodeRecord]) -> bool:
     sync or a restore of the Target the device runs brings back what is installed, even if the
     factory dropped that Target), and it changed nothing that runs yet: no stop or start node was
     ever tried (the node records say). Once one was, the update is finished without a look, which
-    also keeps a boot after a cut between stop and start as quick as it can be."""
-    if plan.meta.get("target") == plan.meta.get("from_target"):
+    also keeps a boot after a cut between stop and start as quick as it can be. A rollback is never
+    cancelled: it brings back what the device ran, whatever the factory lists now."""
+    if plan.meta.get("target") == plan.meta.get("from_target") or plan.meta.get("kind") == "rollback":
         return False
     return all(records[node.id].state == "pending" and records[node.id].attempts == 0
                for node in plan.nodes() if node.kind in CHANGES_WHAT_RUNS)

@@ -37,6 +37,7 @@ import requests
 from fioup_flow.errors import FetchError
 from fioup_flow.reference import PinnedRef, registry_host
 from fioup_flow.retry import ServerError, describe, retrying
+from fioup_flow.store import DigestMismatchError
 from fioup_flow.tls import SystemTrustSession
 
 MANIFEST_TYPES = ", ".join([
@@ -84,8 +85,9 @@ class BlobSource(Protocol):
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterable[bytes]:
         """The blob's bytes from `offset` on."""
 
-    def origin(self, ref: PinnedRef) -> str:
-        """Where `ref`'s bytes are read from, for messages."""
+    def damaged(self, ref: PinnedRef, reason: str) -> FetchError:
+        """The error for bytes of `ref` that do not match its digest (`reason`), naming where they
+        were read: the Target's own fault from a registry, a damaged medium from a bundle."""
 
 
 class RegistryError(FetchError):
@@ -228,8 +230,8 @@ class RegistryClient:
             raise RegistryError(f"manifest {ref} does not match its digest")
         return data, media_type
 
-    def origin(self, ref: PinnedRef) -> str:
-        return self._url(ref, "blobs")
+    def damaged(self, ref: PinnedRef, reason: str) -> FetchError:
+        return DigestMismatchError(f"{reason}, read from {self._url(ref, 'blobs')}")
 
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from `offset` on; a server that ignores `Range` has the head skipped."""

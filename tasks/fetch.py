@@ -70,7 +70,7 @@ class FetchBlob:
             except PartialCorruptError:
                 download()  # the partial was thrown away: once more from zero
         except DigestMismatchError as exc:
-            raise DigestMismatchError(f"{exc}, read from {self.source.origin(ref)}") from exc
+            raise self.source.damaged(ref, str(exc)) from exc
         except FetchError as exc:
             if is_transient(exc.__cause__):  # the retries ran out on the link, not on this blob
                 self.out_of_reach[ref.host] = str(exc)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from fioup_flow import rollback
 from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
 from fioup_flow.cli.progress import NodeLog, human_bytes
 from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
-from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError
+from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
 from fioup_flow.offline import OfflineBundle
@@ -25,9 +26,15 @@ def finish(agent: Agent, result: RunResult) -> None:
         click.echo(f"{left} report(s) wait in the outbox for the gateway; they go out with the next command",
                    err=True)
     if result.outcome == "completed":
+        if rolled_back := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=False):
+            raise rolled_back
         click.echo(f"Update {result.plan_id} completed")
         return
     if result.outcome == "failed":
+        if rollback_failed := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=True):
+            raise rollback_failed
+        if note := rollback.ended_note(agent.checkpoint, result.plan_id):
+            click.echo(note, err=True)
         node_id, exc = min(result.failed.items())
         if isinstance(exc, FioupFlowError):
             raise exc
@@ -42,6 +49,7 @@ def finish(agent: Agent, result: RunResult) -> None:
 
 def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
     agent.on_event = NodeLog(total)
+    agent.on_next_plan = agent.on_event.next_plan
     finish(agent, agent.run(plan))
 
 
@@ -76,12 +84,14 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.argument("version", type=int, required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
+@click.option("--force", is_flag=True, help="Update to Target VERSION even if it failed here before (marked bad).")
 @click.option("--src-dir", type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
               help="Update from this offline bundle (tuf/ and apps/, as `fioctl targets offline-update` "
                    "writes it) instead of the gateway and registries.")
 @click.pass_obj
-def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, src_dir: Path | None) -> None:
-    """Update to Target VERSION (default: the latest), or go on with the update in progress."""
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool, src_dir: Path | None) -> None:
+    """Update to Target VERSION (default: the latest that is not marked bad), or go on with the update
+    in progress."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config, bundle=OfflineBundle(src_dir) if src_dir else None)
@@ -94,8 +104,10 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, src_di
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
             continue_update(agent, ongoing, "Continuing")
             return
+        if force and version is None:
+            raise UsageError("--force needs a VERSION: it tries a Target marked bad again by hand")
         agent.flush_outbox()
-        target = agent.choose_target(version)
+        target = agent.choose_target(version, force=force)
         try:
             plan = agent.plan(target, report_failure=not dry_run)
         except FioupFlowError:

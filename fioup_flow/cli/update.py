@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from fioup_flow.agent import Agent
+from fioup_flow.badtargets import BadTargets
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
 from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
@@ -115,12 +116,14 @@ def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
         table = rows(plan, records)
         current = {
             "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
+            "kind": plan.meta.get("kind", "update"), "reason": plan.meta.get("reason"),
             "started": store.frozen_at(plan.plan_id), "cancel_requested": store.cancel_requested(plan.plan_id),
             "counts": {state: sum(1 for r in table if r["state"] == state) for state in STATES},
             "failed": [{"id": r["id"], "error": r["error"], "exit_code": records[r["id"]].exit_code}
                        for r in table if r["state"] == "failed"],
         }
-    return {"in_progress": current, "history": store.history(history) if store else []}
+    return {"in_progress": current, "history": store.history(history) if store else [],
+            "bad_targets": [bad.as_json() for bad in BadTargets(store).all()] if store else []}
 
 
 def _reports(flow_dir) -> dict[str, Any]:
@@ -182,8 +185,11 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
     if current is None:
         click.echo("No update in progress")
     else:
-        click.echo(f"Update in progress: {current['plan_id']} (target {current['target']}, "
+        what = "Rollback" if current["kind"] == "rollback" else "Update"
+        click.echo(f"{what} in progress: {current['plan_id']} (target {current['target']}, "
                    f"version {current['version']}, started {_when(current['started'])})")
+        if current["reason"]:
+            click.echo(f"  because: {current['reason']}")
         click.echo("  " + ", ".join(f"{state} {n}" for state, n in current["counts"].items() if n))
         if current["cancel_requested"]:
             click.echo("  cancel requested: the runner stops its running nodes at their next stop point")
@@ -193,9 +199,14 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
         click.echo("Recent updates:")
         for entry in data["history"]:
             counts = ", ".join(f"{s} {n}" for s, n in entry["counts"].items() if n)
-            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
+            kind = " (rollback)" if entry.get("kind") == "rollback" else ""
+            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}{kind}  {entry['outcome']}  ({counts})")
             if entry.get("reason"):
                 click.echo(f"    {entry['reason']}")
+    if data["bad_targets"]:
+        click.secho("Bad Targets (not tried again; `fioup-flow apply VERSION --force` tries one):", fg="yellow")
+        for bad in data["bad_targets"]:
+            click.echo(f"  {_when(bad['when'])}  {bad['name']} (version {bad['version']}): {bad['reason']}")
     _print_reports(data["reports"])
 
 

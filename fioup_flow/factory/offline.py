@@ -35,7 +35,7 @@ from fioup_flow.factory.registry import RegistryPusher, Site, hub, third_party
 from fioup_flow.factory.tufrepo import CI, PRODUCTION, TufRepository, visible
 from fioup_flow.reference import PinnedRef
 from fioup_flow.registry import MANIFEST_TYPES, RegistryError
-from fioup_flow.store import BlobStore
+from fioup_flow.store import BlobStore, DigestMismatchError
 from fioup_flow.targets import App
 
 DEFAULT_TAG = "main"
@@ -54,8 +54,8 @@ class FactoryRegistries:
             raise UsageError(f"{ref} is in no registry of this factory")
         return self.readers[ref.host]
 
-    def origin(self, ref: PinnedRef) -> str:
-        return f"https://{ref.host}/v2/{ref.repository}/blobs/{ref.digest}"
+    def damaged(self, ref: PinnedRef, reason: str) -> DigestMismatchError:
+        return DigestMismatchError(f"{reason}, read from https://{ref.host}/v2/{ref.repository}/blobs/{ref.digest}")
 
     def manifest(self, ref: PinnedRef, limit: int) -> tuple[bytes, str]:
         response = self._reader(ref).get(ref.repository, "manifests", ref.digest, MANIFEST_TYPES)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import BIN, Device, fresh_device, publish, sample_page
-from update.test_crash import committed, kill, partials, start_apply, wait_for
+from test_crash import committed, kill, partials, start_apply, wait_for
 
 from fioup_flow.composeapp import AppTreeLoader
 from fioup_flow.factory.cli import bring_down, bring_up
@@ -301,16 +301,19 @@ def image_config(bundle: Path, app: str) -> Path:
     return apps / "blobs" / "sha256" / tree.images()[0].config.digest.split(":")[1]
 
 
-def test_a_blob_that_does_not_verify_installs_nothing_and_the_update_goes_on_from_a_good_copy(
+def test_a_blob_that_does_not_verify_installs_nothing_marks_nothing_bad_and_the_update_goes_on_from_a_good_copy(
         factory, device, bundles, engine, tmp_path: Path) -> None:
     bundle = copy(bundles["v1"], tmp_path)
     damaged = image_config(bundle, "pair")  # shellhttpd's blobs all verify, and must not install either
     flip_a_byte(damaged)
     done = offline_apply(device, bundle)
-    assert done.returncode == 40, done.stderr
+    assert done.returncode == 89, done.stderr
     assert "does not match its digest" in done.stderr
     assert f"read from {damaged} (a damaged offline bundle: write it again" in done.stderr
     nothing_installed(engine, device)
+    status = device.json("status", "--json")
+    assert status["bad_targets"] == [], "the medium is damaged, not the Target"
+    assert status["in_progress"] is not None
     shutil.copyfile(bundles["v1"] / "apps" / "blobs" / "sha256" / damaged.name, damaged)
     resumed = device.run("resume")
     assert resumed.returncode == 0, resumed.stderr
