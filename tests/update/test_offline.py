@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import BIN, Device, fresh_device, publish, sample_page
+from support import BIN, Device, fresh_device, health_window_drop_in, publish, sample_page
 from test_crash import committed, kill, partials, start_apply, wait_for
+from test_rollback import ROLLED_BACK, node_reached
 
 from fioup_flow.composeapp import AppTreeLoader
 from fioup_flow.factory.cli import bring_down, bring_up
@@ -39,6 +40,7 @@ BIG_TAG = "offline-big"
 BIG_MB = 48
 V1 = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
 V2 = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
+V3 = {"shellhttpd": "shellhttpd/v2", "crashloop": "crashloop/v1"}  # crashes: rolled back
 UPDATE_EVENTS = ["UpdateInitStarted", "UpdateInitCompleted", "EcuDownloadStarted", "EcuDownloadCompleted",
                  "EcuInstallationStarted", "EcuInstallationApplied", "EcuInstallationCompleted"]
 QUICK_S = 20.0  # an offline update takes about 6 s here; with the gateway asked (60 s budgets), 25 to 35 s
@@ -59,11 +61,13 @@ def bundles(factory, tmp_path_factory) -> dict[str, Path]:
     home = factory.home.root
     publish(home, 1, V1, TAG, "--tag", OTHER_TAG, "--hwid", HWID, "--production")
     publish(home, 2, V2, TAG, "--hwid", HWID)
+    publish(home, 3, V3, TAG, "--hwid", HWID)
     publish(home, 1, V1, BIG_TAG, "--hwid", BIG_HWID, "--layer-mb", f"shellhttpd={BIG_MB}")
     folder = tmp_path_factory.mktemp("bundles")
     return {
         "v1": make_bundle(factory, 1, folder / "v1"),
         "v2": make_bundle(factory, 2, folder / "v2"),
+        "v3": make_bundle(factory, 3, folder / "v3"),
         "other-tag": make_bundle(factory, 1, folder / "other-tag", tag=OTHER_TAG),
         "prod": make_bundle(factory, 1, folder / "prod", "--production"),
         "expired": make_bundle(factory, 1, folder / "expired", "--expires-in-days", "-1"),
@@ -117,6 +121,12 @@ def log_lines(factory, *services: str) -> int:
     return sum(len(factory.home.log_file(s).read_text(errors="replace").splitlines()) for s in services)
 
 
+def gateway_lines(factory, device: Device) -> list[str]:
+    """What the gateway logged of the device's requests."""
+    uuid = uuid_of(factory, device)
+    return [line for line in factory.home.log_file("factory-server").read_text().splitlines() if uuid in line]
+
+
 def nothing_installed(engine, device: Device) -> None:
     assert engine.containers.list(all=True) == []
     assert engine.images.list() == []
@@ -155,16 +165,31 @@ def test_with_the_factory_down_a_device_updates_from_a_bundle_and_reports_once_o
 def test_an_offline_update_asks_nothing_of_the_gateway_nor_the_registries_while_they_are_up(
         factory, device, bundles) -> None:
     before = log_lines(factory, "registry", "thirdparty"), DeviceRecords(factory.home).get(uuid_of(factory, device))
-    seen = [line for line in factory.home.log_file("factory-server").read_text().splitlines()
-            if before[1]["uuid"] in line]
+    seen = gateway_lines(factory, device)
     done = offline_apply(device, bundles["v1"])
     assert done.returncode == 0, done.stderr
     assert "v1" in sample_page()
     assert log_lines(factory, "registry", "thirdparty") == before[0], "a registry was asked"
     record = DeviceRecords(factory.home).get(before[1]["uuid"])
     assert record["last_seen"] == before[1]["last_seen"], "the gateway was asked"
-    assert [line for line in factory.home.log_file("factory-server").read_text().splitlines()
-            if record["uuid"] in line] == seen
+    assert gateway_lines(factory, device) == seen
+
+
+def test_a_rollback_of_an_offline_update_resumed_after_a_kill_stays_offline(
+        factory, device, bundles, tmp_path: Path) -> None:
+    device.drop_ins.append(health_window_drop_in(tmp_path, 3))  # long enough to catch the crash loop
+    assert offline_apply(device, bundles["v1"]).returncode == 0
+    seen, registries = gateway_lines(factory, device), log_lines(factory, "registry", "thirdparty")
+    process = start_apply(device, "--src-dir", str(bundles["v3"]))
+    try:
+        wait_for(lambda: node_reached(device, "rollback", "report:UpdateInitStarted", "done"), 180, "the rollback")
+    finally:
+        kill(process)
+    done = device.run("resume", env={"FIOUP_FLOW_RETRY_SECONDS": "60"})
+    assert done.returncode == ROLLED_BACK, done.stderr
+    assert "v1" in sample_page()
+    assert gateway_lines(factory, device) == seen, "the gateway was asked"
+    assert log_lines(factory, "registry", "thirdparty") == registries, "a registry was asked"
 
 
 def test_a_bundle_older_than_the_metadata_the_device_holds_installs_with_the_device_own(
