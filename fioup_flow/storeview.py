@@ -88,6 +88,12 @@ class StoreView:
         return {node_id: NodeRecord(**json.loads(raw[key])) if key in raw else NodeRecord()
                 for node_id, key in keys.items()}
 
+    def node_states(self, plan: Plan) -> dict[str, str]:
+        """Each node of `plan` and its state, read in one look."""
+        raw = self.values(*(f"node:{plan.plan_id}:{node}" for node in plan.graph.nodes))
+        return {node: json.loads(raw[key])["state"] if (key := f"node:{plan.plan_id}:{node}") in raw else "pending"
+                for node in plan.graph.nodes}
+
     def history(self) -> list[dict[str, Any]]:
         """Finished updates, newest first."""
         return json.loads(self.get("history") or "[]")

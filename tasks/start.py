@@ -263,7 +263,9 @@ class _VersionTask:
 class StartApp(_VersionTask):
     """`compose up`, then wait until every service runs its image. Two refusals that a power cut
     leaves behind get one more try: a port the engine leaked itself (see `tasks.portleak`), after
-    `engine_restart` ran, and a container on a network the engine lost, recreated."""
+    `engine_restart` ran, and a container on a network the engine lost (or holds only in part: listed,
+    yet unknown to its network controller): the app's containers and networks are taken down, and
+    compose makes them anew."""
 
     kind = START
 
@@ -286,17 +288,18 @@ class StartApp(_VersionTask):
             if self.engine_restart.frees(str(exc)):
                 self._start(ctx, project)
             elif NETWORK_GONE.search(str(exc)):
-                self._start(ctx, project, recreate=True)
+                self.compose.down(node.params["app"], StartError)
+                self._start(ctx, project)
             else:
                 raise
 
-    def _start(self, ctx: TaskContext, project: Path, recreate: bool = False) -> None:
+    def _start(self, ctx: TaskContext, project: Path) -> None:
         # compose can exit 0 with a container left "created" (a port taken, no address pool left),
         # or none at all (the engine refused the app's network): the wait tells both apart. When it
         # fails, the engine's error on a container says whether the engine refused it (transient).
         # A compose up under way is never cut short; the wait after it is.
         try:
-            self.compose.up(ctx.node.params["app"], project, StartError, recreate)
+            self.compose.up(ctx.node.params["app"], project, StartError)
         except StartError as exc:
             app, verdicts = ctx.node.params["app"], look(self.engine, ctx.node, need_health=False)
             raise_refused(app, verdicts)

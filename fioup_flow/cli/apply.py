@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fioup_flow import rollback
@@ -13,6 +15,8 @@ from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.offline import OfflineBundle
+from fioup_flow.planner import fetched_blobs
 
 
 def finish(agent: Agent, result: RunResult) -> None:
@@ -50,6 +54,7 @@ def run_plan(agent: Agent, plan: Plan | None) -> None:
 def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
     """Go on with the update in progress, unless the Targets verified now withdrew or changed its
     Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
+    agent.follow(ongoing)
     verdict = agent.recheck(ongoing)
     if verdict.note:
         click.echo(verdict.note, err=True)
@@ -66,7 +71,7 @@ def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
     """The --dry-run summary: what the plan changes and what it still has to download."""
-    blobs = {n.params["uri"].rsplit("@", 1)[1]: n.size for n in plan.nodes() if n.kind == "fetch"}
+    blobs = fetched_blobs(plan)
     missing = {digest: size for digest, size in blobs.items() if not agent.store.has(digest, size)}
     return {"plan_id": plan.plan_id, "target": plan.meta["target"], "version": plan.meta["version"],
             "diff": plan.meta["diff"], "nodes": len(plan), "blobs": len(blobs), "blobs_to_download": len(missing),
@@ -79,15 +84,17 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
 @click.option("--force", is_flag=True, help="Update to Target VERSION even if it failed here before (marked bad).")
+@click.option("--src-dir", type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+              help="Update from this offline bundle (tuf/ and apps/, as `fioctl targets offline-update` "
+                   "writes it) instead of the gateway and registries.")
 @click.pass_obj
-def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool) -> None:
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool, src_dir: Path | None) -> None:
     """Update to Target VERSION (default: the latest that is not marked bad), or go on with the update
     in progress."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
-        agent = Agent(config)
+        agent = Agent(config, bundle=OfflineBundle(src_dir) if src_dir else None)
         agent.check_engine()
-        agent.flush_outbox()
         ongoing = agent.checkpoint.current_plan()
         if ongoing is not None:
             if version is not None and version != ongoing.meta.get("version"):
@@ -98,6 +105,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force:
             return
         if force and version is None:
             raise UsageError("--force needs a VERSION: it tries a Target marked bad again by hand")
+        agent.flush_outbox()
         target = agent.choose_target(version, force=force)
         try:
             plan = agent.plan(target, report_failure=not dry_run)

@@ -11,12 +11,13 @@ import pytest
 
 from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import DownloadError
-from tuf.api.metadata import Metadata, Root
 
 from faults.needs import FUSE
 from fioup_flow.durable import make_dirs, open_cache, write_atomic
+from fioup_flow.factory.tufrepo import key_entry, new_signer, sign_document, stamp
 from fioup_flow.store import CHUNK, SYNC_EVERY, BlobStore, PartialCorruptError
 from fioup_flow.task import Interrupted, Node, TaskContext
+from fioup_flow.tuf.trusted_set import TrustedSet
 from fioup_flow.tuf.updater import Updater
 
 pytestmark = [*FUSE, pytest.mark.timeout(60)]
@@ -148,25 +149,25 @@ def test_a_partial_a_disk_kept_with_a_torn_tail_is_thrown_away_or_verified_never
 
 
 def a_signed_root(signer: CryptoSigner, version: int) -> bytes:
-    root = Root(version=version, expires=datetime.now(timezone.utc) + timedelta(days=30))
-    for role in ("root", "timestamp", "snapshot", "targets"):
-        root.add_key(signer.public_key, role)
-    metadata = Metadata(root)
-    metadata.sign(signer)
-    return metadata.to_bytes()
+    """Root `version` in the factory's flavour, every role held by `signer`."""
+    signed = {"_type": "Root", "consistent_snapshot": False, "version": version,
+              "expires": stamp(datetime.now(timezone.utc) + timedelta(days=30)),
+              "keys": {signer.public_key.keyid: key_entry(signer.public_key)},
+              "roles": {role: {"keyids": [signer.public_key.keyid], "threshold": 1}
+                        for role in ("root", "timestamp", "snapshot", "targets")}}
+    return sign_document(signed, [signer])
 
 
 @pytest.mark.parametrize("disk", ["reorder"], indirect=True)
 def test_the_trusted_tuf_root_survives_a_cut_while_the_tuf_client_rotates_it(disk) -> None:
     """A refresh that follows a root rotation replaces the trusted root.json; a disk that kept that
     rename without its data would leave the device with no trusted root: no update ever again."""
-    tuf, signer = disk.mount / "sota" / "tuf", CryptoSigner.generate_ed25519()
+    tuf, signer = disk.mount / "sota" / "tuf", new_signer()
     write_atomic(tuf / "root.json", a_signed_root(signer, 1))
     for seed in range(40):
-        held = Metadata.from_bytes((tuf / "root.json").read_bytes()).signed.version
+        held = TrustedSet((tuf / "root.json").read_bytes()).root.version
         served = {f"{held + 1}.root.json": a_signed_root(signer, held + 1)}  # then no timestamp: the refresh fails
         with pytest.raises(DownloadError):
             Updater(tuf, lambda name, _length: served.get(name), lambda: []).refresh()
         disk.cut(seed)
-        kept = Metadata.from_bytes((tuf / "root.json").read_bytes()).signed
-        assert kept.type == Root.type and kept.version in (held, held + 1), f"seed {seed}"
+        assert TrustedSet((tuf / "root.json").read_bytes()).root.version in (held, held + 1), f"seed {seed}"

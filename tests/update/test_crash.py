@@ -19,6 +19,7 @@ from support import BIN, Device, new_device, publish, registry_blob_gets, sample
 from fioup_flow.checkpoint import store_path
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
+from fioup_flow.graph import Plan
 from fioup_flow.store import SYNC_EVERY
 from fioup_flow.storeview import StoreView
 
@@ -49,13 +50,19 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def node_state(device: Device, node_prefix: str) -> str | None:
-    """The state of the first node whose id starts with `node_prefix`, in the plan in progress
-    (read from a copy of the store: the look changes nothing the test judges)."""
+def in_progress(device: Device) -> tuple[Plan, dict[str, str]] | None:
+    """The plan in progress and each node's state, or None (read from a copy of the store: the look
+    changes nothing the test judges)."""
     view = StoreView(store_path(device.sota_dir / "flow"))
     plan = view.current_plan()
-    node_id = next((n for n in plan.graph.nodes if n.startswith(node_prefix)), None) if plan else None
-    return view.node_state(plan.plan_id, node_id) if node_id else None
+    return None if plan is None else (plan, view.node_states(plan))
+
+
+def node_state(device: Device, node_prefix: str) -> str | None:
+    """The state of the first node whose id starts with `node_prefix`, in the plan in progress."""
+    found = in_progress(device)
+    node_id = next((n for n in found[0].graph.nodes if n.startswith(node_prefix)), None) if found else None
+    return found[1][node_id] if node_id else None
 
 
 def shellhttpd_running(engine) -> list[str]:
