@@ -18,10 +18,13 @@ from typing import Any, Mapping
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.throttle import parse_rate
+from fioup_flow.window import InstallWindows
 
 DEFAULT_CFG_DIRS: tuple[str, ...] = ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
 CFG_DIRS_ENV = ("FIOUP_FLOW_CFG_DIRS", "FIOUP_CFG_DIRS")
 DEFAULT_STORAGE_PATH = "/var/sota"
+DEFAULT_POLLING_SECONDS = 300  # fioup's and aktualizr-lite's default
+DEFAULT_MAX_ATTEMPTS = 3  # fioup's daemon: api.WithMaxAttempts(3)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -154,17 +157,45 @@ class Config:
     def compose_apps_root(self) -> Path:
         return self._path("pacman", "compose_apps_root", str(self.storage_path / "compose-apps"))
 
+    def _whole_number(self, section: str, key: str, default: int, low: int, high: int | None = None) -> int:
+        """An integer key (a TOML integer or a string of digits, as fioup's string-typed config
+        holds them) within [low, high]; anything else is a UsageError (exit 2) naming the key."""
+        raw = self.get(section, key, default)
+        try:
+            if isinstance(raw, (bool, float)):
+                raise ValueError(raw)
+            value = int(raw)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{section}.{key} must be a whole number, not {raw!r}") from exc
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise UsageError(f"{section}.{key} must be {bounds}, not {value}")
+        return value
+
     @property
     def storage_watermark(self) -> int:
         """Percentage of the store's filesystem that apps may fill (20 to 99, default 95)."""
-        raw = self.get("pacman", "storage_watermark", 95)
-        try:
-            value = int(raw)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"pacman.storage_watermark must be a whole number, not {raw!r}") from exc
-        if not 20 <= value <= 99:
-            raise UsageError(f"pacman.storage_watermark must be between 20 and 99, not {value}")
-        return value
+        return self._whole_number("pacman", "storage_watermark", 95, 20, 99)
+
+    @property
+    def polling_seconds(self) -> int:
+        """The daemon's interval between checks: `uptane.polling_seconds` (fioup's key) or, when that
+        is unset, `uptane.polling_sec` (aktualizr-lite's), default 300. fioup takes an invalid value
+        for 300 without a word; here it is an error (exit 2): a typo must not pass for the default."""
+        key = "polling_seconds" if self.get("uptane", "polling_seconds") is not None else "polling_sec"
+        return self._whole_number("uptane", key, DEFAULT_POLLING_SECONDS, 1)
+
+    @property
+    def max_attempts(self) -> int:
+        """`pacman.max_attempts`: how many failed attempts at a Target the daemon makes before it
+        gives the update up and syncs back to the current Target (default 3, fioup's daemon's)."""
+        return self._whole_number("pacman", "max_attempts", DEFAULT_MAX_ATTEMPTS, 1)
+
+    @property
+    def install_window(self) -> InstallWindows | None:
+        """`pacman.install_window` ("02:00-04:00", see `window`); None when unset or blank: always."""
+        raw = str(self.get("pacman", "install_window", "")).strip()
+        return InstallWindows.parse(raw) if raw else None
 
     @property
     def prune_unused_images(self) -> bool:

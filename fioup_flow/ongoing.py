@@ -56,9 +56,33 @@ def stale_reason(plan: Plan, targets: list[Target], compose_apps: tuple[str, ...
     return None
 
 
+def superseded_by(plan: Plan, latest: Target | None) -> str | None:
+    """Why `latest`, the newest Target the device may run, replaces the plan's, or None: it is
+    newer (fioup's daemon: "can't resume current update, there is a newer version available")."""
+    if latest is None or latest.version <= plan.meta["version"] or latest.name == plan.meta["target"]:
+        return None
+    return f"superseded by {latest.name} (version {latest.version})"
+
+
+def download_end(plan: Plan) -> str:
+    """The node that ends the download phase, `report:EcuDownloadCompleted`: `fetch`, and the daemon
+    outside its install window, run up to it (everything it needs is in the store then)."""
+    return next(node.id for node in plan.nodes()
+                if node.kind == report.EVENT_KIND and node.params.get("event") == "EcuDownloadCompleted")
+
+
+def downloaded(plan: Plan, records: dict[str, NodeRecord]) -> bool:
+    return records[download_end(plan)].state == "done"
+
+
+def installing(plan: Plan, records: dict[str, NodeRecord]) -> bool:
+    """Whether a node past the download phase was ever tried (an image load, a stop, a report):
+    once the install began, it is finished, window or not."""
+    download = plan.ancestors(download_end(plan)) | {download_end(plan)}
+    return any(records[n].state != "pending" or records[n].attempts for n in plan.graph.nodes if n not in download)
+
+
 def closing_event(plan: Plan, records: dict[str, NodeRecord]) -> str:
     """The event that tells the gateway an update ended unsuccessfully in the phase it reached, as fioup
     ends each phase: EcuDownloadCompleted while downloading, EcuInstallationCompleted after."""
-    downloaded = any(node.params.get("event") == "EcuDownloadCompleted" and records[node.id].state == "done"
-                     for node in plan.nodes() if node.kind == report.EVENT_KIND)
-    return "EcuInstallationCompleted" if downloaded else "EcuDownloadCompleted"
+    return "EcuInstallationCompleted" if downloaded(plan, records) else "EcuDownloadCompleted"

@@ -1,4 +1,5 @@
-"""Commands that change what runs: apply (check, plan, freeze, run) and resume (at boot)."""
+"""Commands that change what runs: apply (check, plan, freeze, run), fetch (the same, up to the end
+of the download) and resume (at boot)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.ongoing import download_end
 
 
 def finish(agent: Agent, result: RunResult) -> None:
@@ -22,6 +24,10 @@ def finish(agent: Agent, result: RunResult) -> None:
                    err=True)
     if result.outcome == "completed":
         click.echo(f"Update {result.plan_id} completed")
+        return
+    if result.outcome == "paused":
+        click.echo(f"Update {result.plan_id}: everything it needs is downloaded and verified; "
+                   "`fioup-flow apply` installs it")
         return
     if result.outcome == "failed":
         node_id, exc = min(result.failed.items())
@@ -36,12 +42,13 @@ def finish(agent: Agent, result: RunResult) -> None:
     raise SystemExit(result.exit_code)
 
 
-def run_plan(agent: Agent, plan: Plan | None, total: int) -> None:
+def run_plan(agent: Agent, plan: Plan | None, total: int, fetch_only: bool = False) -> None:
+    """Run `plan` (or the plan in progress), to its end or, `fetch_only`, to the end of its download."""
     agent.on_event = NodeLog(total)
-    finish(agent, agent.run(plan))
+    finish(agent, agent.run(plan, {download_end(plan or agent.checkpoint.current_plan())} if fetch_only else None))
 
 
-def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
+def continue_update(agent: Agent, ongoing: Plan, verb: str, fetch_only: bool = False) -> None:
     """Go on with the update in progress, unless the Targets verified now withdrew or changed its
     Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
     verdict = agent.recheck(ongoing)
@@ -55,7 +62,7 @@ def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
             f"update {ongoing.plan_id} to {ongoing.meta['target']} is cancelled: {verdict.cancel}. "
             "`fioup-flow apply` updates to a Target the factory lists now")
     click.echo(f"{verb} update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-    run_plan(agent, None, len(ongoing))
+    run_plan(agent, None, len(ongoing), fetch_only)
 
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
@@ -74,6 +81,20 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.pass_obj
 def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> None:
     """Update to Target VERSION (default: the latest), or go on with the update in progress."""
+    update(obj, version, dry_run=dry_run, as_json=as_json)
+
+
+@click.command("fetch")
+@click.argument("version", type=int, required=False)
+@click.pass_obj
+def fetch_command(obj, version: int | None) -> None:
+    """Download and verify all that the update to VERSION (default: the latest) needs, touching no
+    running app; the update stays in progress and a later `apply` (or `resume`) installs it."""
+    update(obj, version, fetch_only=True)
+
+
+def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = False, as_json: bool = False) -> None:
+    """apply and fetch: go on with the update in progress, or check, plan, freeze and run a new one."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config)
@@ -85,7 +106,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
                 raise InvalidStateError(
                     f"update {ongoing.plan_id} to version {ongoing.meta.get('version')} is in progress; "
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
-            continue_update(agent, ongoing, "Continuing")
+            continue_update(agent, ongoing, "Continuing", fetch_only)
             return
         target = agent.choose_target(version)
         try:
@@ -108,8 +129,9 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> Non
                            f"{human_bytes(summary['bytes_to_download'])}")
             agent.flush_outbox()
             return
-        click.echo(f"Updating to {target.name} (version {target.version}): {len(plan)} nodes", err=True)
-        run_plan(agent, plan, len(plan))
+        verb = "Fetching the update" if fetch_only else "Updating"
+        click.echo(f"{verb} to {target.name} (version {target.version}): {len(plan)} nodes", err=True)
+        run_plan(agent, plan, len(plan), fetch_only)
 
 
 @click.command("resume")
@@ -135,4 +157,4 @@ def resume_command(obj) -> None:
         continue_update(agent, ongoing, "Resuming")
 
 
-COMMANDS: list[click.Command] = [apply_command, resume_command]
+COMMANDS: list[click.Command] = [apply_command, fetch_command, resume_command]
