@@ -63,10 +63,11 @@ def no_config_message(cfg_dirs: tuple[str, ...]) -> str:
             f"its sota.toml with -c or ${CFG_DIRS_ENV[0]}")
 
 
-def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
-    """Merge the files key by key: the first file (in the given order) that sets a key wins."""
+def merge_toml(files: list[Path], origins: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Merge the files key by key: the first file (in the given order) that sets a key wins; `origins`,
+    if given, gets which file (its index) set each "section.key"."""
     merged: dict[str, dict[str, Any]] = {}
-    for path in files:
+    for index, path in enumerate(files):
         try:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -76,6 +77,8 @@ def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
                 continue
             target = merged.setdefault(section, {})
             for key, value in values.items():
+                if key not in target and origins is not None:
+                    origins[f"{section}.{key}"] = index
                 target.setdefault(key, value)
     return merged
 
@@ -86,6 +89,7 @@ class Config:
 
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    origins: dict[str, int] = field(default_factory=dict)  # "section.key" -> index in `files` of the file that set it
 
     @classmethod
     def load(cls, cfg_dirs: tuple[str, ...] | None = None) -> "Config":
@@ -98,10 +102,17 @@ class Config:
         files = find_toml_files(cfg_dirs)
         if not files:
             raise NotConfiguredError(no_config_message(cfg_dirs))
-        return cls(values=merge_toml(files), files=tuple(files))
+        origins: dict[str, int] = {}
+        return cls(values=merge_toml(files, origins), files=tuple(files), origins=origins)
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
         return self.values.get(section, {}).get(key, default)
+
+    def _winning(self, section: str, *names: str) -> str:
+        """Of `names`, names of one setting (other updaters' keys), the one set by the file that comes
+        first, as for any key (the first name on a tie, and when none is set)."""
+        set_ = [n for n in names if f"{section}.{n}" in self.origins]
+        return min(set_, key=lambda n: (self.origins[f"{section}.{n}"], names.index(n))) if set_ else names[0]
 
     def _path(self, section: str, key: str, default: str) -> Path:
         """A path key; a relative value is taken relative to `storage.path`."""
@@ -179,10 +190,11 @@ class Config:
 
     @property
     def polling_seconds(self) -> int:
-        """The daemon's interval between checks: `uptane.polling_seconds` (fioup's key) or, when that
-        is unset, `uptane.polling_sec` (aktualizr-lite's), default 300. fioup takes an invalid value
-        for 300 without a word; here it is an error (exit 2): a typo must not pass for the default."""
-        key = "polling_seconds" if self.get("uptane", "polling_seconds") is not None else "polling_sec"
+        """The daemon's interval between checks: `uptane.polling_seconds` (fioup's key) or
+        `uptane.polling_sec` (aktualizr-lite's), whichever the winning file sets (fioup's in the same
+        file), default 300. fioup takes an invalid value for 300 without a word; here it is an error
+        (exit 2): a typo must not pass for the default."""
+        key = self._winning("uptane", "polling_seconds", "polling_sec")
         return self._whole_number("uptane", key, DEFAULT_POLLING_SECONDS, 1)
 
     @property

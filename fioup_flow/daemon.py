@@ -109,11 +109,13 @@ class Policy:
 
     def pause(self, failures: int, rand: random.Random) -> float:
         """The sleep after a cycle: the interval plus up to JITTER of it; after `failures` failed cycles
-        in a row, BACKOFF_BASE_S doubling each time, capped at the interval, and from half of that to
-        all of it at random ("equal jitter": it still grows, and a fleet that failed together spreads)."""
+        in a row, BACKOFF_BASE_S (an eighth of a shorter interval) doubling each time, capped at the
+        interval, and from half of that to all of it at random ("equal jitter": it still grows, and a
+        fleet that failed together spreads)."""
         if failures == 0:
             return self.interval_s * (1 + JITTER * rand.random())
-        ceiling = min(self.interval_s, BACKOFF_BASE_S * 2 ** min(failures - 1, 30))
+        base = min(BACKOFF_BASE_S, self.interval_s / 8)  # a short interval backs off in steps still
+        ceiling = min(self.interval_s, base * 2 ** min(failures - 1, 30))
         return ceiling * (0.5 + 0.5 * rand.random())
 
 

@@ -20,10 +20,19 @@ def config(tmp_path: Path, text: str) -> Config:
     return Config.load((str(path),))
 
 
-def test_the_interval_is_fioups_key_else_aktualizr_lites_else_300(tmp_path: Path) -> None:
+def test_the_interval_is_fioups_key_or_aktualizr_lites_else_300(tmp_path: Path) -> None:
     assert config(tmp_path, "").polling_seconds == 300
     assert config(tmp_path, "[uptane]\npolling_sec = 60\n").polling_seconds == 60
     assert config(tmp_path, '[uptane]\npolling_seconds = "30"\npolling_sec = 60\n').polling_seconds == 30
+
+
+def test_a_drop_in_setting_either_key_overrides_the_other_key_in_sota_toml(tmp_path: Path) -> None:
+    """Registration writes fioup's key; an operator's drop-in may use aktualizr-lite's."""
+    sota = tmp_path / "sota.toml"
+    sota.write_text('[uptane]\npolling_seconds = "300"\n')
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "z-50-poll.toml").write_text("[uptane]\npolling_sec = 60\n")
+    assert Config.load((str(sota), str(tmp_path / "conf.d"))).polling_seconds == 60
 
 
 @pytest.mark.parametrize("value", ['"soon"', "0", "-5", "1.5", "true"])
@@ -52,6 +61,13 @@ def test_after_failed_cycles_it_backs_off_doubling_from_15_s_up_to_the_interval(
         pauses = [policy.pause(failures, rand) for _ in range(200)]
         assert ceiling / 2 <= min(pauses) and max(pauses) <= ceiling, failures
     assert BACKOFF_BASE_S == 15
+
+
+def test_a_short_interval_backs_off_from_an_eighth_of_it() -> None:
+    policy, rand = Policy(16, 3, None), random.Random(3)
+    for failures, ceiling in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 16)]:
+        pauses = [policy.pause(failures, rand) for _ in range(200)]
+        assert ceiling / 2 <= min(pauses) and max(pauses) <= ceiling, failures
 
 
 def test_the_daemon_refuses_to_start_on_an_invalid_key_with_exit_2(tmp_path: Path) -> None:
