@@ -207,7 +207,7 @@ class Daemon:
 
     @staticmethod
     def _log(cycle: Cycle, pause: float | None) -> None:
-        then = "next cycle at once" if pause is None else f"next check in {pause:.0f} s"
+        then = "next cycle at once" if pause is None else f"next check in {pause:.{0 if pause >= 10 else 1}f} s"
         if cycle.failed:
             log.warning("cycle failed (exit %d): %s; backing off, %s", cycle.exit_code, cycle.message, then)
         else:

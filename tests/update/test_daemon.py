@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.factory, pytest.mark.docker]
 
 TAG = "daemon"
 MIB = 1024 * 1024
+SOCKET_SLACK = 8 * MIB  # a stopped download loses what the loopback's TCP buffers held (autotuned to MBs)
 V1 = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
 V2 = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
 V3 = {"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"}
@@ -116,13 +117,13 @@ def blob_sizes(device: Device) -> dict[str, int]:
     return {f"sha256:{p.name}": p.stat().st_size for p in folder.iterdir()} if folder.is_dir() else {}
 
 
-def fetched_since(factory, count: int) -> dict[str, int]:
-    """Bytes the registry sent per blob since its log held `count` blob GETs."""
+def blob_writes_since(factory, count: int) -> dict[str, list[int]]:
+    """The bytes the registry wrote for each GET of each blob since its log held `count` blob GETs."""
     time.sleep(1)  # let the registry log the responses a stop cut short
-    sent: dict[str, int] = {}
+    writes: dict[str, list[int]] = {}
     for digest, written in registry_blob_gets(factory.home)[count:]:
-        sent[digest] = sent.get(digest, 0) + written
-    return sent
+        writes.setdefault(digest, []).append(written)
+    return writes
 
 
 def gets(factory) -> int:
@@ -149,7 +150,7 @@ def test_a_cycle_applies_the_latest_target_and_one_with_nothing_to_do_fetches_an
     assert done.returncode == 0, done.stderr
     assert version(device) == 2 and "v2" in sample_page()
     assert re.search(r"cycle updated: update \w+ to \S+-2 completed; next cycle at once", done.stderr)
-    assert re.search(r"cycle idle: running \S+-2 \(version 2\), nothing to do; next check in [23] s", done.stderr)
+    assert re.search(r"cycle idle: running \S+-2 \(version 2\), nothing to do; next check in [23](\.\d)? s", done.stderr)
     assert "node fetch:sha256:" in done.stderr and "progress" not in done.stderr
 
     before = (containers(engine), gets(factory), len(events_of(factory, device)), len(apps_states_of(factory, device)))
@@ -214,11 +215,13 @@ def test_a_newer_target_published_mid_download_supersedes_the_update_and_no_blob
     assert superseded["correlation_id"] != completed["correlation_id"], "each attempt its own correlation id"
     assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page()
 
-    sizes = blob_sizes(device)
-    sent = fetched_since(factory, count)
-    twice = {d: (n, sizes.get(d)) for d, n in sent.items() if n > sizes.get(d, 0) + MIB}
-    assert not twice, f"fetched more than once (bytes sent, size): {twice}"
-    assert max(sizes[d] for d in sent) >= 16 * MIB, "the big layers were among them"
+    sizes, writes = blob_sizes(device), blob_writes_since(factory, count)
+    again = {d: w for d, w in writes.items() if any(n >= sizes[d] for n in w[1:])}
+    assert not again, f"fetched again from zero (bytes of each GET): {again}"
+    resumed = {d: w for d, w in writes.items() if len(w) > 1}
+    assert resumed, "the cancel cut a download short, and the newer update resumed it"
+    for digest, w in resumed.items():  # what the registry wrote that never arrived sat in TCP buffers
+        assert sum(w) <= sizes[digest] + SOCKET_SLACK, (digest, w)
     closing = [e for e in events_of(factory, device) if e["event"]["correlationId"] == superseded["correlation_id"]][-1]
     assert closing["eventType"]["id"] == "EcuDownloadCompleted" and closing["event"]["success"] is False
     assert "cancelled: superseded by" in closing["event"]["details"]
@@ -307,7 +310,7 @@ def test_a_factory_out_of_reach_is_backed_off_from_and_once_back_the_update_goes
         finally:
             daemon.kill()
     text = log.read_text()
-    waits = [float(w) for w in re.findall(r"cycle failed \(exit \d+\): .*backing off, next check in (\d+) s", text)]
+    waits = [float(w) for w in re.findall(r"cycle failed \(exit \d+\): .*backing off, next check in ([\d.]+) s", text)]
     assert waits[:4] == sorted(waits[:4]) and waits[3] >= 4 and max(waits) <= 16, text
     assert "v2" in sample_page()
     got = [e["eventType"]["id"] for e in events_of(factory, device)
@@ -325,24 +328,29 @@ def test_after_max_attempts_failed_the_daemon_gives_the_update_up_and_the_device
     before = containers(engine)
     log = tmp_path / "daemon.log"
     with gateway_proxy(factory, device, tmp_path) as proxy:
-        daemon = start_daemon(device, log)
+        daemon = start_daemon(device, tmp_path / "first.log")
         try:
             wait_for(lambda: partial_bytes(device) > 4 * MIB, 120, "version 2 partly fetched")
-            cut(proxy)  # the registry's credentials come from the gateway: every fetch fails now
+            assert stop(daemon, 30) == 0
+        finally:
+            daemon.kill()
+        cut(proxy)  # the registry's credentials come from the gateway: every fetch fails now
+        daemon = start_daemon(device, log)
+        try:
             wait_for(lambda: "cycle gave-up" in log.read_text(), 180, "the update given up")
             count = gets(factory)
             proxy.clear()
-            wait_for(lambda: log.read_text().count("cycle idle") >= 1, 60, "an idle cycle, the gateway back")
+            wait_for(lambda: "cycle idle" in log.read_text(), 60, "an idle cycle, the gateway back")
             assert stop(daemon, 30) == 0
         finally:
             daemon.kill()
     text = log.read_text()
-    assert "attempt 1 of 2" in text and "attempt 2 of 2" in text, text
+    assert "attempt 1 of 2" in text and "cycle gave-up: gave up after 2 failed attempts" in text, text
     assert containers(engine) == before, "version 1 never stopped"
     assert version(device) == 1
     given_up = status(device)["history"][0]
-    assert (given_up["version"], given_up["outcome"]) == (2, "cancelled")
-    assert given_up["reason"].startswith("gave up after 2 failed attempts at ")
+    assert (given_up["version"], given_up["outcome"]) == (2, "cancelled"), text
+    assert given_up["reason"].startswith("gave up after 2 failed attempts at "), text
     assert gets(factory) == count, "version 2 not tried again"
     assert partial_bytes(device) == 0, "its partial downloads dropped"
 
