@@ -29,7 +29,7 @@ from fioup_flow.planner import Observed, compile_update, diff_apps
 from fioup_flow.registry import HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
 from fioup_flow.sysinfo import state_reports
-from fioup_flow.targets import Target, TufClient, select_target
+from fioup_flow.targets import Target, TargetsSource, select_target, targets_source
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop
@@ -163,8 +163,8 @@ class Agent:
             log.warning("device state not reported: %s", exc)
 
     # --- metadata -------------------------------------------------------------------------
-    def tuf(self, gateway: GatewayClient | None = None) -> TufClient:
-        return TufClient(self.config.tuf_dir, gateway or self.gateway, self.config.hardware_id)
+    def tuf(self, gateway: GatewayClient | None = None) -> TargetsSource:
+        return targets_source(self.config, gateway or self.gateway)
 
     def refresh_targets(self, gateway: GatewayClient | None = None) -> list[Target]:
         """Refresh and verify the metadata; report `MetadataUpdateCompleted` when it changed or failed."""

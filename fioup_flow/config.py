@@ -26,6 +26,9 @@ DEFAULT_STORAGE_PATH = "/var/sota"
 DEFAULT_POLLING_SECONDS = 300  # fioup's and aktualizr-lite's default
 DEFAULT_MAX_ATTEMPTS = 3  # fioup's daemon: api.WithMaxAttempts(3)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Where a LmP image ships the factory's roots (aktualizr-lite's default for the key below).
+DEFAULT_TUF_ROOTS_PATH = "/usr/lib/sota/tuf"
+TUF_MODES = ("tuf", "plain")
 
 
 def cfg_dirs_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
@@ -253,8 +256,23 @@ class Config:
 
     @property
     def tuf_dir(self) -> Path:
-        """Where the trusted TUF metadata lives (python-tuf's metadata folder)."""
+        """Where the device keeps the TUF metadata it verified."""
         return self.storage_path / "tuf"
+
+    @property
+    def tuf_roots_path(self) -> Path:
+        """`storage.uptane_metadata_path`: the folder of the roots the OS image ships (`ci/` and
+        `prod/`), aktualizr-lite's key for it (`src/liteclient.cc`)."""
+        return self._path("storage", "uptane_metadata_path", DEFAULT_TUF_ROOTS_PATH)
+
+    @property
+    def tuf_mode(self) -> str:
+        """`pacman.tuf_mode`: "tuf" (default, full verification) or "plain" (fioup's default: the
+        gateway's targets.json read unverified, trusting TLS alone)."""
+        value = str(self.get("pacman", "tuf_mode", "tuf")).strip().lower()
+        if value not in TUF_MODES:
+            raise UsageError(f"pacman.tuf_mode must be one of {', '.join(TUF_MODES)}, not {value!r}")
+        return value
 
     @property
     def flow_dir(self) -> Path:

@@ -10,7 +10,8 @@ Follows fioup's registration (`internal/register`, `cmd/fioup/register.go`):
   hardware-id, sota-config-dir, `use-ostree-server: "true"`, the device group if given, and the
   `sota.toml` overrides of `[pacman]` (type, reset_apps_root, compose_apps_root, tags, and the
   apps if given), each value already quoted for TOML, as the server pastes them in;
-- the answer maps file names to contents (`sota.toml`, `client.pem`, `root.crt`, ...); each is
+- the answer maps file names to contents (`sota.toml`, `client.pem`, `root.crt`, ...; never a TUF
+  root, which comes with the OS image); each is
   written, like `pkey.pem`, atomically with mode 0600, the sota dir being 0700;
 - then a `PUT /system_info` over mutual TLS proves the link works.
 fioup-flow takes only the API token (fioup can also run an OAuth device flow against
@@ -205,7 +206,7 @@ def register(reg: Registration, force: bool = False) -> Config:
     os.chmod(reg.sota_dir, 0o700)
     check_not_registered(reg.sota_dir, force)
     if force:
-        # A new identity starts from the root it is given, not from metadata trusted before.
+        # A new identity starts from the roots its image ships, not from metadata trusted before.
         shutil.rmtree(reg.sota_dir / "tuf", ignore_errors=True)
     key_pem, csr_pem = make_key_and_csr(reg.device_uuid, reg.factory, reg.production)
     files = call_registration(reg, request_body(reg, csr_pem))

@@ -1,28 +1,28 @@
-"""Targets: what versions of which apps exist for this device, verified with TUF.
+"""Targets: what versions of which apps exist for this device, and what vouches for them.
 
-python-tuf's `ngclient.Updater` does the whole TUF client workflow (root rotation, signatures
-and thresholds, expiry, version rollback, snapshot consistency) and persists only metadata that
-verified, so a failed refresh leaves the previously trusted metadata in place. We fetch through
-the gateway's mutual-TLS session. Parsing and selection follow fioup (`pkg/target`): a Target is
-kept only if its version is an integer, it lists this device's hardware ID, and every app URI is
-digest-pinned and named after its key.
+By default the metadata is verified with TUF (`TufClient`, built on `fioup_flow.tuf`: the
+factory's flavour, python-tuf's rules); fioup's plain mode trusts TLS alone (`PlainClient`). A
+failed refresh leaves the metadata kept before in place. Parsing and selection follow fioup
+(`pkg/target`): a Target is kept only if its version is an integer, it lists this device's
+hardware ID, and every app URI is digest-pinned and named after its key.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, Targets
-from tuf.ngclient import Updater, UpdaterConfig
-from tuf.ngclient.fetcher import FetcherInterface
+from tuf.api.exceptions import DownloadError, DownloadLengthMismatchError, RepositoryError
+from tuf.api.metadata import Targets
 
-from fioup_flow.durable import fsync_dir
+from fioup_flow.config import Config
+from fioup_flow.durable import write_atomic
 from fioup_flow.errors import (
+    FioupFlowError,
     MetadataUpdateError,
     NoMatchingTargetError,
     NoSpaceError,
@@ -31,6 +31,9 @@ from fioup_flow.errors import (
 )
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.reference import PinnedRef, ReferenceError
+from fioup_flow.tuf.flavour import FlavourError, load
+from fioup_flow.tuf.roots import is_production, shipped_chain
+from fioup_flow.tuf.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -118,76 +121,107 @@ def select_target(targets: list[Target], version: int | None = None) -> Target:
     return eligible[-1]
 
 
-class GatewayFetcher(FetcherInterface):
-    """Lets python-tuf download metadata through the gateway's mutual-TLS session."""
+class TargetsSource(ABC):
+    """Where the device's Targets come from; `trust` says in words what vouches for them."""
 
-    def __init__(self, gateway: GatewayClient):
+    trust: str
+
+    def __init__(self, config: Config, gateway: GatewayClient, targets_path: Path):
+        self.config = config
         self.gateway = gateway
+        self.targets_path = targets_path
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        try:
-            response = self.gateway.request("GET", url, stream=True)
-        except GatewayError as exc:
-            if exc.status_code is not None:
-                raise tuf_errors.DownloadHTTPError(str(exc), exc.status_code) from exc
-            raise tuf_errors.DownloadError(str(exc)) from exc
-        return response.iter_content(chunk_size=16384)
-
-
-class TufClient:
-    """The device's trusted view of its Targets, kept in `metadata_dir` (`<storage.path>/tuf`)."""
-
-    def __init__(self, metadata_dir: Path, gateway: GatewayClient, hardware_id: str):
-        self.metadata_dir = metadata_dir
-        self.gateway = gateway
-        self.hardware_id = hardware_id
-
+    @abstractmethod
     def refresh(self) -> list[Target]:
-        """Download and verify the newest metadata; any failure is MetadataUpdateError (exit 20), but a
-        full disk, which is NoSpaceError (41): nothing is wrong with the metadata."""
-        if not (self.metadata_dir / "root.json").exists():
-            raise MetadataUpdateError(f"no trusted TUF root in {self.metadata_dir}; register the device first")
-        try:
-            updater = Updater(
-                metadata_dir=str(self.metadata_dir),
-                metadata_base_url=self.gateway.url("repo/"),
-                fetcher=GatewayFetcher(self.gateway),
-                config=UpdaterConfig(app_user_agent=None),
-                bootstrap=None,
-            )
-            updater.refresh()
-        except (tuf_errors.RepositoryError, tuf_errors.DownloadError, OSError, ValueError) as exc:
-            if exit_code_of(exc) == NoSpaceError.exit_code:
-                raise NoSpaceError(f"the disk holding {self.metadata_dir} is full while saving TUF metadata: "
-                                   f"free some space, then try again") from exc
-            raise MetadataUpdateError(f"TUF metadata update failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._sync()
-        return self.trusted_targets()
+        """Fetch the newest metadata and return this device's Targets; on failure keep the old."""
 
     def trusted_targets(self) -> list[Target]:
-        """The Targets of the metadata that last verified (no network)."""
-        path = self.metadata_dir / "targets.json"
-        if not path.exists():
-            return []
-        return parse_targets(Metadata[Targets].from_file(str(path)).signed, self.hardware_id)
+        """The Targets of the metadata last kept (no network)."""
+        targets = self._held()
+        return parse_targets(targets, self.config.hardware_id) if targets else []
 
     def targets_version(self) -> int | None:
-        """The version of the trusted targets metadata (None before the first refresh)."""
-        path = self.metadata_dir / "targets.json"
-        return Metadata[Targets].from_file(str(path)).signed.version if path.exists() else None
+        """The version of the targets metadata kept (None before the first refresh)."""
+        targets = self._held()
+        return targets.version if targets else None
 
-    def _sync(self) -> None:
-        """ngclient renames without fsync; make what it persisted durable before we act on it."""
-        if not self.metadata_dir.is_dir():
-            return
-        for folder in (self.metadata_dir, self.metadata_dir / "root_history"):
-            if folder.is_dir():
-                for entry in folder.iterdir():
-                    if entry.is_file() and not entry.is_symlink():
-                        fd = os.open(entry, os.O_RDONLY)
-                        try:
-                            os.fsync(fd)
-                        finally:
-                            os.close(fd)
-                fsync_dir(folder)
+    def _held(self) -> Targets | None:
+        try:
+            data = self.targets_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return load(Targets, data).signed
+        except FlavourError as exc:
+            raise MetadataUpdateError(f"{self.targets_path} cannot be read: {exc}") from exc
+
+    def _failed(self, exc: Exception) -> FioupFlowError:
+        """A failed refresh as MetadataUpdateError (20), but a full disk as NoSpaceError (41):
+        nothing is wrong with the metadata then."""
+        if exit_code_of(exc) == NoSpaceError.exit_code:
+            return NoSpaceError(f"the disk holding {self.targets_path.parent} is full while saving TUF metadata: "
+                                f"free some space, then try again")
+        return MetadataUpdateError(f"TUF metadata update failed: {type(exc).__name__}: {exc}")
+
+
+class TufClient(TargetsSource):
+    """The device's Targets verified with TUF: metadata kept in `<storage.path>/tuf`, the first
+    root from the OS image's roots folder (`storage.uptane_metadata_path`, CI or production by
+    the device certificate). See `fioup_flow.tuf`."""
+
+    trust = "TUF (signatures, versions and expiry verified)"
+
+    def __init__(self, config: Config, gateway: GatewayClient):
+        super().__init__(config, gateway, config.tuf_dir / "targets.json")
+
+    def refresh(self) -> list[Target]:
+        """Download and verify the newest metadata; on any failure what was trusted stays."""
+        roots_dir, cert = self.config.tuf_roots_path, self.config.client_cert
+        updater = Updater(self.config.tuf_dir, self._fetch, lambda: shipped_chain(roots_dir, is_production(cert)))
+        try:
+            updater.refresh()
+        except (RepositoryError, DownloadError, GatewayError, OSError, ValueError) as exc:
+            raise self._failed(exc) from exc
+        return self.trusted_targets()
+
+    def _fetch(self, name: str, max_length: int) -> bytes | None:
+        """`/repo/<name>` through the gateway (mutual TLS, x-ats-tags), at most `max_length`
+        bytes; None when the gateway has no such file."""
+        try:
+            response = self.gateway.request("GET", f"repo/{name}", stream=True)
+        except GatewayError as exc:
+            if exc.status_code in (403, 404):
+                return None
+            raise
+        data = bytearray()
+        for chunk in response.iter_content(chunk_size=16384):
+            data += chunk
+            if len(data) > max_length:
+                response.close()
+                raise DownloadLengthMismatchError(f"{name} is longer than {max_length} bytes")
+        return bytes(data)
+
+
+class PlainClient(TargetsSource):
+    """fioup's default ("plain") mode: `/repo/targets.json` over mutual TLS, read without any
+    signature, version or expiry check (fioup `pkg/target/plain_repo.go`), kept where fioup
+    keeps it (`<storage.path>/targets.json`). Only TLS vouches for it."""
+
+    trust = "TLS only (plain mode; TUF signatures not verified)"
+
+    def __init__(self, config: Config, gateway: GatewayClient):
+        super().__init__(config, gateway, config.storage_path / "targets.json")
+
+    def refresh(self) -> list[Target]:
+        try:
+            data = self.gateway.request("GET", "repo/targets.json").content
+            load(Targets, data)
+            write_atomic(self.targets_path, data)
+        except (FlavourError, GatewayError, OSError) as exc:
+            raise self._failed(exc) from exc
+        return self.trusted_targets()
+
+
+def targets_source(config: Config, gateway: GatewayClient) -> TargetsSource:
+    """TUF unless the device is configured for fioup's plain mode (`pacman.tuf_mode = "plain"`)."""
+    return PlainClient(config, gateway) if config.tuf_mode == "plain" else TufClient(config, gateway)

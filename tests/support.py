@@ -78,6 +78,18 @@ class Device:
         return last_json(self.run(*args))
 
 
+def image_roots(home: Path, folder: Path) -> Path:
+    """What a device's OS image ships: the factory's TUF roots (`fioup-flow-factory roots`) in
+    `folder/tuf` (as /usr/lib/sota/tuf), and a config file pointing the device at them (as a
+    drop-in in /usr/lib/sota/conf.d would); returns that file."""
+    done = subprocess.run([str(BIN / "fioup-flow-factory"), "roots", "--home", str(home), "--out",
+                           str(folder / "tuf")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    drop_in = folder / "image-roots.toml"
+    drop_in.write_text(f'[storage]\nuptane_metadata_path = "{folder / "tuf"}"\n')
+    return drop_in
+
+
 def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str,
              env: dict | None = None) -> subprocess.CompletedProcess:
     """`fioup-flow register` against a factory whose `up` printed `info`."""
@@ -87,10 +99,12 @@ def register(info: dict, sota_dir: Path, name: str | None = None, *extra: str,
 
 
 def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
+    """A device registered with the factory `info` describes, its image's roots beside its sota dir."""
     name = f"dev-{uuid.uuid4().hex[:8]}"
     done = register(info, sota_dir, name, *extra)
     assert done.returncode == 0, done.stderr
-    return Device(name, sota_dir, [compose_env_drop_in(sota_dir)])
+    image = image_roots(Path(info["home"]), sota_dir.with_name(f"{sota_dir.name}-image"))
+    return Device(name, sota_dir, [image, compose_env_drop_in(sota_dir)])
 
 
 @contextmanager

@@ -86,3 +86,16 @@ def test_compose_env_holds_what_the_device_sets_for_compose_and_nothing_malforme
     for bad in ('"NOT-A-NAME" = "x"', "LIST = [1, 2]"):
         with pytest.raises(UsageError, match="compose_env"):
             compose_env(bad)
+
+
+def test_the_image_s_roots_are_in_usr_lib_sota_tuf_unless_uptane_metadata_path_says_otherwise(tmp_path: Path) -> None:
+    assert Config.load((str(write(tmp_path / "a.toml", "")),)).tuf_roots_path == Path("/usr/lib/sota/tuf")
+    cfg = write(tmp_path / "b.toml", '[storage]\nuptane_metadata_path = "/opt/image/tuf"\n')
+    assert Config.load((str(cfg),)).tuf_roots_path == Path("/opt/image/tuf")
+
+
+def test_tuf_is_the_default_and_plain_mode_must_be_asked_for_by_name(tmp_path: Path) -> None:
+    assert Config.load((str(write(tmp_path / "a.toml", "")),)).tuf_mode == "tuf"
+    assert Config.load((str(write(tmp_path / "b.toml", '[pacman]\ntuf_mode = "Plain"\n')),)).tuf_mode == "plain"
+    with pytest.raises(UsageError, match="pacman.tuf_mode"):
+        _ = Config.load((str(write(tmp_path / "c.toml", '[pacman]\ntuf_mode = "off"\n')),)).tuf_mode

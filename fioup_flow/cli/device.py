@@ -66,9 +66,10 @@ def register_command(factory: str, server: str, token: str, api_token_header: st
     click.echo(f"Device Gateway {config.server} answers over mutual TLS.")
 
 
-def check_report(targets: list[Target], current: Target | None, latest: Target) -> dict:
+def check_report(targets: list[Target], current: Target | None, latest: Target, trust: str) -> dict:
     update_available = current is None or (current.name, current.apps) != (latest.name, latest.apps)
     return {
+        "trust": trust,
         "targets": [t.as_json() for t in targets],
         "current": current.as_json() if current else None,
         "latest": latest.as_json(),
@@ -89,13 +90,14 @@ def print_check(report: dict) -> None:
     console.print(f"Current: {current['name'] + ' (version ' + str(current['version']) + ')' if current else 'none'}")
     console.print(f"Latest:  {report['latest']['name']} (version {report['latest']['version']})")
     console.print("[yellow]Update available[/]" if report["update_available"] else "[green]Up to date[/]")
+    console.print(f"Trust:   {report['trust']}")
 
 
 @click.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def check_command(obj, as_json: bool) -> None:
-    """Refresh the TUF metadata and list the Targets for this device."""
+    """Refresh the metadata (TUF, or TLS alone in plain mode) and list the Targets for this device."""
     config = obj.config
     agent = Agent(config)
     current = current_target(config.flow_dir)
@@ -105,7 +107,7 @@ def check_command(obj, as_json: bool) -> None:
         agent.flush_outbox()
     if not targets:
         raise NoMatchingTargetError(f"no Target lists hardware ID {config.hardware_id!r} for tags {','.join(config.tags)}")
-    report = check_report(targets, current, select_target(targets).narrowed(config.compose_apps))
+    report = check_report(targets, current, select_target(targets).narrowed(config.compose_apps), agent.tuf().trust)
     if as_json:
         emit_json(report)
     else:

@@ -36,7 +36,6 @@ from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.http import Call, HttpError, Reply
 from fioup_flow.factory.pki import common_name, issue_client_cert
 from fioup_flow.factory.token import SERVICE, THIRDPARTY_SERVICE, TOKEN_TTL_SECONDS, issue_token
-from fioup_flow.factory.tufrepo import TufRepository
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +83,14 @@ class ApiApp:
                                   group=body.get("group") or None, request=body)
         except DeviceExistsError as exc:
             raise HttpError(409, str(exc)) from exc
+        # No TUF root: devices start from the roots their OS image ships (factory-registration-ref
+        # answers with these files only).
         ca = self.home.ca_cert.read_text()
         files = {
             "sota.toml": sota_toml(state, body["hardware-id"], body["sota-config-dir"], overrides),
             "client.pem": cert_pem.decode(),
             "client.chained": cert_pem.decode() + "\n" + ca,
             "root.crt": ca,
-            "tuf/root.json": TufRepository(self.home).trusted_root_json().decode(),
         }
         return Reply.json(files, status=201)
 

@@ -60,7 +60,7 @@ home_option = click.option("--home", "home_dir", required=True, type=click.Path(
 
 @click.group(cls=FactoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """A local FoundriesFactory stand-in: gateway, TUF repository and registry on loopback."""
+    """A local FoundriesFactory stand-in: gateway, TUF repositories and registry on loopback."""
 
 
 def _home(home_dir: Path) -> FactoryHome:
@@ -207,28 +207,57 @@ def devices(home_dir: Path) -> None:
         click.echo(json.dumps({k: v for k, v in record.items() if k != "registry_secret"}, sort_keys=True))
 
 
+def _from_now(seconds: int | None) -> datetime | None:
+    return datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
+
+
 @main.command()
 @home_option
+@click.option("--expires-in", "expires_in", multiple=True, metavar="ROLE=SECONDS",
+              help="Expiry of the new targets, snapshot or timestamp metadata from now (negative: already "
+                   "expired), kept until the next change (repeatable).")
 @click.option("--timestamp-expires-in", type=int, default=None, metavar="SECONDS",
-              help="Expiry of the new timestamps from now (negative: already expired).")
-def resign(home_dir: Path, timestamp_expires_in: int | None) -> None:
-    """Re-sign the repository's views at a new version."""
+              help="The same as --expires-in timestamp=SECONDS.")
+def resign(home_dir: Path, expires_in: tuple[str, ...], timestamp_expires_in: int | None) -> None:
+    """Re-sign the repositories' views at a new version."""
     repo = _repository(home_dir)
-    expires = (datetime.now(UTC) + timedelta(seconds=timestamp_expires_in)
-               if timestamp_expires_in is not None else None)
-    repo.resign(expires)
+    pairs = [spec.partition("=") for spec in expires_in]
+    try:
+        expires = {role: _from_now(int(seconds)) for role, _, seconds in pairs}
+    except ValueError as exc:
+        raise UsageError(f"--expires-in takes ROLE=SECONDS: {exc}") from exc
+    if timestamp_expires_in is not None:
+        expires["timestamp"] = _from_now(timestamp_expires_in)
+    try:
+        repo.resign(expires)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     click.echo(json.dumps({"version": repo.version()}))
 
 
 @main.command("rotate-root")
 @home_option
 @click.option("--role", "roles", multiple=True, type=click.Choice(["root", "targets", "snapshot", "timestamp"]),
-              help="Role whose key is replaced (repeatable; default: root).")
-def rotate_root(home_dir: Path, roles: tuple[str, ...]) -> None:
-    """Sign a new root version (new keys for the roles named), trusted through the old one."""
+              help="Role whose keys are replaced (repeatable; default: root).")
+@click.option("--threshold", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="How many new keys each of those roles gets, all of them needed to sign.")
+@click.option("--expires-in", type=int, default=None, metavar="SECONDS",
+              help="Expiry of the new roots from now (default: a year; negative: already expired).")
+def rotate_root(home_dir: Path, roles: tuple[str, ...], threshold: int, expires_in: int | None) -> None:
+    """Sign the next root of the CI and production repositories (new keys for the roles named),
+    trusted through the old ones (signed by the old and the new root keys)."""
     repo = _repository(home_dir)
-    version = repo.rotate_root(roles or ("root",))
-    click.echo(json.dumps({"root_version": version, "version": repo.version()}))
+    versions = repo.rotate_root(roles or ("root",), threshold, _from_now(expires_in))
+    click.echo(json.dumps({"root_versions": versions, "version": repo.version()}))
+
+
+@main.command()
+@home_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The folder a device image ships them in (/usr/lib/sota/tuf on LmP).")
+def roots(home_dir: Path, out: Path) -> None:
+    """Write every root, `ci/N.root.json` and `prod/N.root.json`, as an OS image ships them."""
+    click.echo(json.dumps(_repository(home_dir).export_roots(out)))
 
 
 @main.command()

@@ -23,7 +23,7 @@ from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.factory.http import Call, HttpError, Reply
-from fioup_flow.factory.tufrepo import VIEW_FILES, TufRepository
+from fioup_flow.factory.tufrepo import CI, PRODUCTION, VIEW_FILES, TufRepository
 
 ROOT_PATH = re.compile(r"^/repo/(\d+)\.root\.json$")
 SYSTEM_INFO_PATH = re.compile(r"^/system_info(?:/(network|config))?/?$")
@@ -57,7 +57,7 @@ class GatewayApp:
         self.devices.touch(device["uuid"], {key: call.headers[name] for key, name in CHECKIN_HEADERS.items()
                                             if name in call.headers})
         if call.path.startswith("/repo/"):
-            return self._repo(call, device)
+            return self._repo(call)
         if (match := SYSTEM_INFO_PATH.match(call.path)) and call.method == "PUT":
             kind = match.group(1) or ""
             if kind != "config":
@@ -82,19 +82,25 @@ class GatewayApp:
             return Reply(204, content_type="")
         raise HttpError(404, f"no route {call.method} {call.path}")
 
-    def _repo(self, call: Call, device: dict) -> Reply:
+    def _repo(self, call: Call) -> Reply:
+        """The TUF metadata of the device's repository (production by its certificate, else CI)
+        and tags, as dg-satellite serves it (`server/gateway/handlers_meta.go`): 404 without
+        `x-ats-tags`."""
         if call.method != "GET":
             raise HttpError(405, "the repository is read-only")
+        tags = [t.strip() for t in call.headers.get("x-ats-tags", "").split(",") if t.strip()]
+        if not tags:
+            raise HttpError(404, "device sent no tag (x-ats-tags)")
+        repo = PRODUCTION if call.peer_business_category == "production" else CI
         if match := ROOT_PATH.match(call.path):
-            data = self.repo.root_json(int(match.group(1)))
+            data = self.repo.root_json(repo, int(match.group(1)))
             if data is None:
                 raise HttpError(404, f"no root version {match.group(1)}")
             return Reply(200, data)
         name = call.path.removeprefix("/repo/")
         if name not in VIEW_FILES:
             raise HttpError(404, f"no repository file {name}")
-        return Reply(200, self.repo.view_file(device["hardware_id"], device_tags(call, device), name,
-                                                  device=device["uuid"]).read_bytes())
+        return Reply(200, self.repo.view_file(repo, tags, name).read_bytes())
 
     def _events(self, call: Call, device: dict) -> Reply:
         events = _decode(call, [EVENT]) or []
@@ -109,12 +115,6 @@ class GatewayApp:
         return {"factory": factory, "repo_id": factory, "uuid": device["uuid"], "name": device["name"],
                 "created_at": device["created_at"], "last_seen": device["last_seen"],
                 "pubkey": device["pubkey"], "tag": ",".join(device["tags"])}
-
-
-def device_tags(call: Call, device: dict) -> list[str]:
-    """The tags the device says it follows (`x-ats-tags`), else those it registered with."""
-    header = [t.strip() for t in call.headers.get("x-ats-tags", "").split(",") if t.strip()]
-    return header or list(device["tags"])
 
 
 def _decode(call: Call, shape: Any) -> Any:

@@ -88,20 +88,18 @@ class FactoryHome:
     def tuf_keys(self) -> Path:
         return self.tuf / "keys"
 
-    @property
-    def tuf_roots(self) -> Path:
-        """Every root version ever signed, `<N>.root.json` (devices walk them in order)."""
-        return self.tuf / "root"
+    def tuf_roots(self, repo: str) -> Path:
+        """Every root version of repository `repo` (`ci` or `prod`), `<N>.root.json`."""
+        return self.tuf / repo / "root"
 
     @property
     def tuf_targets_db(self) -> Path:
-        """The unsigned master list of targets and the repository's version counter."""
+        """The unsigned master lists of targets (CI and production) and the version counter."""
         return self.tuf / "targets.json"
 
-    @property
-    def tuf_views(self) -> Path:
-        """Signed targets/snapshot/timestamp per (hardware id, tags) view, served as files."""
-        return self.tuf / "views"
+    def tuf_views(self, repo: str) -> Path:
+        """Signed targets/snapshot/timestamp of repository `repo` per set of tags, served as files."""
+        return self.tuf / repo / "views"
 
     @property
     def tuf_lock(self) -> Path:

@@ -22,6 +22,8 @@ class Call:
     body: bytes
     # The subject CN of the client certificate (gateway only): the device uuid.
     peer_cn: str | None = None
+    # Its businessCategory (OID 2.5.4.15): "production" marks a production device.
+    peer_business_category: str | None = None
 
     def json(self) -> Any:
         try:

@@ -54,6 +54,7 @@ from fioup_flow.factory.images import (
 )
 from fioup_flow.factory.registry import RegistryPusher, third_party
 from fioup_flow.factory.tufrepo import TufRepository
+from fioup_flow.tuf.flavour import canonical_bytes
 
 APP_MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 APP_ARTIFACT_TYPE = "application/vnd.fio+compose-app"
@@ -250,8 +251,11 @@ def push_app(pusher: RegistryPusher, blobs: BlobDir, name: str, version: int,
     return f"{pusher.host}/{repository}@{digest}"
 
 
-def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict[str, dict]:
-    """One TUF target file info per hardware id, named `<hwid>-lmp-<version>` (fioup.md §4)."""
+def target_entries(factory: str, version: int, app_uris: dict[str, str], tags: list[str],
+                   hwids: list[str]) -> dict[str, dict]:
+    """One TUF target per hardware id, named `<hwid>-lmp-<version>` (fioup.md §4), shaped as a
+    real factory's (fioctl `client/foundries.go`, TufCustom): length 0, the sha256 of the OSTree
+    commit (here a stand-in: the sha256 of the custom data), and `custom`."""
     created = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     entries = {}
     for hwid in hwids:
@@ -262,12 +266,13 @@ def target_entries(version: int, app_uris: dict[str, str], tags: list[str], hwid
             "name": f"{hwid}-lmp",
             "targetFormat": "OSTREE",
             "arch": platform.machine(),
+            "uri": f"https://ci.foundries.io/projects/{factory}/lmp/builds/{version}",
             "createdAt": created,
+            "updatedAt": created,
             "docker_compose_apps": {app: {"uri": uri} for app, uri in sorted(app_uris.items())},
         }
-        canonical = json.dumps(custom, sort_keys=True, separators=(",", ":")).encode()
-        entries[f"{hwid}-lmp-{version}"] = {"length": 0, "hashes": {"sha256": hashlib.sha256(canonical).hexdigest()},
-                                            "custom": custom}
+        entries[f"{hwid}-lmp-{version}"] = {"length": 0, "hashes": {"sha256": hashlib.sha256(
+            canonical_bytes(custom)).hexdigest()}, "custom": custom}
     return entries
 
 
@@ -280,15 +285,18 @@ def publishing(home: FactoryHome) -> Iterator[tuple[RegistryPusher, BlobDir]]:
         yield RegistryPusher(home), BlobDir(Path(work))
 
 
-def add_targets(home: FactoryHome, version: int, uris: dict[str, str], tags: list[str], hwids: list[str]) -> dict:
-    """Add the Targets of `version` naming these app URIs; returns them (name -> TUF target file info)."""
-    entries = target_entries(version, uris, tags or ["main"], hwids or [default_hwid()])
-    TufRepository(home).add_targets(entries)
+def add_targets(home: FactoryHome, version: int, uris: dict[str, str], tags: list[str], hwids: list[str],
+                production: bool = False) -> dict:
+    """Add the Targets of `version` naming these app URIs, to production too with `production`;
+    returns them (name -> TUF target file info)."""
+    entries = target_entries(home.load_state()["factory"], version, uris, tags or ["main"], hwids or [default_hwid()])
+    TufRepository(home).add_targets(entries, production)
     return entries
 
 
 def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: list[str],
-                 hwids: list[str], layer_mb: dict[str, int] | int = 0, layer_seed: str = "") -> dict:
+                 hwids: list[str], layer_mb: dict[str, int] | int = 0, layer_seed: str = "",
+                 production: bool = False) -> dict:
     """Publish `apps` (name -> folder) as version `version` and add their Targets.
 
     `layer_mb` adds that many MB of incompressible layers per app (an int for every app, or a
@@ -301,7 +309,7 @@ def publish_apps(home: FactoryHome, version: int, apps: dict[str, Path], tags: l
         for name in sorted(apps):
             mb = layer_mb.get(name, 0) if isinstance(layer_mb, dict) else layer_mb
             uris[name] = publish_app(pusher, blobs, name, apps[name], version, mb, layer_seed)
-    return add_targets(home, version, uris, tags, hwids)
+    return add_targets(home, version, uris, tags, hwids, production)
 
 
 def parse_app_specs(app_specs: tuple[str, ...]) -> dict[str, Path]:
@@ -335,9 +343,12 @@ def _parse_layer_mb(values: tuple[str, ...]) -> dict[str, int] | int:
 @click.option("--layer-mb", "layer_mb", multiple=True, metavar="[APP=]MB",
               help="Add MB of incompressible layers to every app, or to APP.")
 @click.option("--layer-seed", default="", help="Seed of the filler bytes (change it to make them differ).")
+@click.option("--production", is_flag=True,
+              help="Make the Targets production Targets too (what `fioctl waves init` then `waves complete` do).")
 def publish_command(home_dir: Path, version: int, app_specs: tuple[str, ...], tags: tuple[str, ...],
-                    hwids: tuple[str, ...], layer_mb: tuple[str, ...], layer_seed: str) -> None:
-    """Build the apps' images, push them and the apps to the registry, add the Targets."""
+                    hwids: tuple[str, ...], layer_mb: tuple[str, ...], layer_seed: str, production: bool) -> None:
+    """Build the apps' images, push them and the apps to the registry, add the Targets (CI, and
+    production with --production)."""
     added = publish_apps(FactoryHome(home_dir), version, parse_app_specs(app_specs), list(tags), list(hwids),
-                         _parse_layer_mb(layer_mb), layer_seed)
+                         _parse_layer_mb(layer_mb), layer_seed, production)
     click.echo(json.dumps(added, indent=2, sort_keys=True))

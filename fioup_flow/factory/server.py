@@ -4,7 +4,7 @@ Run as `python -m fioup_flow.factory.server --home DIR` (by `up`, through proces
 listeners live in one process, each in its own thread, one thread per connection. The TLS
 handshake runs in the connection's thread, not in the accepting one, so a client that stalls
 mid-handshake cannot block the listener. A gateway client without a certificate signed by the
-factory CA fails the handshake; routes see the peer's CN in `Call.peer_cn`.
+factory CA fails the handshake; routes see the peer's CN and businessCategory in the `Call`.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         url = urlsplit(self.path)
         return Call(method=self.command, path=url.path, query=parse_qs(url.query),
-                    headers={k.lower(): v for k, v in self.headers.items()}, body=body, peer_cn=self._peer_cn())
+                    headers={k.lower(): v for k, v in self.headers.items()}, body=body,
+                    peer_cn=self._peer_subject("commonName"),
+                    peer_business_category=self._peer_subject("businessCategory"))
 
     def _body(self) -> bytes:
         try:
@@ -127,11 +129,12 @@ class Handler(BaseHTTPRequestHandler):
             pass
         return b"".join(chunks)
 
-    def _peer_cn(self) -> str | None:
+    def _peer_subject(self, attribute: str) -> str | None:
+        """An attribute of the client certificate's subject (OpenSSL's long name), if any."""
         cert = self.request.getpeercert()
         for rdn in (cert or {}).get("subject", ()):
             for key, value in rdn:
-                if key == "commonName":
+                if key == attribute:
                     return value
         return None
 
@@ -163,7 +166,8 @@ class Handler(BaseHTTPRequestHandler):
                 left -= len(chunk)
 
     def log_message(self, format: str, *args) -> None:
-        log.info("%s %s %s", self.server.name, self._peer_cn() or self.client_address[0], format % args)
+        log.info("%s %s %s", self.server.name, self._peer_subject("commonName") or self.client_address[0],
+                 format % args)
 
 
 def listeners(home: FactoryHome) -> list[TlsListener]:

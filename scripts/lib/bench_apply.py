@@ -127,7 +127,11 @@ class Bench:
 
     # --- fioup-flow side ---------------------------------------------------------------
     def register(self, round_no: int) -> dict[str, str]:
+        """A new device, with its image's TUF roots beside it; the environment that selects it."""
         device = self.work / f"device-{round_no}"
+        run(["fioup-flow-factory", "roots", "--home", str(self.home), "--out", str(self.work / "image-tuf")])
+        image = self.work / "image-roots.toml"
+        image.write_text(f'[storage]\nuptane_metadata_path = "{self.work / "image-tuf"}"\n')
         run(["fioup-flow", "register", "--factory", self.factory["factory"], "--server", self.factory["api"],
              "--token", self.factory["registration_token"], "--ca", self.factory["ca"],
              "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG, "--sota-dir", str(device)])
@@ -136,7 +140,7 @@ class Bench:
         drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n')
         # The registry's certificate is the factory's "public" CA's, which devices trust through
         # the system store: SSL_CERT_FILE names the system's bundle plus that CA.
-        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{drop_in}",
+        return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{image},{drop_in}",
                     SSL_CERT_FILE=self.factory["ca_bundle"])
 
     def save_compose_files(self, env: dict[str, str], version: int) -> None:

@@ -65,6 +65,7 @@ from fioup_flow.events import EVENT_TYPES  # noqa: E402
 from fioup_flow.factory.devices import DeviceRecords  # noqa: E402
 from fioup_flow.factory.faults import Faults  # noqa: E402
 from fioup_flow.factory.home import FactoryHome  # noqa: E402
+from fioup_flow.factory.tufrepo import TufRepository  # noqa: E402
 from fioup_flow.store import BlobStore  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts" / "lib"))
@@ -237,14 +238,19 @@ class Lab:
                 self.boot_engine()
 
     def drop_in(self) -> dict:
-        """The device's own settings: a rate limit, so that a cut lands mid-download; when the engine
-        goes down with the power, how the device restarts it (see tasks/portleak.py); and the port
-        the sample shellhttpd publishes (compose reads it from `[compose_env]` only)."""
+        """The device's own settings: a rate limit, so that a cut lands mid-download; when the
+        engine goes down with the power, how the device restarts it (see tasks/portleak.py); the
+        port the sample shellhttpd publishes (compose reads it from `[compose_env]` only); and
+        where its image's TUF roots are (written fresh, outside the power-cut mount, as
+        /usr/lib/sota/tuf is read-only on a device)."""
+        roots = self.work / "image-tuf"
+        TufRepository(self.home).export_roots(roots)
         pacman = {"download_rate_limit": RATE_LIMIT}
         if self.power:
             pacman["engine_restart_command"] = [
                 sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart", str(self.power.folder)]
-        return {"pacman": pacman, "compose_env": {"SHELLHTTPD_PORT": str(SHELLHTTPD_PORT)}}
+        return {"pacman": pacman, "compose_env": {"SHELLHTTPD_PORT": str(SHELLHTTPD_PORT)},
+                "storage": {"uptane_metadata_path": str(roots)}}
 
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]

@@ -4,7 +4,8 @@ tests/conftest.py, is built from them).
 `start_factory` runs `fioup-flow-factory up` in a folder; tests that change the TUF
 repository's keys or expiries start their own factory instead of the shared one.
 `register_device` registers through the real api listener and returns what a device keeps
-(key, client cert, the first trusted TUF root).
+(key, client cert) beside what its OS image ships (the factory's TUF roots and a config
+drop-in pointing at them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from support import image_roots
 
 from fioup_flow.factory.home import FactoryHome
 from fioup_flow.register import Registration, make_key_and_csr, request_body
@@ -44,6 +46,7 @@ class Device:
     uuid: str
     folder: Path
     files: dict[str, str]  # the registration answer
+    drop_in: Path  # the image's config: where its TUF roots are
 
     @property
     def cert(self) -> tuple[str, str]:
@@ -74,10 +77,10 @@ def registration_body(name: str, device_uuid: str, csr: bytes, sota_dir: Path, h
 
 
 def register_device(factory: Factory, folder: Path, name: str | None = None, hardware_id: str = "amd64-linux",
-                    tags: str = "main") -> Device:
+                    tags: str = "main", production: bool = False) -> Device:
     device_uuid = str(uuidlib.uuid4())
     name = name or f"dev-{device_uuid[:8]}"
-    key, csr = make_key_and_csr(device_uuid, factory.info["factory"])
+    key, csr = make_key_and_csr(device_uuid, factory.info["factory"], production)
     response = requests.post(f"{factory.api}/ota/devices/", verify=factory.info["ca"],
                              headers={"OSF-TOKEN": factory.info["registration_token"]},
                              json=registration_body(name, device_uuid, csr, folder, hardware_id, tags), timeout=30)
@@ -88,4 +91,5 @@ def register_device(factory: Factory, folder: Path, name: str | None = None, har
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(content)
     (folder / "pkey.pem").write_bytes(key)
-    return Device(name, device_uuid, folder, files)
+    image = image_roots(factory.home.root, folder.with_name(f"{folder.name}-image"))
+    return Device(name, device_uuid, folder, files, image)

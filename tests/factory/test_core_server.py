@@ -1,7 +1,7 @@
 """The factory-server against real clients: mTLS gateway, registration, reports, registry tokens, TUF.
 
 Everything goes over HTTPS on loopback to a factory started with `fioup-flow-factory up`. The
-TUF views are verified with python-tuf's own client (ngclient) through an mTLS fetcher.
+TUF views are verified with the device's own verifier (fioup_flow.tuf) through an mTLS fetch.
 """
 
 from __future__ import annotations
@@ -22,24 +22,20 @@ from core_factory import (
     factory_cli,
     register_device,
     registration_body,
-    start_factory,
-    stop_factory,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, RepositoryError
-from tuf.api.metadata import Metadata, Root
-from tuf.ngclient import Updater
-from tuf.ngclient.fetcher import FetcherInterface
 
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
 from fioup_flow.factory.pki import issue_client_cert
 from fioup_flow.factory.token import SERVICE
-from fioup_flow.factory.tufrepo import TufRepository
+from fioup_flow.factory.tufrepo import CI, PRODUCTION, TufRepository
 from fioup_flow.register import make_key_and_csr
+from fioup_flow.tuf.roots import is_production, shipped_chain
+from fioup_flow.tuf.updater import Updater
 
 REFUSED = (requests.exceptions.SSLError, requests.exceptions.ConnectionError)
 
@@ -131,7 +127,7 @@ def test_registration_returns_the_device_files_and_records_the_device(factory, t
     response = _register(factory, body, factory.info["registration_token"])
     assert response.status_code == 201
     files = response.json()
-    assert set(files) == {"sota.toml", "client.pem", "client.chained", "root.crt", "tuf/root.json"}
+    assert set(files) == {"sota.toml", "client.pem", "client.chained", "root.crt"}, "no TUF root: it comes with the OS image"
     sota = tomllib.loads(files["sota.toml"])
     port = factory.home.load_state()["ports"]["gateway"]
     assert sota["tls"] == {"server": f"https://127.0.0.1:{port}", "ca_source": "file", "pkey_source": "file",
@@ -144,7 +140,6 @@ def test_registration_returns_the_device_files_and_records_the_device(factory, t
     assert sota["storage"] == {"path": str(tmp_path)}
     assert sota["import"]["tls_clientcert_path"] == f"{tmp_path}/client.pem"
     assert files["root.crt"] == factory.home.ca_cert.read_text()
-    assert files["tuf/root.json"].encode() == TufRepository(factory.home).trusted_root_json()
     cert = x509.load_pem_x509_certificate(files["client.pem"].encode())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == body["uuid"]
     record = DeviceRecords(factory.home).find(body["name"])
@@ -260,7 +255,7 @@ def test_a_burst_of_server_errors_answers_the_next_requests_with_that_status_the
 
 def test_unknown_gateway_paths_are_404(factory, device):
     assert _get(factory, device, "/nothing").status_code == 404
-    assert _get(factory, device, "/repo/99.root.json").status_code == 404
+    assert _get(factory, device, "/repo/99.root.json", headers={"x-ats-tags": "main"}).status_code == 404
 
 
 # --- registry credentials and tokens ----------------------------------------------------------
@@ -322,28 +317,25 @@ def test_the_registry_accepts_a_device_token_from_the_token_endpoint(factory, de
     assert authorized.status_code == 404 and authorized.json()["errors"][0]["code"] == "NAME_UNKNOWN"
 
 
-# --- the TUF repository, through python-tuf's client ------------------------------------------
+# --- the TUF repositories, over mutual TLS ----------------------------------------------------
 
-class MtlsFetcher(FetcherInterface):
-    """ngclient's downloads over the gateway's mutual TLS, with the device's tags header."""
-
-    def __init__(self, factory: Factory, device: Device, tags: str | None = None):
-        self.factory, self.device = factory, device
-        self.headers = {"x-ats-tags": tags} if tags else {}
-
-    def _fetch(self, url: str):
-        response = requests.get(url, cert=self.device.cert, verify=self.factory.info["ca"], headers=self.headers,
-                                timeout=30)
-        if response.status_code != 200:
-            raise DownloadHTTPError(f"GET {url}: {response.status_code}", response.status_code)
-        return iter([response.content])
+def _fetcher(factory: Factory, device: Device, tags: str):
+    """The device verifier's fetch over the gateway's mutual TLS, with the tags header."""
+    def fetch(name: str, _max_length: int) -> bytes | None:
+        response = _get(factory, device, f"/repo/{name}", headers={"x-ats-tags": tags})
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        return response.content
+    return fetch
 
 
-def _updater(factory: Factory, device: Device, metadata_dir: Path, tags: str | None = None) -> Updater:
-    metadata_dir.mkdir(parents=True, exist_ok=True)
-    bootstrap = None if (metadata_dir / "root.json").exists() else device.files["tuf/root.json"].encode()
-    return Updater(str(metadata_dir), f"{factory.gateway}/repo/", fetcher=MtlsFetcher(factory, device, tags),
-                   bootstrap=bootstrap)
+def _refresh(factory: Factory, device: Device, store: Path, tags: str = "main"):
+    """What the device trusts after a refresh from the gateway, from the roots its image ships
+    (CI or production by its certificate, as the agent chooses)."""
+    production = is_production(device.folder / "client.pem")
+    return Updater(store, _fetcher(factory, device, tags),
+                   lambda: shipped_chain(device.drop_in.parent / "tuf", production)).refresh()
 
 
 def _entry(version: int, hwid: str, tags: list[str]) -> dict:
@@ -352,68 +344,48 @@ def _entry(version: int, hwid: str, tags: list[str]) -> dict:
     return {f"{hwid}-lmp-{version}": {"length": 0, "hashes": {"sha256": "cd" * 32}, "custom": custom}}
 
 
-def test_ngclient_verifies_a_device_s_view_with_only_its_hardware_id_and_tags(factory, tmp_path):
-    hwid, other = (f"core-{uuidlib.uuid4().hex[:8]}" for _ in range(2))  # this test's own, in the shared factory
-    device = register_device(factory, tmp_path / "sota", hardware_id=hwid, tags="main")
-    TufRepository(factory.home).add_targets(_entry(1, hwid, ["main"]) | _entry(2, hwid, ["devel"])
-                                            | _entry(3, other, ["main"]))
-    updater = _updater(factory, device, tmp_path / "tuf")
-    updater.refresh()
-    assert updater.get_targetinfo(f"{hwid}-lmp-1") is not None
-    assert updater.get_targetinfo(f"{hwid}-lmp-2") is None
-    assert updater.get_targetinfo(f"{other}-lmp-3") is None
-    # The x-ats-tags header chooses the view; versions keep growing so the switch verifies.
-    devel = _updater(factory, device, tmp_path / "tuf", tags="devel")
-    devel.refresh()
-    assert devel.get_targetinfo(f"{hwid}-lmp-2") is not None and devel.get_targetinfo(f"{hwid}-lmp-1") is None
+def test_the_repository_answers_404_to_a_device_that_sends_no_tag(factory, device):
+    for path in ("/repo/1.root.json", "/repo/timestamp.json", "/repo/targets.json"):
+        assert _get(factory, device, path).status_code == 404
+        assert _get(factory, device, path, headers={"x-ats-tags": "main"}).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def own_factory(tmp_path_factory):
-    """A factory for tests that re-key or expire its repository (the shared one must stay valid)."""
-    running = start_factory(tmp_path_factory.mktemp("own-factory") / "home")
-    TufRepository(running.home).add_targets(_entry(1, "amd64-linux", ["main"]))
-    try:
-        yield running
-    finally:
-        stop_factory(running)
+def _own() -> str:
+    """A tag or hardware id of this test's own: the shared factory's Targets are left alone."""
+    return f"core-{uuidlib.uuid4().hex[:8]}"
 
 
-def test_ngclient_refuses_an_expired_timestamp_after_resign_with_a_past_expiry(own_factory, tmp_path):
-    device = register_device(own_factory, tmp_path / "sota")
-    home = str(own_factory.home.root)
-    factory_cli("resign", "--home", home, "--timestamp-expires-in", "-3600")
-    try:
-        with pytest.raises(ExpiredMetadataError):
-            _updater(own_factory, device, tmp_path / "tuf").refresh()
-    finally:
-        factory_cli("resign", "--home", home)
-    _updater(own_factory, device, tmp_path / "tuf").refresh()
+def test_the_x_ats_tags_header_chooses_the_view_which_lists_every_hardware_id_of_its_tags(factory, tmp_path):
+    tag, other, hwid, hwid2 = _own(), _own(), _own(), _own()
+    device = register_device(factory, tmp_path / "sota", hardware_id=hwid, tags=tag)
+    TufRepository(factory.home).add_targets(_entry(1, hwid, [tag]) | _entry(2, hwid, [other]) | _entry(3, hwid2, [tag]))
+    assert set(_refresh(factory, device, tmp_path / "tuf", tag).targets) == {f"{hwid}-lmp-1", f"{hwid2}-lmp-3"}
+    assert set(_refresh(factory, device, tmp_path / "tuf", other).targets) == {f"{hwid}-lmp-2"}
 
 
-def test_ngclient_refuses_a_tampered_targets_file_on_the_server(own_factory, tmp_path):
-    device = register_device(own_factory, tmp_path / "sota")
-    served = TufRepository(own_factory.home).view_file("amd64-linux", ["main"], "targets.json")
-    tampered = json.loads(served.read_bytes())
-    tampered["signed"]["targets"]["amd64-linux-lmp-1"]["custom"]["docker_compose_apps"] = {"evil": {"uri": "x"}}
-    served.write_text(json.dumps(tampered))
-    try:
-        with pytest.raises(RepositoryError):
-            _updater(own_factory, device, tmp_path / "tuf").refresh()
-    finally:
-        factory_cli("resign", "--home", str(own_factory.home.root))
+def test_a_production_device_gets_the_production_chain_and_only_production_targets(factory, tmp_path):
+    tag, hwid = _own(), _own()
+    ci = register_device(factory, tmp_path / "ci", hardware_id=hwid, tags=tag)
+    prod = register_device(factory, tmp_path / "prod", hardware_id=hwid, tags=tag, production=True)
+    cert = x509.load_pem_x509_certificate(prod.files["client.pem"].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY)[0].value == "production"
+    repo = TufRepository(factory.home)
+    repo.add_targets(_entry(1, hwid, [tag]))
+    repo.add_targets(_entry(2, hwid, [tag]), production=True)
+    assert set(_refresh(factory, ci, tmp_path / "ci-tuf", tag).targets) == {f"{hwid}-lmp-1", f"{hwid}-lmp-2"}
+    assert set(_refresh(factory, prod, tmp_path / "prod-tuf", tag).targets) == {f"{hwid}-lmp-2"}
+    newest = repo.root_versions(PRODUCTION)[-1]
+    assert _get(factory, prod, f"/repo/{newest}.root.json", headers={"x-ats-tags": tag}).content == \
+        repo.root_json(PRODUCTION, newest)
+    assert (tmp_path / "prod-tuf" / "root.json").read_bytes() == repo.root_json(PRODUCTION, newest)
 
 
-def test_ngclient_follows_rotate_root_to_new_keys(own_factory, tmp_path):
-    device = register_device(own_factory, tmp_path / "sota")
-    _updater(own_factory, device, tmp_path / "tuf").refresh()
-    before = Metadata[Root].from_file(str(tmp_path / "tuf" / "root.json")).signed.version
-    out = factory_cli("rotate-root", "--home", str(own_factory.home.root), "--role", "root", "--role", "timestamp")
-    assert json.loads(out.stdout)["root_version"] == before + 1
-    updater = _updater(own_factory, device, tmp_path / "tuf")
-    updater.refresh()
-    assert Metadata[Root].from_file(str(tmp_path / "tuf" / "root.json")).signed.version == before + 1
-    assert updater.get_targetinfo("amd64-linux-lmp-1") is not None
+def test_fioup_flow_factory_roots_writes_both_chains_as_an_image_ships_them(factory, device):
+    roots = device.drop_in.parent / "tuf"
+    repo = TufRepository(factory.home)
+    for chain in (CI, PRODUCTION):
+        assert sorted(int(p.name.split(".")[0]) for p in (roots / chain).iterdir()) == repo.root_versions(chain)
+        assert (roots / chain / "1.root.json").read_bytes() == repo.root_json(chain, 1)
 
 
 def test_events_sent_at_once_from_many_connections_are_still_recorded_once(factory, device):

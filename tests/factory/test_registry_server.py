@@ -31,7 +31,7 @@ from fioup_flow.factory.publish import (APP_ARTIFACT_TYPE, APP_MANIFEST_TYPE, CO
                                         publish_command, sample_path, target_entries)
 from fioup_flow.factory.registry import RegistryPusher
 from fioup_flow.factory.token import issue_token, repository_access
-from fioup_flow.factory.tufrepo import TufRepository
+from fioup_flow.factory.tufrepo import CI, TufRepository
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +180,13 @@ def test_a_published_service_image_loads_from_the_registry_blobs_and_becomes_hea
 
 def test_a_target_per_hardware_id_lists_the_apps_by_pinned_uri():
     uris = {"shellhttpd": "127.0.0.1:5000/factory/shellhttpd@sha256:" + "a" * 64}
-    entries = target_entries(7, uris, ["main", "beta"], ["amd64-linux", "rpi-linux"])
+    entries = target_entries("acme", 7, uris, ["main", "beta"], ["amd64-linux", "rpi-linux"])
     assert sorted(entries) == ["amd64-linux-lmp-7", "rpi-linux-lmp-7"]
     custom = entries["rpi-linux-lmp-7"]["custom"]
     assert custom["version"] == "7" and custom["hardwareIds"] == ["rpi-linux"] and custom["name"] == "rpi-linux-lmp"
     assert custom["tags"] == ["main", "beta"] and custom["targetFormat"] == "OSTREE"
     assert custom["docker_compose_apps"] == {"shellhttpd": {"uri": uris["shellhttpd"]}}
+    assert {"arch", "uri", "createdAt", "updatedAt"} <= set(custom) and "/acme/" in custom["uri"]
     canonical = json.dumps(custom, sort_keys=True, separators=(",", ":")).encode()
     assert entries["rpi-linux-lmp-7"]["hashes"] == {"sha256": hashlib.sha256(canonical).hexdigest()}
     assert entries["rpi-linux-lmp-7"]["length"] == 0
@@ -205,10 +206,10 @@ def test_the_published_compose_file_is_valid_for_docker_compose(home, published,
 
 
 def test_fioup_flow_factory_publish_adds_a_target_per_version_listing_both_sample_apps(home):
-    for version in (1, 2):
+    for version, production in ((1, ()), (2, ("--production",))):
         result = factory_cli("publish", "--home", str(home.root), "--version", str(version), "--hwid", "test-hwid",
                              "--tag", "main", "--app", f"shellhttpd=sample:shellhttpd/v{version}",
-                             "--app", f"pair=sample:pair/v{version}")
+                             "--app", f"pair=sample:pair/v{version}", *production)
         assert list(json.loads(result.stdout)) == [f"test-hwid-lmp-{version}"]
 
     targets = TufRepository(home).targets()
@@ -219,11 +220,11 @@ def test_fioup_flow_factory_publish_adds_a_target_per_version_listing_both_sampl
     for app in v2["docker_compose_apps"].values():
         assert _published_app(home, app["uri"])["manifest"]["artifactType"] == APP_ARTIFACT_TYPE
 
-    signed = json.loads(TufRepository(home).view_file("test-hwid", ["main"], "targets.json").read_text())
+    signed = json.loads(TufRepository(home).view_file(CI, ["main"], "targets.json").read_text())
     assert {"test-hwid-lmp-1", "test-hwid-lmp-2"} <= set(signed["signed"]["targets"])
     assert signed["signed"]["targets"]["test-hwid-lmp-2"]["custom"] == v2
-    other = json.loads(TufRepository(home).view_file("other-hwid", ["main"], "targets.json").read_text())
-    assert not other["signed"]["targets"]
+    production = TufRepository(home).targets(production=True)
+    assert "test-hwid-lmp-2" in production and "test-hwid-lmp-1" not in production, "only with --production"
 
 
 def test_publish_command_adds_filler_layers_to_the_named_app_only(home):

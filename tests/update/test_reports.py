@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import docker
 import pytest
 import requests
 from faults.netproxy import FaultProxy
-from support import BIN, Device, free_port, sample_page
+from support import BIN, SHELLHTTPD_PORT, Device, free_port, sample_page
 
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
@@ -64,7 +63,7 @@ def port_held() -> Iterator[None]:
     """Another program on the port the sample shellhttpd publishes: its start fails (exit 70)."""
     with socket.socket() as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.bind(("127.0.0.1", int(os.environ["SHELLHTTPD_PORT"])))
+        holder.bind(("127.0.0.1", SHELLHTTPD_PORT))
         holder.listen()
         yield
 
@@ -272,11 +271,15 @@ def test_apps_states_are_posted_before_and_after_each_run_a_failed_one_too_and_o
     for container in engine.containers.list(filters={"label": "com.docker.compose.project=pair"}):
         container.stop(timeout=1)  # the device changed by itself since the last report
     held = free_port()
+    held_port = device.sota_dir / "z-held-port.toml"  # a drop-in that wins over the device's own port
+    held_port.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{held}"\n')
+    device.drop_ins.append(held_port)
     with socket.socket() as holder:  # ...and shellhttpd v1 will not start: the downgrade fails
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", held))
         holder.listen()
-        done = device.run("apply", "1", env={"SHELLHTTPD_PORT": str(held)})
+        done = device.run("apply", "1")
+    device.drop_ins.remove(held_port)
     assert done.returncode == 70, done.stderr
     before, after = apps_states(factory, device)[2:]
     assert before["pair"][0] == "unhealthy" and before["shellhttpd"][0] == "healthy", "before the run"
