@@ -227,15 +227,10 @@ class Lab:
             self.engine = self.power.client()
 
     def restart_engine(self) -> None:
-        """A clean stop and start of the engine: what the device's next power-on gives (with the
-        operator's fix, should the engine not start on the network database a cut left)."""
+        """A clean stop and start of the engine: what the device's next power-on gives."""
         if self.power:
             self.power.stop()
-            try:
-                self.boot_engine()
-            except EngineDidNotStart:
-                self.power.forget_networks()
-                self.boot_engine()
+            self.boot_engine()
 
     def drop_in(self) -> dict:
         """The device's own settings: a rate limit, so that a cut lands mid-download; when the
@@ -461,12 +456,11 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     # bytes the device had received but lost to the cut: fetched once more after it
     cut.refetched = sum(max(0, sum(w for d, w in gets[gets_at_start:] if d == digest) - kept)
                         for digest, kept in kept_at_cut.items())
-    try:
-        lab.boot_engine()  # which restarts the containers that were running, as their restart policy says
-    except EngineDidNotStart as exc:
+    try:  # which restarts the containers that were running, as their restart policy says; a panic on the
+        lab.boot_engine()  # network database the cut left is recovered as fioup-flow's docker drop-in does
+    except EngineDidNotStart as exc:  # anything else needs a person: the run cannot go on
         cut.failures["engine"] = f"the Docker engine did not start after the cut: {lab.power.last_words() or exc}"
-        lab.power.forget_networks()
-        lab.boot_engine()
+        raise
     apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
     down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
     log_at = lab.power.log_size() if lab.power else 0
