@@ -39,9 +39,13 @@ the randomness are injectable for tests.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import os
 import random
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -147,6 +151,16 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+def release_memory() -> None:
+    """Give back to the system what a cycle that worked on an update freed: glibc keeps a freed heap
+    for the process otherwise, and a daemon sleeps most of its life at the RSS it is left with."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        pass
+
+
 def log_node(event: NodeEvent) -> None:
     """One line per node that finished (failures and retries the executor logs itself); no progress."""
     if event.state == "done" and not event.already:
@@ -178,8 +192,11 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def run(self, once: bool = False) -> int:
-        """Cycle until stopped (exit 0). `once`: until a cycle would sleep, with that cycle's exit code."""
+    def run(self, once: bool = False, renew: bool = True) -> int:
+        """Cycle until stopped (exit 0). `once`: until a cycle would sleep, with that cycle's exit code.
+
+        `renew`: after a cycle that worked on an update and wants the next one at once, go on in a
+        fresh process (`_renew`) rather than in this one."""
         with self._signals():
             failures = 0
             while True:
@@ -191,6 +208,10 @@ class Daemon:
                     return cycle.exit_code if once else 0
                 if once and pause is not None:
                     return cycle.exit_code
+                if pause is None and renew and not once:
+                    self._renew()
+                if cycle.result != "idle":
+                    release_memory()
                 if pause is not None:
                     try:
                         self.clock.sleep(pause)
@@ -212,6 +233,20 @@ class Daemon:
             log.warning("cycle failed (exit %d): %s; backing off, %s", cycle.exit_code, cycle.message, then)
         else:
             log.info("cycle %s: %s; %s", cycle.result, cycle.message, then)
+
+    def _renew(self) -> None:
+        """Exec this daemon anew, same process id, same arguments: its next cycle comes at once there,
+        as it would have here. An update loads what an idle daemon never needs (networkx alone is
+        13 MB) and leaves a heap glibc does not give back whole; a device then pays that for the
+        weeks the daemon sleeps. Everything it knows is on disk. If the exec fails, it goes on here."""
+        log.info("starting afresh, to give back the memory the update took")
+        self.agent.close()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        try:
+            os.execv(sys.executable, sys.orig_argv)
+        except OSError as exc:
+            log.warning("could not start afresh (%s): going on in this process", exc)
 
     def _reload_on_signal(self) -> None:
         self.reload_requested = False
