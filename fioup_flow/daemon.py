@@ -70,6 +70,7 @@ BACKOFF_BASE_S = 15.0  # balena-supervisor's poll.ts: min(interval, 15 s * 2^n) 
 JITTER = 0.1  # a random share of the interval added to each sleep
 HOLD_S = 24 * 3600  # how long a Target given up after max_attempts is held back
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED = {*STOP_SIGNALS, signal.SIGHUP}
 
 
 class Clock(Protocol):
@@ -198,27 +199,31 @@ class Daemon:
         `renew`: after a cycle that worked on an update and wants the next one at once, go on in a
         fresh process (`_renew`) rather than in this one."""
         with self._signals():
-            failures = 0
-            while True:
-                cycle = self.cycle()
-                failures = failures + 1 if cycle.failed else 0
-                pause = None if cycle.again_at_once else self._pause(cycle, failures)
-                self._log(cycle, pause)
-                if self.stopped is not None or cycle.result == "interrupted":
-                    return cycle.exit_code if once else 0
-                if once and pause is not None:
-                    return cycle.exit_code
-                if pause is None and renew and not once:
-                    self._renew()
-                if cycle.result != "idle":
-                    release_memory()
-                if pause is not None:
-                    try:
-                        self.clock.sleep(pause)
-                    except Stopped:
-                        return 0
-                if self.reload_requested:
-                    self._reload_on_signal()
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)  # those that came while it started afresh
+                return self._loop(once, renew)
+            except Stopped as stop:  # while it slept or started
+                return 128 + stop.signum if once else 0
+
+    def _loop(self, once: bool, renew: bool) -> int:
+        failures = 0
+        while True:
+            cycle = self.cycle()
+            failures = failures + 1 if cycle.failed else 0
+            pause = None if cycle.again_at_once else self._pause(cycle, failures)
+            self._log(cycle, pause)
+            if self.stopped is not None or cycle.result == "interrupted":
+                return cycle.exit_code if once else 0
+            if once and pause is not None:
+                return cycle.exit_code
+            if pause is None and renew and not once:
+                self._renew()
+            if cycle.result != "idle":
+                release_memory()
+            if pause is not None:
+                self.clock.sleep(pause)
+            if self.reload_requested:
+                self._reload_on_signal()
 
     def _pause(self, cycle: Cycle, failures: int) -> float:
         pause = self.policy.pause(failures, self.rand)
@@ -243,9 +248,13 @@ class Daemon:
         self.agent.close()
         for handler in logging.getLogger().handlers:
             handler.flush()
+        # A signal that comes before the new process has its handlers waits for them (the mask
+        # survives the exec) instead of killing it with the default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             os.execv(sys.executable, sys.orig_argv)
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
             log.warning("could not start afresh (%s): going on in this process", exc)
 
     def _reload_on_signal(self) -> None:

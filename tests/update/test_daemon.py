@@ -312,6 +312,8 @@ def test_a_factory_out_of_reach_is_backed_off_from_and_once_back_the_update_goes
     text = log.read_text()
     waits = [float(w) for w in re.findall(r"cycle failed \(exit \d+\): .*backing off, next check in ([\d.]+) s", text)]
     assert waits[:4] == sorted(waits[:4]) and waits[3] >= 4 and max(waits) <= 16, text
+    assert "starting afresh" in text and text.count("config: polling every") == 2, \
+        "after the update, the daemon went on in a fresh process"
     assert "v2" in sample_page()
     got = [e["eventType"]["id"] for e in events_of(factory, device)
            if e["event"]["correlationId"] == status(device)["history"][0]["correlation_id"]]
