@@ -139,6 +139,17 @@ def clean_engine(engine) -> None:
         engine.images.remove(image.id, force=True)
 
 
+def largest_partial(device: Device) -> int:
+    """The bytes the largest partial download of `device` holds now (0 with none)."""
+    sizes = []
+    for partial in (device.sota_dir / "reset-apps" / "ingest").glob("*/data"):
+        try:
+            sizes.append(partial.stat().st_size)
+        except FileNotFoundError:  # committed meanwhile
+            pass
+    return max(sizes, default=0)
+
+
 _BLOB_GET = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'
                        r'http.response.written=(\d+)')
 

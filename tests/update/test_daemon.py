@@ -27,7 +27,7 @@ from pathlib import Path
 import docker
 import pytest
 from faults.netproxy import FaultProxy
-from support import BIN, Device, fresh_device, publish, registry_blob_gets, sample_page
+from support import BIN, Device, fresh_device, largest_partial, publish, registry_blob_gets, sample_page
 from test_crash import wait_for
 
 from fioup_flow.config import Config
@@ -102,14 +102,17 @@ def version(device: Device) -> int | None:
     return (status(device)["current"] or {}).get("version")
 
 
-def partial_bytes(device: Device) -> int:
-    sizes = []
-    for partial in (device.sota_dir / "reset-apps" / "ingest").glob("*/data"):
-        try:
-            sizes.append(partial.stat().st_size)
-        except FileNotFoundError:  # committed meanwhile
-            pass
-    return max(sizes, default=0)
+def stopped_mid_download(factory, hwid: str, device: Device, tmp_path: Path, pacman: str = "") -> None:
+    """Version 2 published with 32 MB more, fetched at 4 MB/s; the daemon stopped by SIGTERM once 4 MiB
+    of it are in (exit 0)."""
+    device.drop_ins.append(drop_in(tmp_path / "z-rate.toml", f'[pacman]\ndownload_rate_limit = "4M"\n{pacman}'))
+    publish_version(factory, hwid, 2, V2, big_mb=32)
+    daemon = start_daemon(device, tmp_path / "first.log")
+    try:
+        wait_for(lambda: largest_partial(device) > 4 * MIB, 120, "version 2 partly fetched")
+        assert stop(daemon, 10) == 0
+    finally:
+        daemon.kill()
 
 
 def blob_sizes(device: Device) -> dict[str, int]:
@@ -201,7 +204,7 @@ def test_a_newer_target_published_mid_download_supersedes_the_update_and_no_blob
     count, log = gets(factory), tmp_path / "daemon.log"
     daemon = start_daemon(device, log)
     try:
-        wait_for(lambda: partial_bytes(device) > 6 * MIB, 120, "the big layer of version 2 partly fetched")
+        wait_for(lambda: largest_partial(device) > 6 * MIB, 120, "the big layer of version 2 partly fetched")
         publish_version(factory, hwid, 3, V3, big_mb=64)  # the same big layers, ticker instead of pair
         wait_for(lambda: version(device) == 3, 300, "version 3 running")
         assert stop(daemon, 30) == 0
@@ -325,17 +328,9 @@ def test_a_factory_out_of_reach_is_backed_off_from_and_once_back_the_update_goes
 
 def test_after_max_attempts_failed_the_daemon_gives_the_update_up_and_the_device_stays_on_its_target(
         factory, engine, hwid, device, tmp_path: Path) -> None:
-    device.drop_ins.append(drop_in(tmp_path / "z-rate.toml", '[pacman]\ndownload_rate_limit = "4M"\nmax_attempts = 2\n'))
-    publish_version(factory, hwid, 2, V2, big_mb=32)
-    before = containers(engine)
-    log = tmp_path / "daemon.log"
+    before, log = containers(engine), tmp_path / "daemon.log"
     with gateway_proxy(factory, device, tmp_path) as proxy:
-        daemon = start_daemon(device, tmp_path / "first.log")
-        try:
-            wait_for(lambda: partial_bytes(device) > 4 * MIB, 120, "version 2 partly fetched")
-            assert stop(daemon, 30) == 0
-        finally:
-            daemon.kill()
+        stopped_mid_download(factory, hwid, device, tmp_path, "max_attempts = 2\n")
         cut(proxy)  # the registry's credentials come from the gateway: every fetch fails now
         daemon = start_daemon(device, log)
         try:
@@ -354,7 +349,7 @@ def test_after_max_attempts_failed_the_daemon_gives_the_update_up_and_the_device
     assert (given_up["version"], given_up["outcome"]) == (2, "cancelled"), text
     assert given_up["reason"].startswith("gave up after 2 failed attempts at "), text
     assert gets(factory) == count, "version 2 not tried again"
-    assert partial_bytes(device) == 0, "its partial downloads dropped"
+    assert largest_partial(device) == 0, "its partial downloads dropped"
 
 
 # --- signals ---------------------------------------------------------------------------------------
@@ -383,16 +378,9 @@ def test_sigterm_while_asleep_exits_0_at_once_and_sighup_reloads_the_config(devi
 
 def test_sigterm_mid_download_stops_at_the_next_chunk_exit_0_and_the_update_resumes(
         factory, engine, hwid, device, tmp_path: Path) -> None:
-    device.drop_ins.append(drop_in(tmp_path / "z-rate.toml", '[pacman]\ndownload_rate_limit = "4M"\n'))
-    publish_version(factory, hwid, 2, V2, big_mb=32)
     before = containers(engine)
-    daemon = start_daemon(device, tmp_path / "daemon.log")
-    try:
-        wait_for(lambda: partial_bytes(device) > 4 * MIB, 120, "version 2 partly fetched")
-        assert stop(daemon, 10) == 0
-    finally:
-        daemon.kill()
-    kept = partial_bytes(device)
+    stopped_mid_download(factory, hwid, device, tmp_path)
+    kept = largest_partial(device)
     assert kept > 4 * MIB and containers(engine) == before
     assert status(device)["in_progress"]["version"] == 2, "left resumable"
     done = device.run("daemon", "--once")
