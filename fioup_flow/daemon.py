@@ -63,6 +63,7 @@ from fioup_flow.lock import LOCK_NAME, InstanceLock
 from fioup_flow.ongoing import cancellable, download_end, downloaded, installing, stale_reason, superseded_by
 from fioup_flow.targets import Target, select_target
 from fioup_flow.window import InstallWindows
+from tasks import appstate
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,9 @@ class Daemon:
             return Cycle("idle", str(exc))
         except FioupFlowError as exc:
             return Cycle("failed", str(exc), exc.exit_code)
+        except appstate.UNANSWERED as exc:  # the engine went away (dockerd restarting, say): wait for it
+            error = appstate.unavailable(exc)
+            return Cycle("failed", str(error), error.exit_code)
         except Exception as exc:  # noqa: BLE001 - a device's updater must outlive a bug: logged, backed off
             log.exception("cycle failed")
             return Cycle("failed", f"{type(exc).__name__}: {exc}", 1)

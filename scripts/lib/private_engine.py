@@ -146,7 +146,7 @@ class PrivateEngine:
         if not db.exists():
             return False
         subprocess.run(["sh", str(RECOVER), "--data-root", str(self.folder / "root"), "--log", "-"],
-                       input=failed.log, text=True, capture_output=True, check=False)
+                       input=failed.log, text=True, stdout=subprocess.DEVNULL, check=False)  # its line to stderr
         return not db.exists()
 
     def _start(self) -> None:

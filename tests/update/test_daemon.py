@@ -386,3 +386,10 @@ def test_sigterm_mid_download_stops_at_the_next_chunk_exit_0_and_the_update_resu
     done = device.run("daemon", "--once")
     assert done.returncode == 0, done.stderr
     assert version(device) == 2
+
+
+def test_with_the_engine_out_of_reach_a_cycle_fails_with_exit_7_and_says_so(device) -> None:
+    done = device.run("daemon", "--once", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert done.returncode == 7, done.stderr
+    assert "the Docker engine at unix:///nonexistent/docker.sock does not answer" in done.stderr
+    assert "Traceback" not in done.stderr
