@@ -31,7 +31,7 @@ pytestmark = pytest.mark.factory
 @pytest.fixture(scope="module")
 def refs(factory) -> dict[str, PinnedRef]:
     """The `upstream` app on the hub, and its `clock` image on the third party (pinned by digest)."""
-    targets = publish(factory.home.root, 1, {"upstream": "upstream/v1"}, "registry-client")
+    targets = publish(factory.home.root, 1, {"upstream": "upstream/v1"}, "registry-client", "--hwid", "registry-client-linux")
     app = next(iter(targets.values()))["custom"]["docker_compose_apps"]["upstream"]["uri"]
     manifest = RegistryPusher(factory.home, site=third_party(factory.home)).get(
         "library/clock", "manifests", "1", "application/vnd.docker.distribution.manifest.v2+json").content

@@ -39,7 +39,7 @@ def clock_manifest(factory, bearer: str) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def published(factory) -> None:
-    publish(factory.home.root, 1, {"upstream": "upstream/v1"}, "third-party-registry")
+    publish(factory.home.root, 1, {"upstream": "upstream/v1"}, "third-party-registry", "--hwid", "third-party-linux")
 
 
 def test_anyone_pulls_anonymously_and_only_the_publisher_pushes(factory) -> None:

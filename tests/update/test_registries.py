@@ -51,11 +51,16 @@ def tag() -> str:
     return f"r{uuid.uuid4().hex[:8]}"
 
 
+def hwid(tag: str) -> str:
+    return f"{tag}-linux"
+
+
 @pytest.fixture
 def upstream(factory, engine, tag):
-    """The `upstream` app published as version 1 under this test's tag; the engine emptied around it."""
+    """The `upstream` app published as version 1 under this test's tag and hardware id (a Target of
+    its own: the session's releases keep theirs); the engine emptied around it."""
     clean_engine(engine)
-    publish(factory.home.root, 1, {"upstream": "upstream/v1"}, tag)
+    publish(factory.home.root, 1, {"upstream": "upstream/v1"}, tag, "--hwid", hwid(tag))
     yield
     clean_engine(engine)
 
@@ -65,7 +70,7 @@ def test_an_image_of_a_third_party_comes_anonymously_and_its_blobs_from_the_stor
     home, info = factory.home, factory.info
     storage_before = len(storage_requests(home))
     tokens_before = len(token_requests(home))
-    device = new_device(info, tmp_path / "sota", "--tag", tag)
+    device = new_device(info, tmp_path / "sota", "--tag", tag, "--hwid", hwid(tag))
     done = device.run("apply", "1")
     assert done.returncode == 0, done.stderr
 
@@ -90,7 +95,7 @@ def test_without_the_public_ca_in_the_system_store_the_registry_is_not_trusted(
         factory, engine, upstream, tag, tmp_path) -> None:
     """The factory's root.crt no longer vouches for the registry, and requests' own ways to
     name CAs (certifi, $REQUESTS_CA_BUNDLE) are not the system's store."""
-    device = new_device(factory.info, tmp_path / "sota", "--tag", tag)
+    device = new_device(factory.info, tmp_path / "sota", "--tag", tag, "--hwid", hwid(tag))
     empty = tmp_path / "empty-store"
     empty.mkdir()
     for env in ({"SSL_CERT_FILE": str(factory.home.ca_cert), "SSL_CERT_DIR": str(empty)},
