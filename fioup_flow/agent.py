@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
 
+from fioup_flow import badtargets, rollback
 from fioup_flow.checkpoint import Attempt, CheckpointStore, store_path
 from fioup_flow.composeapp import AppTree, AppTreeLoader
 from fioup_flow.config import Config
 from fioup_flow.diskspace import storage_stat
 from fioup_flow.engine import EventHook, Executor, RunResult
-from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError, NoSpaceError
+from fioup_flow.errors import FetchError, FioupFlowError, MetadataUpdateError, NoSpaceError, NoUpdateInProgressError
 from fioup_flow.events import make_event
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
@@ -29,7 +31,7 @@ from fioup_flow.planner import Observed, compile_update, diff_apps
 from fioup_flow.registry import HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
 from fioup_flow.sysinfo import state_reports
-from fioup_flow.targets import Target, TargetsSource, select_target, targets_source
+from fioup_flow.targets import Target, TargetsSource, targets_source
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop
@@ -43,9 +45,11 @@ FAILURE_EVENT_NS = uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff")
 
 
 class Agent:
-    def __init__(self, config: Config, on_event: EventHook | None = None):
+    def __init__(self, config: Config, on_event: EventHook | None = None,
+                 on_next_plan: Callable[[Plan], None] | None = None):
         self.config = config
         self.on_event = on_event
+        self.on_next_plan = on_next_plan  # told when a run goes on with another plan (a rollback)
 
     # --- the parts, made when first needed ------------------------------------------------
     @cached_property
@@ -107,6 +111,17 @@ class Agent:
     @cached_property
     def checkpoint(self) -> CheckpointStore:
         return CheckpointStore(store_path(self.config.flow_dir))
+
+    @cached_property
+    def bad_targets(self) -> badtargets.BadTargets:
+        return badtargets.BadTargets(self.checkpoint)
+
+    @cached_property
+    def rollbacks(self) -> rollback.Rollbacks:
+        return rollback.Rollbacks(self.checkpoint, lambda: current_target(self.config.flow_dir), self.load_trees,
+                                  lambda tree: start.is_up(self.engine, self.config.compose_apps_root, tree),
+                                  health_window=self.config.health_window,
+                                  prune_all_images=self.config.prune_unused_images)
 
     def _registry_credentials(self) -> HubCredentials:
         """The device's registry credentials, from the gateway (what `docker-credential-fioup` does).
@@ -247,7 +262,6 @@ class Agent:
         if current is None:
             return Observed(None, {})
         loader = AppTreeLoader(self.store, registry=None)
-        checker = start.AppHealthy(self.config.compose_apps_root, self.engine)
         up = {}
         for app in current.apps:
             try:
@@ -255,7 +269,7 @@ class Agent:
             except FioupFlowError:
                 up[app.name] = False
                 continue
-            up[app.name] = checker.is_done(start.healthy_node_for(tree))
+            up[app.name] = start.is_up(self.engine, self.config.compose_apps_root, tree)
         return Observed(current, up)
 
     def load_trees(self, target: Target) -> dict[str, AppTree]:
@@ -263,15 +277,24 @@ class Agent:
         loader = AppTreeLoader(self.store, self.registry)
         return {app.name: loader.load(app) for app in target.apps}
 
-    def choose_target(self, version: int | None) -> Target:
-        return select_target(self.refresh_targets(), version).narrowed(self.config.compose_apps)
+    def choose_target(self, version: int | None, force: bool = False) -> Target:
+        """Of the Targets refreshed now, Target `version` or the latest one (see `choose`)."""
+        return self.choose(self.refresh_targets(), version, force)
+
+    def choose(self, targets: list[Target], version: int | None = None, force: bool = False) -> Target:
+        """Of `targets`, Target `version` or the latest one, never one marked bad unless `force` (see
+        `badtargets.choose`), narrowed to the apps this device runs."""
+        current = current_target(self.config.flow_dir)
+        return badtargets.choose(targets, version, self.bad_targets, force=force,
+                                 current=current.name if current else None).narrowed(self.config.compose_apps)
 
     def plan(self, target: Target, report_failure: bool = False) -> Plan | None:
         """The plan from what runs to `target`, or None when the device already runs it.
 
         With `report_failure` (a real update, not a preview), a Target refused while its apps
         are walked (a compose file that does not parse, a registry out of reach) is reported as
-        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway.
+        fioup reports a failed Init: no plan is frozen, so no node would ever tell the gateway;
+        and if the refusal is the Target's own (a compose file that does not parse), it is marked bad.
         """
         observed = self.observe()
         diff = diff_apps(observed.current, target, observed.apps_up)
@@ -284,11 +307,18 @@ class Agent:
             if report_failure:
                 self._report_init_failure(target, exc)
             raise
-        return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images)
+        return self._compile(observed, target, trees)
+
+    def _compile(self, observed: Observed, target: Target, trees: dict[str, AppTree]) -> Plan:
+        return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images,
+                              health_window=self.config.health_window)
 
     def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
-        self._queue_event("UpdateInitCompleted", new_plan_id(), target.name, target.version, False,
+        correlation_id = new_plan_id()
+        self._queue_event("UpdateInitCompleted", correlation_id, target.name, target.version, False,
                           {"error": str(error)})
+        if badtargets.is_permanent(error):
+            self.bad_targets.mark(target, str(error), correlation_id)
 
     def restore(self, keep_partials: bool = False) -> RunResult | None:
         """After a cancelled update: drop its partial downloads (no update is in progress to resume
@@ -307,44 +337,80 @@ class Agent:
             return None
         loader = AppTreeLoader(self.store, registry=None)
         trees = {app.name: loader.load(app) for app in current.apps}
-        return self.run(compile_update(observed, current, trees, prune_all_images=self.config.prune_unused_images))
+        return self.run(self._compile(observed, current, trees))
 
     # --- running --------------------------------------------------------------------------
     def run(self, plan: Plan | None = None, until: set[str] | None = None) -> RunResult:
         """Freeze and run `plan`, or resume the plan in progress (plan None), reporting the apps'
         states before and after, as fioup does around every run, a failed one too. With `until`,
-        only those nodes and what they need run (see `Executor.run`)."""
+        only those nodes and what they need run (see `Executor.run`); a rollback always runs whole.
+
+        An update that fails for a reason of its Target's own is handed over (`rollback`): its
+        Target is marked bad and its rollback, if it needs one, runs at once; the result is then
+        the rollback's. An update that completes clears its Target's mark (`apply --force`).
+        """
         self.report_state(before_run=True)
         if plan is None:
-            self._begin_attempt()
-        executor = Executor(self.checkpoint, self.tasks(), on_event=self.on_event, on_cancelled=self._report_cancelled)
-        result = executor.run(plan, until)
-        if result.outcome == "failed":
-            self._attempt_failed(plan or self.checkpoint.current_plan(), result)
+            plan = self._begin_attempt()
+            if isinstance(plan, RunResult):
+                self.report_state()
+                return plan
+        while True:
+            scope = None if rollback.is_rollback(plan) else until
+            result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event, halt_on=badtargets.is_permanent,
+                              on_cancelled=self._report_cancelled).run(plan, scope)
+            follow = self._hand_over(plan, self._attempt_failed(plan, result)) if result.outcome == "failed" else None
+            if not isinstance(follow, Plan):
+                break
+            plan = follow
+        if result.outcome == "completed" and not rollback.is_rollback(plan):
+            self.bad_targets.clear(plan.meta["target"])
         self.report_state()
         return result
 
-    def _attempt_failed(self, plan: Plan, result: RunResult) -> None:
-        """End the current attempt as failed (the next run begins another) and report the failure."""
+    def _attempt_failed(self, plan: Plan, result: RunResult) -> Attempt:
+        """End the current attempt as failed (the next run begins another, or the update is handed
+        over if the failure was permanent) and report the failure."""
         node_id, exc = min(result.failed.items())
-        error = f"{node_id}: {exc}"
+        error, permanent = f"{node_id}: {exc}", badtargets.is_permanent(exc)
         try:
-            attempt = self.checkpoint.fail_attempt(plan.plan_id, node_id, error)
+            attempt = self.checkpoint.fail_attempt(plan.plan_id, node_id, error, permanent)
         except NoSpaceError as full:  # reported all the same; the next run goes on with this attempt
             log.warning("could not record that the attempt failed: %s", full)
             attempt = replace(self.checkpoint.attempt(plan.plan_id), failed={"node": node_id, "error": error})
         self._report_failure(plan, attempt)
+        return attempt
 
-    def _begin_attempt(self) -> None:
+    def _begin_attempt(self) -> Plan | RunResult:
         """Before a run of the plan in progress: if its last run failed, make sure that failure is
-        reported (a crash may have come between), then begin the next attempt."""
+        reported and, if permanent, handed over (a crash may have come between), then begin the
+        next attempt. Returns the plan to run: the one in progress, or the rollback it was handed
+        over to; or, when the failed update ended with nothing to run, how it ended."""
         plan = self.checkpoint.current_plan()
         if plan is None:
-            return
+            raise NoUpdateInProgressError("no update in progress to resume")
         attempt = self.checkpoint.attempt(plan.plan_id)
         if attempt.failed is not None:
             self._report_failure(plan, attempt)
+            if (follow := self._hand_over(plan, attempt)) is not None:
+                return follow
         self.checkpoint.begin_attempt(plan.plan_id)
+        return plan
+
+    def _hand_over(self, plan: Plan, attempt: Attempt) -> Plan | RunResult | None:
+        """After a failed attempt at `plan` (see `rollback`): the rollback to run now, how the update
+        ended if it ended with nothing to run, or None if it stays in progress."""
+        node = attempt.failed["node"]
+        exit_code = self.checkpoint.record(plan.plan_id, node).exit_code  # the hand-over drops the records
+        handed = self.rollbacks.after_failure(plan, attempt)
+        if handed == "failed":
+            return RunResult(plan.plan_id, "failed", {node: rollback.EndedFailure(attempt.failed["error"], exit_code)})
+        if handed != "rolled-back":
+            return None
+        follow = self.checkpoint.current_plan()
+        if self.on_next_plan:
+            self.on_next_plan(follow)
+        return follow
 
     def _report_failure(self, plan: Plan, attempt: Attempt) -> None:
         """fioup's failure events, one per failed attempt, under its correlation id: download failed,
@@ -357,7 +423,17 @@ class Agent:
         """Queue `event_type` with success false for `plan`, under the attempt's correlation id; its id
         is derived from `key`, fixed for the occasion, so a resend after a crash is the same event."""
         event_id = str(uuid.uuid5(FAILURE_EVENT_NS, f"{plan.plan_id}:{key}"))
-        details = dict(self._live_details(event_type), error=error)
+        details = rollback.failure_details(self._live_details(event_type), error, self._services(plan, event_type))
         self._queue_event(event_type, attempt.correlation_id, plan.meta["target"], plan.meta["version"], False,
                           details, event_id)
 
+    def _services(self, plan: Plan, event_type: str) -> dict[str, list[appstate.ServiceState]]:
+        """The services of the apps `plan` started, for the report of its failed installation; none if
+        the engine does not answer (the report goes out all the same)."""
+        if event_type != "EcuInstallationCompleted":
+            return {}
+        try:
+            return {app: appstate.services(self.engine, app) for app in rollback.started_apps(plan)}
+        except (FioupFlowError, *appstate.UNANSWERED) as exc:
+            log.warning("the services' states are not in the failure report: %s", exc)
+            return {}

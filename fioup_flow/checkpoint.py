@@ -19,6 +19,11 @@ fioup opens a new update, with a new id, each time a failed update is tried agai
 gateway's history reads as what happened. Attempt 1 begins when the plan is frozen, under the
 plan's own id; a run that starts after a run of the plan ended failed begins the next attempt,
 under a fresh id; a run cut short by a signal or a power cut goes on with the same attempt.
+
+The store also remembers the Targets that failed for good on this device (`bad_targets`, read
+and written through `fioup_flow.badtargets`): they live in the same SQLite database so that
+ending a failed update, marking its Target bad and freezing the plan that undoes it are one
+transaction (`hand_over`), and a power cut between them cannot leave one without the others.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ STATES = ("pending", "running", "done", "failed", "skipped")
 HISTORY_LIMIT = 100
 MARKER = "store.json"
 DISCARD_HINT = "fioup-flow cancel --discard-state"
+BAD_TARGETS = "bad_targets"
 
 
 def store_path(flow_dir: Path) -> Path:
@@ -213,12 +219,16 @@ class CheckpointStore:
                         f"update {current} is in progress (target {Plan.from_json(frozen).meta.get('target')}); "
                         f"resume it or cancel it before starting another")
                 return Plan.from_json(frozen)
-            self.cache.set(f"plan:{plan.plan_id}", text)
-            self.cache.set(f"plan_sha256:{plan.plan_id}", hashlib.sha256(text.encode()).hexdigest())
-            self.cache.set(f"frozen_at:{plan.plan_id}", time.time())
-            self.cache.set(f"attempt:{plan.plan_id}", dumps(asdict(Attempt(1, plan.plan_id))))
-            self.cache.set("current", plan.plan_id)
+            self._put_plan(plan.plan_id, text)
         return Plan.from_json(text)
+
+    def _put_plan(self, plan_id: str, text: str) -> None:
+        """Write a frozen plan as the one in progress; inside the caller's transaction."""
+        self.cache.set(f"plan:{plan_id}", text)
+        self.cache.set(f"plan_sha256:{plan_id}", hashlib.sha256(text.encode()).hexdigest())
+        self.cache.set(f"frozen_at:{plan_id}", time.time())
+        self.cache.set(f"attempt:{plan_id}", dumps(asdict(Attempt(1, plan_id))))
+        self.cache.set("current", plan_id)
 
     # -- attempts ------------------------------------------------------------------------------
 
@@ -239,10 +249,13 @@ class CheckpointStore:
                 self.cache.set(f"attempt:{plan_id}", dumps(asdict(attempt)))
         return attempt
 
-    def fail_attempt(self, plan_id: str, node_id: str, error: str) -> Attempt:
-        """Record that the current attempt ended failed at `node_id` (the next run begins another)."""
+    def fail_attempt(self, plan_id: str, node_id: str, error: str, permanent: bool = False) -> Attempt:
+        """Record that the current attempt ended failed at `node_id` (the next run begins another).
+        `permanent`: the failure was the Target's own (`badtargets.is_permanent`), kept so that a run
+        after a power cut still knows it, with the exception gone."""
+        failed = {"node": node_id, "error": error, **({"permanent": True} if permanent else {})}
         with self._guard(), self.cache.transact():
-            attempt = Attempt(**dict(asdict(self.attempt(plan_id)), failed={"node": node_id, "error": error}))
+            attempt = Attempt(**dict(asdict(self.attempt(plan_id)), failed=failed))
             self.cache.set(f"attempt:{plan_id}", dumps(asdict(attempt)))
         return attempt
 
@@ -287,6 +300,14 @@ class CheckpointStore:
         """Move `plan` from in-progress to history with `outcome` (completed, cancelled) and, for a
         cancel fioup-flow decided itself, its `reason` (by default the one its cancel request gave);
         one transaction."""
+        return self.hand_over(plan, outcome, reason)
+
+    def hand_over(self, plan: Plan, outcome: str, reason: str | None = None, bad: dict[str, Any] | None = None,
+                  then: Plan | None = None) -> dict[str, Any]:
+        """`finish`, and in the same transaction record `bad` (a bad Target's entry, see
+        `fioup_flow.badtargets`) and freeze `then` as the plan in progress: a power cut leaves
+        either the failed update in progress, or its history entry, its Target bad and the plan
+        that follows it frozen, never a part of these."""
         reason = reason or self.cancel_reason(plan.plan_id)
         records = self.records(plan.plan_id, plan.graph.nodes)
         attempt = self.attempt(plan.plan_id)
@@ -296,6 +317,7 @@ class CheckpointStore:
         with self._guard(), self.cache.transact():
             entry = {
                 "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
+                "kind": plan.meta.get("kind", "update"), "rollback_of": plan.meta.get("rollback_of"),
                 "outcome": outcome, "reason": reason, "started": self.cache.get(f"frozen_at:{plan.plan_id}"),
                 "ended": time.time(), "attempts": attempt.number, "correlation_id": attempt.correlation_id,
                 "counts": counts, "failed": {n: r.error for n, r in records.items() if r.state == "failed"},
@@ -308,6 +330,10 @@ class CheckpointStore:
                 self.cache.delete(f"{key}:{plan.plan_id}")
             if self.cache.get("current") == plan.plan_id:
                 self.cache.delete("current")
+            if bad is not None:
+                self._set_bad(bad["name"], bad)
+            if then is not None:
+                self._put_plan(then.plan_id, then.to_json())
         return entry
 
     # -- failed attempts per Target (the daemon's count, across plans) ---------------------------
@@ -341,3 +367,27 @@ class CheckpointStore:
     def frozen_at(self, plan_id: str) -> float | None:
         with self._guard():
             return self.cache.get(f"frozen_at:{plan_id}")
+
+    # -- bad Targets (see fioup_flow.badtargets) ------------------------------------------------
+
+    def bad_targets(self) -> dict[str, dict[str, Any]]:
+        """Target name -> its entry, for every Target marked bad on this device."""
+        with self._guard():
+            return json.loads(self.cache.get(BAD_TARGETS, "{}"))
+
+    def mark_bad(self, entry: dict[str, Any]) -> None:
+        with self._guard(), self.cache.transact():
+            self._set_bad(entry["name"], entry)
+
+    def clear_bad(self, name: str) -> None:
+        with self._guard(), self.cache.transact():
+            self._set_bad(name, None)
+
+    def _set_bad(self, name: str, entry: dict[str, Any] | None) -> None:
+        """Set or drop one bad Target's entry; inside the caller's transaction."""
+        bad = json.loads(self.cache.get(BAD_TARGETS, "{}"))
+        if entry is None:
+            bad.pop(name, None)
+        else:
+            bad[name] = entry
+        self.cache.set(BAD_TARGETS, dumps(bad))

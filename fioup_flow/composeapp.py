@@ -78,6 +78,67 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """What running a service well means, read from the compose file.
+
+    `created`: "yes" (compose creates it), "no" (`deploy.replicas: 0` or `scale: 0`), or
+    "profile" (only when one of its profiles is active, which the app's `.env` or the device's
+    `[compose_env]` may say: judged if compose made it, not waited for otherwise).
+    `may_stop`: a one-shot, fine once it exited 0: its restart policy lets it stop (`no`, the
+    default, or `on-failure`), or another service waits for it with `service_completed_successfully`.
+    """
+
+    created: str = "yes"
+    may_stop: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"created": self.created, "may_stop": self.may_stop}
+
+
+# restart policies that let a container stay stopped: compose's `restart` values and the
+# `deploy.restart_policy.condition` ones (compose maps `none` to `no` and `any` to `always`)
+STOPPING_POLICIES = ("no", "none", "on-failure")
+
+
+def restart_policy(spec: dict[str, Any]) -> str:
+    """The service's restart policy name (`no` when none is set, as compose and Docker default)."""
+    restart = spec.get("restart")
+    if restart is None:
+        restart = ((spec.get("deploy") or {}).get("restart_policy") or {}).get("condition", "no")
+    if restart is False:  # YAML 1.1 reads an unquoted `restart: no` as false
+        return "no"
+    return str(restart).split(":", 1)[0].strip().lower()
+
+
+def _completion_waited_for(services: dict[str, Any]) -> set[str]:
+    """The services another one waits on with `condition: service_completed_successfully`."""
+    waited = set()
+    for spec in services.values():
+        depends = (spec or {}).get("depends_on") if isinstance(spec, dict) else None
+        if isinstance(depends, dict):
+            waited |= {name for name, how in depends.items()
+                       if isinstance(how, dict) and how.get("condition") == "service_completed_successfully"}
+    return waited
+
+
+def _no_replicas(spec: dict[str, Any]) -> bool:
+    replicas = (spec.get("deploy") or {}).get("replicas", spec.get("scale"))
+    return replicas is not None and str(replicas).strip() == "0"
+
+
+def service_expectations(compose: dict[str, Any]) -> dict[str, Expectation]:
+    """Per service of a parsed compose file, what running it well means (see `Expectation`)."""
+    services = compose["services"]
+    waited = _completion_waited_for(services)
+    expect = {}
+    for name, spec in services.items():
+        spec = spec if isinstance(spec, dict) else {}
+        created = "no" if _no_replicas(spec) else "profile" if spec.get("profiles") else "yes"
+        expect[name] = Expectation(created, restart_policy(spec) in STOPPING_POLICIES or name in waited)
+    return expect
+
+
+@dataclass(frozen=True)
 class AppTree:
     name: str
     uri: str
@@ -87,6 +148,7 @@ class AppTree:
     services: dict[str, Image] = field(default_factory=dict)
     layers_meta: Blob | None = None
     layer_usage: dict[str, int] = field(default_factory=dict)  # digest -> bytes on disk once unpacked
+    expect: dict[str, Expectation] = field(default_factory=dict)  # service -> what running it well means
 
     def images(self) -> list[Image]:
         """Each distinct image once, in service order (two services may share one)."""
@@ -230,7 +292,7 @@ class AppTreeLoader:
                     for service, image_ref in pinned_images(compose, app.name).items()}
         meta_blob, usage = self._layers_meta(ref, layers[1:2])
         return AppTree(app.name, app.uri, Blob(app.uri, len(manifest_bytes), "app-manifest"), bundle, index, services,
-                       meta_blob, usage)
+                       meta_blob, usage, service_expectations(compose))
 
     def _layers_meta(self, ref: PinnedRef, descriptors: list[dict[str, Any]]) -> tuple[Blob | None, dict[str, int]]:
         """composeapp's layers meta (layer 1), if any, and from it what each layer takes once unpacked.

@@ -29,6 +29,11 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Where a LmP image ships the factory's roots (aktualizr-lite's default for the key below).
 DEFAULT_TUF_ROOTS_PATH = "/usr/lib/sota/tuf"
 TUF_MODES = ("tuf", "plain")
+# Long enough for what fails in the first seconds of a service's life (a bad config, a dependency
+# out of reach after a connect timeout of 10 s, a crash loop under Docker's restart back-off), short
+# enough that an update keeps the device's old version only briefly; see the README.
+DEFAULT_HEALTH_WINDOW_S = 15.0
+MAX_HEALTH_WINDOW_S = 3600
 
 
 def cfg_dirs_from_env(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
@@ -211,6 +216,19 @@ class Config:
         """`pacman.install_window` ("02:00-04:00", see `window`); None when unset or blank: always."""
         raw = str(self.get("pacman", "install_window", "")).strip()
         return InstallWindows.parse(raw) if raw else None
+
+    @property
+    def health_window(self) -> float:
+        """`pacman.health_window`: seconds each service an update starts must stay up (no restart)
+        before the update is committed. 0 commits once every service is up."""
+        raw = self.get("pacman", "health_window", DEFAULT_HEALTH_WINDOW_S)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"pacman.health_window must be a number of seconds, not {raw!r}") from exc
+        if not 0 <= value <= MAX_HEALTH_WINDOW_S:
+            raise UsageError(f"pacman.health_window must be between 0 and {MAX_HEALTH_WINDOW_S} seconds, not {raw!r}")
+        return value
 
     @property
     def prune_unused_images(self) -> bool:

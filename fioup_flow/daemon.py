@@ -10,19 +10,26 @@ failure or a download waiting for its install window left one), then for a new T
 - else it goes on; with none, the Targets are refreshed (TUF) and the newest one allowed is
   planned and run. With `pacman.install_window`, an update to another Target runs up to the end
   of its download at once, and the rest only inside a window (`window`);
-- a failed run is tried again by the next cycles; after `pacman.max_attempts` failed attempts
-  at the same Target (fioup's daemon: 3) the update is cancelled and the device syncs back to its
-  current Target. That Target is held back for `HOLD_S`, unless a newer one comes first;
+- the Target chosen is the newest one that is not marked bad (`badtargets.choose`). A run that
+  fails for a reason of its Target's own (`badtargets.is_permanent`: an app that does not stay up
+  through its health window, a blob that does not match its digest) is handed over by the agent:
+  the Target is marked bad and the update rolled back (`rollback`), and the next cycle, at once,
+  takes a newer Target if there is one and never that one again. A rollback that fails stays in
+  progress: the next cycles go on with it, with backoff;
+- a transient failure (the gateway or a registry out of reach, a full disk) is tried again by the
+  next cycles; after `pacman.max_attempts` failed attempts at the same Target (fioup's daemon: 3)
+  the update is cancelled and the device syncs back to its current Target. That Target is held
+  back for `HOLD_S`, unless a newer one comes first;
 - the apps' states and the system info are reported each cycle, each only if it changed.
 
 Then it sleeps the polling interval (`uptane.polling_seconds` or `uptane.polling_sec`) plus up
 to `JITTER` of it, so that a fleet does not poll in step (balena-supervisor's `poll.ts` adds up to
-60 s; fioup and aktualizr-lite add none). It does not sleep after an update completed or was
-cancelled (aktualizr-lite goes straight to its next check after an install, fioup after a
-cancel for a newer version). After failed cycles (a gateway or registry out of reach, a failed
-run) it backs off exponentially from `BACKOFF_BASE_S`, capped at the interval, with jitter
-(balena-supervisor: min(interval, 15 s x 2^n)). A download waiting for its window sleeps until
-the window opens at the latest.
+60 s; fioup and aktualizr-lite add none). It does not sleep after an update completed, was
+cancelled, or failed for good (aktualizr-lite goes straight to its next check after an install,
+fioup after a cancel for a newer version). After failed cycles (a gateway or registry out of
+reach, a failed run, a failed rollback) it backs off exponentially from `BACKOFF_BASE_S`, capped
+at the interval, with jitter (balena-supervisor: min(interval, 15 s x 2^n)). A download waiting
+for its window sleeps until the window opens at the latest.
 
 While a plan runs, a watcher thread refreshes the Targets every interval: a newer Target that
 appears while no app was stopped cancels the run at its next node boundary (the checkpoint
@@ -53,6 +60,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from fioup_flow import rollback
 from fioup_flow.agent import Agent
 from fioup_flow.config import Config
 from fioup_flow.engine import NodeEvent, RunResult
@@ -60,8 +68,16 @@ from fioup_flow.errors import FioupFlowError, LockedError, MetadataUpdateError, 
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
-from fioup_flow.ongoing import cancellable, download_end, downloaded, installing, stale_reason, superseded_by
-from fioup_flow.targets import Target, select_target
+from fioup_flow.ongoing import (
+    cancellable,
+    download_end,
+    downloaded,
+    installing,
+    stale_reason,
+    superseded_by,
+    to_another_target,
+)
+from fioup_flow.targets import Target
 from fioup_flow.window import InstallWindows
 from tasks import appstate
 
@@ -69,7 +85,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 15.0  # balena-supervisor's poll.ts: min(interval, 15 s * 2^n) after failed polls
 JITTER = 0.1  # a random share of the interval added to each sleep
-HOLD_S = 24 * 3600  # how long a Target given up after max_attempts is held back
+HOLD_S = 24 * 3600  # how long a Target given up after max_attempts transient failures is held back
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HANDLED = {*STOP_SIGNALS, signal.SIGHUP}
 
@@ -102,7 +118,7 @@ class SystemClock:
 
 @dataclass(frozen=True)
 class Policy:
-    """When the daemon looks again, and how often it tries a Target, from the config."""
+    """When the daemon looks again, and how often it tries a Target that fails transiently, from the config."""
 
     interval_s: float
     max_attempts: int
@@ -127,9 +143,9 @@ class Policy:
 
 @dataclass(frozen=True)
 class Cycle:
-    """How a cycle ended: `result` (idle, updated, waiting, cancelled, gave-up, failed, busy,
-    interrupted), a line for the log, the exit code `--once` gives, and when a downloaded update
-    is due (its window opens)."""
+    """How a cycle ended: `result` (idle, updated, waiting, cancelled, rolled-back, marked-bad, gave-up,
+    failed, busy, interrupted), a line for the log, the exit code `--once` gives, and when a downloaded
+    update is due (its window opens)."""
 
     result: str
     message: str
@@ -142,7 +158,9 @@ class Cycle:
 
     @property
     def again_at_once(self) -> bool:
-        return self.result in ("updated", "cancelled")
+        """After an update completed, was cancelled, or failed for good (rolled back, or ended with
+        nothing to undo): a newer Target may wait."""
+        return self.result in ("updated", "cancelled", "rolled-back", "marked-bad")
 
 
 class Stopped(BaseException):
@@ -161,6 +179,12 @@ def release_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to ask
         pass
+
+
+def log_plan(plan: Plan) -> None:
+    """A run goes on with another plan: the rollback of an update that failed for good."""
+    log.warning("rolling back to %s (version %s): %s", plan.meta["target"], plan.meta["version"],
+                plan.meta.get("reason"))
 
 
 def log_node(event: NodeEvent) -> None:
@@ -188,8 +212,9 @@ class Daemon:
         policy = Policy.from_config(config)
         if self.agent is not None:
             self.agent.close()
-        self.config, self.policy, self.agent = config, policy, Agent(config, on_event=log_node)
-        log.info("config: polling every %d s, at most %d attempts per Target, install window %s",
+        self.config, self.policy, self.agent = config, policy, Agent(config, on_event=log_node, on_next_plan=log_plan)
+        log.info("config: polling every %d s, at most %d attempts per Target after transient failures, "
+                 "install window %s",
                  policy.interval_s, policy.max_attempts, policy.window.text if policy.window else "none (any time)")
 
     # -- the loop ------------------------------------------------------------------------------
@@ -327,13 +352,17 @@ class Daemon:
         return self._run(plan, new=True)
 
     def _go_on(self, plan: Plan) -> Cycle:
-        self._count_failure(plan)  # a failure a crash kept from being counted
-        if self._exhausted(plan):
-            return self._give_up(plan)
-        reason = self.judge(plan)
-        if reason is not None:
-            self.agent.cancel_stale(plan, reason)
-            return self._cancelled(reason)
+        """The update in progress: given up, cancelled (`judge`) or run on. One whose last run failed for
+        good and was not handed over yet (a crash came between) is neither: the agent hands it over as
+        it runs it (its Target marked bad, its rollback run)."""
+        if not self._failed_for_good(plan):
+            self._count_failure(plan)  # a failure a crash kept from being counted
+            if self._exhausted(plan):
+                return self._give_up(plan)
+            reason = self.judge(plan)
+            if reason is not None:
+                self.agent.cancel_stale(plan, reason)
+                return self._cancelled(reason)
         log.info("going on with update %s to %s", plan.plan_id, plan.meta["target"])
         return self._run(plan, new=False)
 
@@ -358,16 +387,21 @@ class Daemon:
 
     def _windowed(self, plan: Plan) -> bool:
         """The window holds updates to another Target; a sync of the current one (apps to start
-        again) restarts nothing that runs, and goes at once."""
-        return self.policy.window is not None and plan.meta["target"] != plan.meta.get("from_target")
+        again) restarts nothing that runs, and a rollback brings back what ran: they go at once."""
+        return self.policy.window is not None and to_another_target(plan)
 
     def _watched(self, plan: Plan, new: Plan | None, until: set[str] | None) -> RunResult:
         with Watcher(self, plan):
             return self.agent.run(new, until)
 
     def _ended(self, plan: Plan, result: RunResult) -> Cycle:
+        """How the run of `plan` ended, in the cycle's words. A run that failed for good ends with the
+        agent's hand-over (`rollback`): the rollback's own result (110 done, 111 failed: in progress,
+        the next cycles go on with it), or the update ended with nothing to undo, its Target bad."""
         target = plan.meta["target"]
         if result.outcome == "completed":
+            if (rolled_back := rollback.outcome_error(self.agent.checkpoint, result.plan_id, failed=False)) is not None:
+                return Cycle("rolled-back", str(rolled_back), rolled_back.exit_code)
             self.agent.checkpoint.clear_failed_attempts(target)
             return Cycle("updated", f"update {plan.plan_id} to {target} completed")
         if result.outcome == "cancelled":
@@ -375,14 +409,16 @@ class Daemon:
             return self._cancelled(reason, person=reason is None)
         if result.outcome == "interrupted":
             return Cycle("interrupted", f"update {plan.plan_id} interrupted, resumable", result.exit_code)
+        if (ended := rollback.ended_note(self.agent.checkpoint, result.plan_id)) is not None:
+            return Cycle("marked-bad", ended, result.exit_code)
+        if (failed := rollback.outcome_error(self.agent.checkpoint, result.plan_id, failed=True)) is not None:
+            return Cycle("failed", str(failed), failed.exit_code)
         node_id, exc = min(result.failed.items())
-        # A permanent failure (a bad Target) is the rollback's; this counts the attempts that may
-        # heal (the rollback branch tells the two apart).
         failures = self._count_failure(plan)
         if self._exhausted(plan):
             return self._give_up(plan)
-        return Cycle("failed", f"update {plan.plan_id} to {target}, attempt {failures} of {self.policy.max_attempts}: "
-                     f"{node_id}: {exc}", result.exit_code)
+        counted = f", attempt {failures} of {self.policy.max_attempts}" if failures is not None else ""
+        return Cycle("failed", f"update {plan.plan_id} to {target}{counted}: {node_id}: {exc}", result.exit_code)
 
     def _cancelled(self, reason: str | None, person: bool = False) -> Cycle:
         """After a cancel: start again any app the update stopped (none, normally: only an update that
@@ -391,14 +427,23 @@ class Daemon:
         self.agent.restore(keep_partials=not person)
         return Cycle("cancelled", reason or "cancelled by a person")
 
-    # -- attempts per Target -------------------------------------------------------------------
+    # -- attempts per Target, after transient failures ------------------------------------------
 
-    def _count_failure(self, plan: Plan) -> int:
-        """Count a failed attempt of `plan` (once), and return the failed attempts at its Target."""
+    def _failed_for_good(self, plan: Plan) -> bool:
+        """Whether the last run of `plan` failed for a reason of its Target's own (as the agent judged it
+        with `badtargets.is_permanent`): the agent's to hand over, never an attempt to count."""
+        return bool((self.agent.checkpoint.attempt(plan.plan_id).failed or {}).get("permanent"))
+
+    def _count_failure(self, plan: Plan) -> int | None:
+        """Count the failed attempt of `plan` (once), if it counts: a transient failure of an update to
+        another Target (a sync of the current one is what giving up would do anyway, and a rollback
+        brings back what ran: those are tried on, with backoff). Returns the failed attempts at its
+        Target then, None if it does not count."""
         attempt = self.agent.checkpoint.attempt(plan.plan_id)
-        if attempt.failed is not None and self._gives_up(plan):
-            self.agent.checkpoint.note_failed_attempt(plan.meta["target"], attempt.correlation_id,
-                                                      self.clock.now().timestamp())
+        if attempt.failed is None or self._failed_for_good(plan) or not to_another_target(plan):
+            return None
+        self.agent.checkpoint.note_failed_attempt(plan.meta["target"], attempt.correlation_id,
+                                                  self.clock.now().timestamp())
         return self._failures(plan.meta["target"])
 
     def _failures(self, target: str) -> int:
@@ -406,18 +451,12 @@ class Daemon:
         since = self.clock.now().timestamp() - HOLD_S
         return sum(1 for at in self.agent.checkpoint.failed_attempts(target).values() if at > since)
 
-    def _held_back(self, target: Target) -> bool:
-        # The rollback branch's bad Targets plug in here too: `or badtargets.is_bad(...)`.
-        return self._failures(target.name) >= self.policy.max_attempts
-
-    @staticmethod
-    def _gives_up(plan: Plan) -> bool:
-        """An update to another Target may be given up; a sync of the current one is what giving up
-        would do anyway, so it is tried on, with backoff."""
-        return plan.meta["target"] != plan.meta.get("from_target")
+    def _given_up(self, target: str) -> bool:
+        """Given up for now, after `pacman.max_attempts` transient failures."""
+        return self._failures(target) >= self.policy.max_attempts
 
     def _exhausted(self, plan: Plan) -> bool:
-        return self._gives_up(plan) and self._failures(plan.meta["target"]) >= self.policy.max_attempts
+        return to_another_target(plan) and self._given_up(plan.meta["target"])
 
     def _give_up(self, plan: Plan) -> Cycle:
         target = plan.meta["target"]
@@ -429,21 +468,22 @@ class Daemon:
 
     # -- which Target ------------------------------------------------------------------------------
 
-    def _latest(self, targets: list[Target]) -> Target | None:
-        """The newest Target the device may run (version cap, not held back), None if there is none."""
-        allowed = [t for t in targets if not self._held_back(t)]
-        try:
-            return select_target(allowed).narrowed(self.config.compose_apps)
-        except NoMatchingTargetError:
-            return None
+    def _latest(self, targets: list[Target]) -> Target:
+        """The newest Target the device may run: under the version cap, not marked bad (`badtargets.choose`:
+        a newer one than a bad one is taken), not given up for now. NoMatchingTargetError if none is."""
+        return self.agent.choose([t for t in targets if not self._given_up(t.name)])
 
     def _choose(self, targets: list[Target]) -> Target:
         """The Target to update to: the newest allowed, but never older than the current one; with
         none newer, the current one (which syncs it: apps that should run and do not are started)."""
-        latest, current = self._latest(targets), current_target(self.config.flow_dir)
-        if current is None or (latest is not None and latest.version >= current.version):
-            if latest is None:
-                raise NoMatchingTargetError("no Target matches this device (hardware ID, tags, version cap)")
+        current = current_target(self.config.flow_dir)
+        try:
+            latest = self._latest(targets)
+        except NoMatchingTargetError:
+            if current is None:
+                raise
+            latest = None
+        if latest is not None and (current is None or latest.version >= current.version):
             return latest
         listed = next((t for t in targets if t.name == current.name), None)
         return listed.narrowed(self.config.compose_apps) if listed else current
@@ -459,7 +499,11 @@ class Daemon:
         except (MetadataUpdateError, NoSpaceError) as exc:
             log.info("the Targets could not be checked (%s): going on with the frozen plan", exc)
             return None
-        return stale_reason(plan, targets, self.config.compose_apps) or superseded_by(plan, self._latest(targets))
+        try:
+            latest = self._latest(targets)
+        except NoMatchingTargetError:
+            latest = None
+        return stale_reason(plan, targets, self.config.compose_apps) or superseded_by(plan, latest)
 
 
 class Watcher:

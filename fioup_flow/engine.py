@@ -12,6 +12,8 @@ Guarantees (documented in the README):
   and every node before it; they are neither asked nor run again (the update is history there).
 - A failed node stops its dependents (they stay `pending`); independent branches finish. The
   update stays in progress, so a resume retries the failed node (and runs what waits on it).
+  A failure the caller's `halt_on` picks (one no retry will mend) stops the run at once instead,
+  as a signal does: what runs beside it would only delay what the caller does next.
 - TransientError is retried with jittered exponential backoff, bounded in attempts and time;
   any other exception fails the node at once and is kept for the caller (exit codes).
 - SIGINT/SIGTERM: scheduling stops, running nodes are asked to stop (`ctx.cancelled`) and
@@ -115,7 +117,8 @@ class Executor:
 
     def __init__(self, store: CheckpointStore, tasks: dict[str, Task], limits: dict[str, int] | None = None,
                  retry: RetryPolicy = RetryPolicy(), on_event: EventHook | None = None, poll_s: float = 0.2,
-                 handle_signals: bool = True, on_cancelled: CancelHook | None = None):
+                 handle_signals: bool = True, halt_on: Callable[[BaseException], bool] | None = None,
+                 on_cancelled: CancelHook | None = None):
         """`on_cancelled(plan, records)` runs when a run ends cancelled, before the plan moves to history
         (where its node records go): the caller's last look at how far it got."""
         self.store = store
@@ -125,6 +128,7 @@ class Executor:
         self.on_event = on_event
         self.poll_s = poll_s
         self.handle_signals = handle_signals
+        self.halt_on = halt_on
         self.on_cancelled = on_cancelled
         self._stopping = threading.Event()
         self._signal: int | None = None
@@ -233,6 +237,8 @@ class Executor:
                         continue
                     if isinstance(outcome, BaseException):
                         result.failed[node.id] = outcome
+                        if self.halt_on is not None and self.halt_on(outcome):
+                            self.stop()
                     elif outcome == "done":
                         done += 1
                         for child in (c for c in plan.dependents(node.id) if c in order):

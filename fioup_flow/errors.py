@@ -1,7 +1,8 @@
 """The errors fioup-flow reports, each with the exit code a caller can act on.
 
 The codes from 10 to 70 are fioup's (see its `cmd/fioup/error.go`), so that scripts written for
-fioup keep working. The codes below 10 are ours, for failures fioup has no code for.
+fioup keep working. The codes below 10 are ours, for failures fioup has no code for; 110 and 111
+(rolled back, rollback failed) follow aktualizr-lite's CLI, since fioup does not roll back.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class EngineUnsupportedError(FioupFlowError):
     are not config digests, or no Compose v2 at or above the version whose flags fioup-flow uses."""
 
     exit_code = 8
+
+
+class BadTargetError(FioupFlowError):
+    """The Target asked for failed on this device before and is marked bad; `--force` tries it again."""
+
+    exit_code = 9
 
 
 class InvalidStateError(FioupFlowError):
@@ -123,6 +130,20 @@ class StartError(FioupFlowError):
     """Starting an app failed, or its services did not come up in time."""
 
     exit_code = 70
+
+
+class RolledBackError(FioupFlowError):
+    """The update failed for a reason of its Target's own and was rolled back: the device runs its
+    previous Target again, and the failed one is marked bad (aktualizr-lite's `InstallRollbackOk`)."""
+
+    exit_code = 110
+
+
+class RollbackFailedError(FioupFlowError):
+    """The update failed, and so did the rollback that followed it: the rollback stays in progress and
+    `resume` tries it again (aktualizr-lite's `InstallRollbackFailed` is 130, which here is SIGINT's)."""
+
+    exit_code = 111
 
 
 def exit_code_of(exc: BaseException) -> int:

@@ -30,13 +30,21 @@ class Verdict:
     note: str | None = None
 
 
+def to_another_target(plan: Plan) -> bool:
+    """Whether `plan` takes the device to another Target: not a sync or a restore of the Target it
+    runs (that brings back what is installed, even if the factory dropped that Target), nor a
+    rollback (that brings back what the device ran, whatever the factory lists now). Only such an
+    update may be cancelled for the Targets, held for an install window, given up after failed
+    attempts, or rolled back."""
+    return plan.meta.get("target") != plan.meta.get("from_target") and plan.meta.get("kind") != "rollback"
+
+
 def cancellable(plan: Plan, records: dict[str, NodeRecord]) -> bool:
-    """Whether the Targets are worth checking again for this update: it goes to another Target (a
-    sync or a restore of the Target the device runs brings back what is installed, even if the
-    factory dropped that Target), and it changed nothing that runs yet: no stop or start node was
-    ever tried (the node records say). Once one was, the update is finished without a look, which
-    also keeps a boot after a cut between stop and start as quick as it can be."""
-    if plan.meta.get("target") == plan.meta.get("from_target"):
+    """Whether the Targets are worth checking again for this update: it goes to another Target
+    (`to_another_target`), and it changed nothing that runs yet: no stop or start node was ever
+    tried (the node records say). Once one was, the update is finished without a look, which also
+    keeps a boot after a cut between stop and start as quick as it can be."""
+    if not to_another_target(plan):
         return False
     return all(records[node.id].state == "pending" and records[node.id].attempts == 0
                for node in plan.nodes() if node.kind in CHANGES_WHAT_RUNS)

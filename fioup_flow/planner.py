@@ -6,7 +6,8 @@ trees) and returns a Plan; every side effect belongs to the tasks the plan names
     UpdateInitStarted -> UpdateInitCompleted -> EcuDownloadStarted -> space check
       -> fetch (one node per blob, in parallel) -> EcuDownloadCompleted
       -> EcuInstallationStarted -> EcuInstallationApplied -> stop (per app) -> start (per app)
-      -> healthy (per app) -> commit -> EcuInstallationCompleted -> prune -> apps-states
+      -> healthy (per app: up, then staying up through the health window) -> commit
+      -> EcuInstallationCompleted -> prune -> apps-states
 
 with install (per app: images loaded, project unpacked, while the old version still runs)
 after that app's own fetches and before EcuInstallationApplied.
@@ -99,20 +100,29 @@ class PlanBuilder:
                                           success, details), after)
 
 
-def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree], *, prune_all_images: bool, new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> Plan:
-    """The plan that takes the device from `observed` to `target` (already narrowed to enabled apps)."""
+def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree], *, prune_all_images: bool,
+                   health_window: float, purpose: dict | None = None,
+                   new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> Plan:
+    """The plan that takes the device from `observed` to `target` (already narrowed to enabled apps).
+
+    Each app it starts must stay up `health_window` seconds before the commit. `purpose` (e.g.
+    `{"kind": "rollback", "rollback_of": ..., "reason": ...}`) goes into the plan's meta and the
+    details of its UpdateInitStarted, so that the gateway and `status` can tell why it runs.
+    """
     diff = diff_apps(observed.current, target, observed.apps_up)
     plan = Plan(plan_id=new_plan_id(), meta={
         "target": target.name, "version": target.version,
         "from_target": observed.current.name if observed.current else None,
         "apps": {a.name: a.uri for a in target.apps},
         "diff": {k: list(getattr(diff, k)) for k in ("add", "remove", "update", "keep", "repair")},
+        **(purpose or {}),
     })
     b = PlanBuilder(plan, new_id)
     blobs = {blob.digest: blob for name in diff.to_install for blob in trees[name].blobs()}
     total = sum(blob.size for blob in blobs.values())
 
-    init = b.event("UpdateInitStarted", target, [], details=actions_details(observed.current, target, diff))
+    init = b.event("UpdateInitStarted", target, [],
+                   details=dict(actions_details(observed.current, target, diff), **(purpose or {})))
     init_done = b.event("UpdateInitCompleted", target, [init], True,
                         {"total_to_fetch": {"bytes": total, "blobs": len(blobs)}})
     download = b.event("EcuDownloadStarted", target, [init_done],
@@ -134,7 +144,7 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
                          [applied]) for name in diff.to_stop}
     started = {name: b.add(start.node_for(trees[name]), [applied] + ([stops[name]] if name in stops else []))
                for name in diff.to_install}
-    healthy = [b.add(start.healthy_node_for(trees[name]), [started[name]]) for name in diff.to_install]
+    healthy = [b.add(start.healthy_node_for(trees[name], health_window), [started[name]]) for name in diff.to_install]
     committed = b.add(commit.node(target), healthy + [s for n, s in stops.items() if n in diff.remove] or [applied])
     completed = b.event("EcuInstallationCompleted", target, [committed], True)
     pruned = b.add(prune.node(target.name, {a.name: a.uri for a in target.apps}, prune_all_images), [completed])

@@ -1,7 +1,8 @@
 """The apps-states report (`POST /apps-states`), in fioup's shape, from what the engine runs.
 
 Unlike fioup, an app counts as healthy only if every service's container is running (and
-healthy where it has a health check): an exited container is not a healthy app.
+healthy where it has a health check), or exited 0 under a restart policy that lets it stop (a
+one-shot that did its job): any other exited container is not a healthy app.
 
 fioup posts apps-states only when they changed, and counts as a change only a different number
 of apps, an app's state, or its number of services (`pkg/client/app_states.go`). So an update
@@ -36,10 +37,11 @@ def service_json(s: appstate.ServiceState) -> dict[str, Any]:
 
 
 def app_state(services: list[appstate.ServiceState]) -> str:
-    """running (every service up), stopped (containers, not all up) or missing (no container)."""
+    """running (every service up, or a one-shot that exited 0), stopped (containers, not all up) or
+    missing (no container)."""
     if not services:
         return "missing"
-    return "running" if all(s.up for s in services) else "stopped"
+    return "running" if all(s.up or s.finished for s in services) else "stopped"
 
 
 def apps_status(engine: docker.DockerClient, current: Target | None) -> list[dict[str, Any]]:

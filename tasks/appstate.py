@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import docker
 import docker.errors
@@ -31,11 +32,35 @@ class ServiceState:
     health: str  # healthy | unhealthy | starting | "" (no health check)
     status: str  # Docker's human text, e.g. "Up 3 minutes (healthy)"
     error: str = ""  # why the engine could not start the container, if it tried and failed
+    exit_code: int = 0  # of the last run, once it ended
+    restarts: int = 0  # how often the engine restarted this container under its restart policy
+    started_at: str = ""  # when the container last started, as the engine says it (RFC 3339)
+    policy: str = ""  # its restart policy: "" or "no", "always", "unless-stopped", "on-failure"
 
     @property
     def up(self) -> bool:
         """Running, and healthy if the service has a health check."""
         return self.state == "running" and self.health in ("", "healthy")
+
+    @property
+    def finished(self) -> bool:
+        """Exited 0 under a restart policy that lets it stay stopped: a one-shot that did its job."""
+        return self.state == "exited" and self.exit_code == 0 and self.policy in ("", "no", "on-failure")
+
+    @property
+    def started(self) -> float | None:
+        """`started_at` in seconds since the epoch; None if the container never started."""
+        return rfc3339_seconds(self.started_at)
+
+
+def rfc3339_seconds(text: str) -> float | None:
+    """The engine's timestamps (`2026-01-02T03:04:05.123456789Z`, nanoseconds, UTC) in epoch seconds;
+    None for the zero time the engine gives a container that never started."""
+    if not text or text.startswith("0001-"):
+        return None
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    stamp = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return stamp + (float(f"0.{fraction.split('+')[0]}") if fraction else 0.0)
 
 
 # what the Docker SDK raises when the engine does not answer (a lost connection is requests')
@@ -71,7 +96,9 @@ def services(engine: docker.DockerClient, app: str) -> list[ServiceState]:
         found[name] = ServiceState(
             name=name, container_id=c["Id"], image_id=inspect["Image"], state=state["Status"],
             health=(state.get("Health") or {}).get("Status", ""), status=c.get("Status", ""),
-            error=state.get("Error") or "",
+            error=state.get("Error") or "", exit_code=int(state.get("ExitCode") or 0),
+            restarts=int(inspect.get("RestartCount") or 0), started_at=state.get("StartedAt") or "",
+            policy=((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "",
         )
     return [found[k] for k in sorted(found)]
 

@@ -26,12 +26,18 @@ from fioup_flow.durable import fsync_dir, make_dirs, write_atomic
 from fioup_flow.errors import FetchError, InstallError
 from fioup_flow.store import BlobStore
 from fioup_flow.targets import App
-from fioup_flow.task import Node, TaskContext
+from fioup_flow.task import Node, TaskContext, TransientError
 from tasks import appstate
 from tasks.compose import OVERRIDE_FILE, Compose
 from tasks.imagetar import local_tag, save_stream
 
 KIND = "install"
+
+
+class ImageLoadFailed(InstallError, TransientError):
+    """The engine refused to load an image the store verified: the engine's trouble (its disk, its
+    state), not the Target's; retried, and never a reason to mark the Target bad (as aktualizr-lite
+    retries an image-load failure at its next cycle instead of marking the Target failing)."""
 MARKER = ".fioup-flow-app.json"
 STAGING = ".staging"
 PREVIOUS = ".previous"
@@ -101,9 +107,10 @@ class InstallApp:
         try:
             for message in self.engine.api.load_image(ctx.checked(save_stream(missing, self.store))):
                 if "error" in message or "errorDetail" in message:
-                    raise InstallError(f"app {tree.name}: the engine refused an image: {message.get('error', message)}")
+                    raise ImageLoadFailed(f"app {tree.name}: the engine refused an image: "
+                                          f"{message.get('error', message)}")
         except docker.errors.APIError as exc:
-            raise InstallError(f"app {tree.name}: loading images failed: {exc.explanation or exc}") from exc
+            raise ImageLoadFailed(f"app {tree.name}: loading images failed: {exc.explanation or exc}") from exc
         still = self._missing_images(tree)
         if still:
             raise InstallError(f"app {tree.name}: images not in the engine after loading: "

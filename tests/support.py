@@ -41,6 +41,23 @@ def compose_env_drop_in(folder: Path, **variables: str) -> Path:
     return path
 
 
+# Every test device watches the apps an update starts for this long (`pacman.health_window`), not
+# the default 15 s: long enough to see each up, short enough for a suite of many updates. The file
+# sorts first, so that any drop-in a test adds for the key wins.
+TEST_HEALTH_WINDOW_S = 1
+
+
+def health_window_drop_in(folder: Path, seconds: float, name: str = "health-window.toml") -> Path:
+    """A config drop-in setting `pacman.health_window`."""
+    path = folder / name
+    path.write_text(f"[pacman]\nhealth_window = {seconds}\n")
+    return path
+
+
+def test_defaults_drop_in(folder: Path) -> Path:
+    return health_window_drop_in(folder, TEST_HEALTH_WINDOW_S, "00-test-defaults.toml")
+
+
 def sample_page() -> str:
     """What the sample shellhttpd app serves right now."""
     return requests.get(f"http://127.0.0.1:{SHELLHTTPD_PORT}/", timeout=5).text
@@ -104,7 +121,7 @@ def new_device(info: dict, sota_dir: Path, *extra: str) -> Device:
     done = register(info, sota_dir, name, *extra)
     assert done.returncode == 0, done.stderr
     image = image_roots(Path(info["home"]), sota_dir.with_name(f"{sota_dir.name}-image"))
-    return Device(name, sota_dir, [image, compose_env_drop_in(sota_dir)])
+    return Device(name, sota_dir, [image, compose_env_drop_in(sota_dir), test_defaults_drop_in(sota_dir)])
 
 
 @contextmanager
@@ -116,6 +133,18 @@ def fresh_device(factory, engine, sota_dir: Path, tag: str, hwid: str | None = N
         yield new_device(factory.info, sota_dir, "--tag", tag, *(("--hwid", hwid) if hwid else ()))
     finally:
         clean_engine(engine)
+
+
+@contextmanager
+def device_running(factory, engine, folder: Path, tag: str, hwid: str, version: int,
+                   health_window: float) -> Iterator[Device]:
+    """A fresh device of the Targets of `tag` and `hwid`, watching the apps an update starts for
+    `health_window` seconds, already running Target `version`; the engine emptied after."""
+    with fresh_device(factory, engine, folder / "sota", tag, hwid) as device:
+        device.drop_ins.append(health_window_drop_in(folder, health_window))
+        done = device.run("apply", str(version))
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield device
 
 
 def publish(home: Path, version: int, apps: dict[str, str], tag: str, *extra: str) -> Any:

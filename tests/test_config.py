@@ -48,6 +48,18 @@ def test_a_download_rate_limit_reads_like_a_person_writes_it(tmp_path: Path) -> 
     assert Config.load((str(write(tmp_path / "b.toml", "")),)).download_rate is None
 
 
+def test_the_health_window_is_15_s_unless_set_and_a_bad_value_is_a_clear_error(tmp_path: Path) -> None:
+    def window(text: str) -> float:
+        return Config.load((str(write(tmp_path / "sota.toml", f"[pacman]\n{text}\n")),)).health_window
+
+    assert window("") == 15.0
+    assert window("health_window = 0") == 0.0
+    assert window('health_window = "30"') == 30.0
+    for bad in ('health_window = "soon"', "health_window = -1", "health_window = 86400"):
+        with pytest.raises(UsageError, match="pacman.health_window"):
+            window(bad)
+
+
 def test_the_engine_restart_command_is_split_as_a_shell_would_or_taken_as_a_list(tmp_path: Path) -> None:
     def command(text: str) -> tuple[str, ...]:
         return Config.load((str(write(tmp_path / "sota.toml", f"[pacman]\n{text}\n")),)).engine_restart_command

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import click
 
+from fioup_flow import rollback
 from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
 from fioup_flow.cli.progress import NodeLog, human_bytes
 from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
-from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError
+from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
 from fioup_flow.ongoing import download_end
@@ -23,6 +24,8 @@ def finish(agent: Agent, result: RunResult) -> None:
         click.echo(f"{left} report(s) wait in the outbox for the gateway; they go out with the next command",
                    err=True)
     if result.outcome == "completed":
+        if rolled_back := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=False):
+            raise rolled_back
         click.echo(f"Update {result.plan_id} completed")
         return
     if result.outcome == "paused":
@@ -30,6 +33,10 @@ def finish(agent: Agent, result: RunResult) -> None:
                    "`fioup-flow apply` installs it")
         return
     if result.outcome == "failed":
+        if rollback_failed := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=True):
+            raise rollback_failed
+        if note := rollback.ended_note(agent.checkpoint, result.plan_id):
+            click.echo(note, err=True)
         node_id, exc = min(result.failed.items())
         if isinstance(exc, FioupFlowError):
             raise exc
@@ -45,6 +52,7 @@ def finish(agent: Agent, result: RunResult) -> None:
 def run_plan(agent: Agent, plan: Plan | None, total: int, fetch_only: bool = False) -> None:
     """Run `plan` (or the plan in progress), to its end or, `fetch_only`, to the end of its download."""
     agent.on_event = NodeLog(total)
+    agent.on_next_plan = agent.on_event.next_plan
     finish(agent, agent.run(plan, {download_end(plan or agent.checkpoint.current_plan())} if fetch_only else None))
 
 
@@ -78,22 +86,27 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.argument("version", type=int, required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
+@click.option("--force", is_flag=True, help="Update to Target VERSION even if it failed here before (marked bad).")
 @click.pass_obj
-def apply_command(obj, version: int | None, dry_run: bool, as_json: bool) -> None:
-    """Update to Target VERSION (default: the latest), or go on with the update in progress."""
-    update(obj, version, dry_run=dry_run, as_json=as_json)
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool) -> None:
+    """Update to Target VERSION (default: the latest that is not marked bad), or go on with the update
+    in progress."""
+    update(obj, version, dry_run=dry_run, as_json=as_json, force=force)
 
 
 @click.command("fetch")
 @click.argument("version", type=int, required=False)
+@click.option("--force", is_flag=True, help="Fetch Target VERSION even if it failed here before (marked bad).")
 @click.pass_obj
-def fetch_command(obj, version: int | None) -> None:
-    """Download and verify all that the update to VERSION (default: the latest) needs, touching no
-    running app; the update stays in progress and a later `apply` (or `resume`) installs it."""
-    update(obj, version, fetch_only=True)
+def fetch_command(obj, version: int | None, force: bool) -> None:
+    """Download and verify all that the update to VERSION (default: the latest that is not marked bad)
+    needs, touching no running app; the update stays in progress and a later `apply` (or `resume`)
+    installs it."""
+    update(obj, version, fetch_only=True, force=force)
 
 
-def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = False, as_json: bool = False) -> None:
+def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = False, as_json: bool = False,
+           force: bool = False) -> None:
     """apply and fetch: go on with the update in progress, or check, plan, freeze and run a new one."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
@@ -108,7 +121,9 @@ def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = F
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
             continue_update(agent, ongoing, "Continuing", fetch_only)
             return
-        target = agent.choose_target(version)
+        if force and version is None:
+            raise UsageError("--force needs a VERSION: it tries a Target marked bad again by hand")
+        target = agent.choose_target(version, force=force)
         try:
             plan = agent.plan(target, report_failure=not dry_run)
         except FioupFlowError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from fioup_flow.engine import NodeEvent
+from fioup_flow.graph import Plan
 from fioup_flow.render import short_id
 
 
@@ -24,6 +25,13 @@ class NodeLog:
         self.total = total
         self.finished = 0
         self.quiet = quiet
+
+    def next_plan(self, plan: Plan) -> None:
+        """Another plan runs after the first (a rollback): say which, and count its nodes afresh."""
+        self.total, self.finished = len(plan), 0
+        what = "Rolling back" if plan.meta.get("kind") == "rollback" else "Running"
+        self.console.print(f"[yellow]{what}[/] to {plan.meta['target']} (version {plan.meta['version']}): "
+                           f"{len(plan)} nodes")
 
     def __call__(self, event: NodeEvent) -> None:
         if event.state == "done":

@@ -16,13 +16,14 @@ import click
 from rich.console import Console
 
 from fioup_flow.agent import Agent
+from fioup_flow.badtargets import BadTargets
 from fioup_flow.checkpoint import STATES, CheckpointStore, store_path
 from fioup_flow.cli.output import emit_json
 from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
-from fioup_flow.ongoing import installing
+from fioup_flow.ongoing import installing, to_another_target
 from fioup_flow.outbox import Outbox, outbox_path
 from fioup_flow.render import (
     FORMATS,
@@ -114,7 +115,7 @@ def _install_due(config, plan: Plan, records: dict) -> str | None:
     """When the daemon installs the update in progress: when `pacman.install_window` next opens, for
     an update to another Target whose install has not begun (None otherwise: it goes on at once)."""
     window = config.install_window
-    if window is None or plan.meta.get("target") == plan.meta.get("from_target") or installing(plan, records):
+    if window is None or not to_another_target(plan) or installing(plan, records):
         return None
     return window.next_opening(datetime.now().astimezone()).isoformat(timespec="minutes")
 
@@ -126,13 +127,15 @@ def _status(config, store: CheckpointStore | None, history: int) -> dict[str, An
         table = rows(plan, records)
         current = {
             "plan_id": plan.plan_id, "target": plan.meta.get("target"), "version": plan.meta.get("version"),
+            "kind": plan.meta.get("kind", "update"), "reason": plan.meta.get("reason"),
             "started": store.frozen_at(plan.plan_id), "cancel_requested": store.cancel_requested(plan.plan_id),
             "counts": {state: sum(1 for r in table if r["state"] == state) for state in STATES},
             "failed": [{"id": r["id"], "error": r["error"], "exit_code": records[r["id"]].exit_code}
                        for r in table if r["state"] == "failed"],
             "install_due": _install_due(config, plan, records),
         }
-    return {"in_progress": current, "history": store.history(history) if store else []}
+    return {"in_progress": current, "history": store.history(history) if store else [],
+            "bad_targets": [bad.as_json() for bad in BadTargets(store).all()] if store else []}
 
 
 def _reports(flow_dir) -> dict[str, Any]:
@@ -194,8 +197,11 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
     if current is None:
         click.echo("No update in progress")
     else:
-        click.echo(f"Update in progress: {current['plan_id']} (target {current['target']}, "
+        what = "Rollback" if current["kind"] == "rollback" else "Update"
+        click.echo(f"{what} in progress: {current['plan_id']} (target {current['target']}, "
                    f"version {current['version']}, started {_when(current['started'])})")
+        if current["reason"]:
+            click.echo(f"  because: {current['reason']}")
         click.echo("  " + ", ".join(f"{state} {n}" for state, n in current["counts"].items() if n))
         if current["install_due"]:
             click.echo(f"  install due {current['install_due'].replace('T', ' ')} "
@@ -208,9 +214,14 @@ def status(ctx: click.Context, as_json: bool, history: int) -> None:
         click.echo("Recent updates:")
         for entry in data["history"]:
             counts = ", ".join(f"{s} {n}" for s, n in entry["counts"].items() if n)
-            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}  {entry['outcome']}  ({counts})")
+            kind = " (rollback)" if entry.get("kind") == "rollback" else ""
+            click.echo(f"  {_when(entry['ended'])}  {entry['plan_id']}  {entry['target']}{kind}  {entry['outcome']}  ({counts})")
             if entry.get("reason"):
                 click.echo(f"    {entry['reason']}")
+    if data["bad_targets"]:
+        click.secho("Bad Targets (not tried again; `fioup-flow apply VERSION --force` tries one):", fg="yellow")
+        for bad in data["bad_targets"]:
+            click.echo(f"  {_when(bad['when'])}  {bad['name']} (version {bad['version']}): {bad['reason']}")
     _print_reports(data["reports"])
 
 

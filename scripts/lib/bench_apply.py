@@ -137,7 +137,9 @@ class Bench:
              "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG, "--sota-dir", str(device)])
         # compose reads the port shellhttpd publishes from the device's config, not the environment
         drop_in = device / "compose-env.toml"
-        drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n')
+        drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n'
+                           # the health window is a deliberate wait, not the update's mechanics: not timed
+                           '[pacman]\nhealth_window = 0\n')
         # The registry's certificate is the factory's "public" CA's, which devices trust through
         # the system store: SSL_CERT_FILE names the system's bundle plus that CA.
         return dict(os.environ, FIOUP_FLOW_CFG_DIRS=f"{device / 'sota.toml'},{image},{drop_in}",

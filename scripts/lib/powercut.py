@@ -7,9 +7,11 @@ it had not made durable, then "boots" (`fioup-flow resume`, or `apply` again whe
 before the plan was frozen) and checks what a device owner relies on:
 
 1. converged: the device is on the target, every target app runs the target's app, no app the
-   target dropped still runs;
+   target dropped still runs (in the failing scenario, whose target crash-loops, the device is back
+   on its start version after a rollback, and the target is marked bad);
 2. every blob in the store verifies against its digest;
-3. the gateway holds each event of the final plan exactly once, in the protocol's order;
+3. the gateway holds each event of the final plan exactly once, in the protocol's order (failing
+   scenario: also the failed update's, ending with `EcuInstallationCompleted` success false);
 4. no blob that was verified on disk after the cut is downloaded again, and a partial resumes
    from what the cut kept (the registry's log). Per cut it reports the bytes the device had
    received but lost to the cut (a partial is synced every SYNC_EVERY bytes: up to 8 MiB);
@@ -80,12 +82,20 @@ RELEASES: dict[int, tuple[dict[str, str], tuple[str, ...]]] = {
     1: ({"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}, ()),
     2: ({"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}, FILLER),
     3: ({"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"}, FILLER),
+    4: ({"shellhttpd": "shellhttpd/v2", "crashloop": "crashloop/v1"}, FILLER),  # crash-loops: rolled back
 }
 # scenario -> (start version, None for a fresh device; target version)
 SCENARIOS: dict[str, tuple[int | None, int]] = {
-    "install": (None, 1), "change": (1, 2), "add-remove": (2, 3), "downgrade": (3, 1)}
+    "install": (None, 1), "change": (1, 2), "add-remove": (2, 3), "downgrade": (3, 1), "failing": (1, 4)}
+# scenarios whose target fails its health window: the device ends on its start version after a
+# rollback (apply exits 110), the target marked bad; each run forces it (`--force`), as a device
+# reused from the cut before has it marked already
+FAILING = {"failing"}
+ROLLED_BACK = 110
 UPDATE_EVENTS = EVENT_TYPES[EVENT_TYPES.index("UpdateInitStarted"):]
 NO_UPDATE_IN_PROGRESS = 24
+HEALTH_WINDOW_S = 3  # the device's `pacman.health_window`: every update waits it out, the default's 15 s would
+# make most cuts land in it
 # invariant 5 compares two single measurements of compose runs on a busy machine: an app may stay
 # stopped up to this factor, plus this many seconds, longer than in the uninterrupted run
 WINDOW_SLACK = 1.5, 1.0
@@ -234,13 +244,13 @@ class Lab:
 
     def drop_in(self) -> dict:
         """The device's own settings: a rate limit, so that a cut lands mid-download; when the
-        engine goes down with the power, how the device restarts it (see tasks/portleak.py); the
-        port the sample shellhttpd publishes (compose reads it from `[compose_env]` only); and
-        where its image's TUF roots are (written fresh, outside the power-cut mount, as
+        engine goes down with the power, how the device restarts it (see tasks/portleak.py); a short
+        health window; the port the sample shellhttpd publishes (compose reads it from
+        `[compose_env]` only); and where its image's TUF roots are (written fresh, outside the power-cut mount, as
         /usr/lib/sota/tuf is read-only on a device)."""
         roots = self.work / "image-tuf"
         TufRepository(self.home).export_roots(roots)
-        pacman = {"download_rate_limit": RATE_LIMIT}
+        pacman = {"download_rate_limit": RATE_LIMIT, "health_window": HEALTH_WINDOW_S}
         if self.power:
             pacman["engine_restart_command"] = [
                 sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart", str(self.power.folder)]
@@ -250,6 +260,11 @@ class Lab:
     def versions(self, scenario: str) -> tuple[int | None, int]:
         start, target = SCENARIOS[scenario]
         return (None if start is None else start + self.offset), target + self.offset
+
+    def end_version(self, scenario: str) -> int:
+        """The version the device must end on: the target's, or the start's if the target fails."""
+        start, target = self.versions(scenario)
+        return start if scenario in FAILING else target
 
     def fresh_device(self) -> Device:
         """Take the old device's apps down, wipe the engine, register a new device."""
@@ -361,16 +376,32 @@ def kill_at(cut: Cut, device: Device, process: subprocess.Popen, started: float)
     process.wait(timeout=30)
 
 
-def boot(device: Device, version: int) -> str | None:
-    """What the device does after the power comes back; None, or why it did not get there."""
+def apply_args(scenario: str, target: int) -> tuple[str, ...]:
+    return (str(target), "--force") if scenario in FAILING else (str(target),)
+
+
+def boot(device: Device, version: int, failing: tuple[int, float] | None = None) -> str | None:
+    """What the device does after the power comes back; None, or why it did not get there.
+    `failing`: (the failing target, when its run began): until that run was rolled back, the
+    device applies the target again, as the cut came before the plan was frozen."""
     done = device.run("resume")
-    if done.returncode not in (0, NO_UPDATE_IN_PROGRESS):
+    if done.returncode not in (0, NO_UPDATE_IN_PROGRESS) + ((ROLLED_BACK,) if failing else ()):
         return f"resume exit {done.returncode}: {done.stderr.strip()[-300:]}"
-    if device.version() != version:  # the cut came before the plan was frozen (or undid it)
+    if failing and not failed_since(device.status(), *failing):
+        done = device.run("apply", str(failing[0]), "--force")
+        if done.returncode != ROLLED_BACK:
+            return f"apply after boot exit {done.returncode}, not {ROLLED_BACK}: {done.stderr.strip()[-300:]}"
+    elif not failing and device.version() != version:  # the cut came before the plan was frozen (or undid it)
         done = device.run("apply", str(version))
         if done.returncode != 0:
             return f"apply after boot exit {done.returncode}: {done.stderr.strip()[-300:]}"
     return None
+
+
+def failed_since(status: dict, target: int, since: float) -> dict | None:
+    """The history entry of the update to `target` that was rolled back after `since`, if any."""
+    return next((e for e in status.get("history", []) if e["version"] == target and e["outcome"] == "rolled-back"
+                 and e["ended"] >= since), None)
 
 
 @dataclass(frozen=True)
@@ -425,9 +456,9 @@ def uninterrupted(lab: Lab, scenario: str, say: Callable[[str], None]) -> Baseli
     start, target = lab.versions(scenario)
     device = lab.bring_to(start)
     began, wall = time.monotonic(), time.time()
-    done = device.run("apply", str(target))
+    done = device.run("apply", *apply_args(scenario, target))
     seconds = time.monotonic() - began
-    if done.returncode != 0:
+    if done.returncode != (ROLLED_BACK if scenario in FAILING else 0):
         raise RuntimeError(f"{scenario}: the uninterrupted run failed: {done.stderr}")
     baseline = Baseline(seconds, stopped_windows(container_events(lab.engine, kept_apps(scenario), wall), wall, set()))
     stops = ", ".join(f"{app} stopped {w:.1f} s" for app, w in sorted(baseline.stopped.items())) or "no app stopped"
@@ -443,8 +474,9 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     if cut.mode == "random" and cut.at < 0:
         cut.at = round(random.Random(cut.seed).uniform(0, baseline.seconds), 3)
     device = lab.bring_to(start)
+    end, failing = lab.end_version(cut.scenario), (target, time.time()) if cut.scenario in FAILING else None
     gets_at_start = len(registry_blob_gets(lab.home))
-    process = device.start("apply", str(target))
+    process = device.start("apply", *apply_args(cut.scenario, target))
     kill_at(cut, device, process, time.monotonic())
     lab.cut()
     time.sleep(0.5)  # the registry logs the responses the kill cut short
@@ -461,10 +493,10 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     except EngineDidNotStart as exc:  # anything else needs a person: the run cannot go on
         cut.failures["engine"] = f"the Docker engine did not start after the cut: {lab.power.last_words() or exc}"
         raise
-    apps = set(RELEASES[SCENARIOS[cut.scenario][1]][0])
+    apps = set(RELEASES[end - lab.offset][0])
     down, began, wall = apps_down(lab.engine, apps), time.monotonic(), time.time()
     log_at = lab.power.log_size() if lab.power else 0
-    why = boot(device, target)
+    why = boot(device, end, failing)
     cut.engine_restarts = lab.power.restarts_since(log_at) if lab.power else []
     cut.boot_seconds = time.monotonic() - began
     if why:
@@ -472,14 +504,14 @@ def run_cut(lab: Lab, cut: Cut, baselines: dict[str, Baseline], say: Callable[[s
     seen = container_events(lab.engine, apps, wall)
     cut.stopped = stopped_windows(seen, wall, down)
     cut.running_after = max((max(times["start"]) - wall for times in seen.values() if times["start"]), default=0.0)
-    check(lab, device, cut, target, verified_at_cut, gets_at_cut, kept_at_cut)
+    check(lab, device, cut, end, verified_at_cut, gets_at_cut, kept_at_cut, failing)
     check_stopped(cut, baseline)
     if not cut.converged and lab.power:  # was anything lost, or does the next power-on get there?
         lab.restart_engine()
         again = Cut(cut.seed, cut.scenario, cut.mode, cut.at)
-        if why := boot(device, target):
+        if why := boot(device, end, failing):
             again.failures["boot"] = why
-        check(lab, device, again, target, verified_at_cut, gets_at_cut, kept_at_cut)
+        check(lab, device, again, end, verified_at_cut, gets_at_cut, kept_at_cut, failing)
         cut.second_boot = "converged" if again.converged else "; ".join(f"{k}: {v}" for k, v in again.failures.items())
     return cut
 
@@ -498,13 +530,15 @@ def check_stopped(cut: Cut, baseline: Baseline) -> None:
 
 
 def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[str], gets_at_cut: int,
-          kept_at_cut: dict[str, int]) -> None:
-    """The invariants, each failure written into `cut.failures`."""
+          kept_at_cut: dict[str, int], failing: tuple[int, float] | None = None) -> None:
+    """The invariants, each failure written into `cut.failures`; `target` is the version to end on."""
     status = settled_status(device)
     wanted = lab.uris[target]
     problems = []
     if (status.get("current") or {}).get("version") != target:
         problems.append(f"on version {(status.get('current') or {}).get('version')}, not {target}")
+    if failing and failing[0] not in [b["version"] for b in status.get("bad_targets", [])]:
+        problems.append(f"version {failing[0]} is not marked bad")
     for app in status.get("apps", []):
         if app["state"] != "running" or app["uri"] != wanted.get(app["name"]):
             services = ", ".join(f"{x['name']} {x['state']}/{x['health'] or '-'} ({x['status']})" for x in app["services"])
@@ -521,7 +555,7 @@ def check(lab: Lab, device: Device, cut: Cut, target: int, verified_at_cut: set[
     if corrupt:
         cut.failures["2-blobs"] = f"{len(corrupt)} corrupt: {', '.join(d[:19] for d in corrupt)}"
 
-    check_events(lab, device, cut)
+    check_events(lab, device, cut, failed_since(status, *failing) if failing else None)
 
     after = registry_blob_gets(lab.home)[gets_at_cut:]
     again = sorted({d for d, _ in after} & verified_at_cut)
@@ -555,23 +589,31 @@ def container_story(engine: docker.DockerClient, app: str) -> str:
     return "; ".join(stories) or "no container"
 
 
-def check_events(lab: Lab, device: Device, cut: Cut) -> None:
-    """Invariant 3: the final plan's events (of its last attempt), each once, in the protocol's order."""
+def check_events(lab: Lab, device: Device, cut: Cut, rolled_back: dict | None = None) -> None:
+    """Invariant 3: the final plan's events (of its last attempt), each once, in the protocol's order;
+    and, for an update `rolled_back` (its history entry), its last attempt's too, the last unsuccessful."""
     with device.store() as store:
         history = store.history(1)
     if not history:
         cut.failures["3-events"] = "no finished update in the device's history"
         return
-    correlation_id = history[0]["correlation_id"]
-    events = [e for e in DeviceRecords(lab.home).events(device.uuid)
-              if e["event"]["correlationId"] == correlation_id]
-    ids = [e["id"] for e in events]
-    cut.duplicated_events = len(ids) - len(set(ids))
-    kinds = [e["eventType"]["id"] for e in events]
-    seen = list(dict.fromkeys(kinds))
-    cut.lost_events = len(set(UPDATE_EVENTS) - set(kinds))
-    if cut.duplicated_events or cut.lost_events or seen != list(UPDATE_EVENTS):
-        cut.failures["3-events"] = f"got {kinds}"
+    if rolled_back is None and cut.scenario in FAILING:
+        cut.failures["3-events"] = "no rolled-back update in the device's history"
+        return
+    problems = []
+    for entry, success in ((history[0], True), *(((rolled_back, False),) if rolled_back else ())):
+        events = [e for e in DeviceRecords(lab.home).events(device.uuid)
+                  if e["event"]["correlationId"] == entry["correlation_id"]]
+        ids = [e["id"] for e in events]
+        cut.duplicated_events += len(ids) - len(set(ids))
+        kinds = [e["eventType"]["id"] for e in events]
+        lost = len(set(UPDATE_EVENTS) - set(kinds))
+        cut.lost_events += lost
+        if len(ids) != len(set(ids)) or lost or list(dict.fromkeys(kinds)) != list(UPDATE_EVENTS) \
+                or events[-1]["event"]["success"] is not success:
+            problems.append(f"{entry['outcome']} update {entry['plan_id']}: got {kinds}")
+    if problems:
+        cut.failures["3-events"] = "; ".join(problems)
 
 
 # --- a run of many cuts -------------------------------------------------------------------------------
@@ -687,7 +729,7 @@ class Trip:
 
 def plan_trips(count: int, seed: int) -> list[Trip]:
     rng = random.Random(seed)
-    return [Trip(rng.choice(sorted(SCENARIOS)), rng.choice(NETWORK_FAULTS)) for _ in range(count)]
+    return [Trip(rng.choice(sorted(set(SCENARIOS) - FAILING)), rng.choice(NETWORK_FAULTS)) for _ in range(count)]
 
 
 def run_network(lab: Lab, trips: list[Trip], proxies: tuple[FaultProxy, FaultProxy],

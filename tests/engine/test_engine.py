@@ -124,6 +124,16 @@ def test_a_failing_node_stops_its_dependents_and_independent_branches_finish(sto
     assert store.current_plan_id() == plan.plan_id  # still in progress: resume retries the failed node
 
 
+def test_a_failure_the_caller_halts_on_stops_the_nodes_running_beside_it_at_once(store, work):
+    plan = stream_plan()  # 2 s when left alone
+    plan.add(Node("fetch:bad", "fail", {"message": "the Target's own fault"}, resource="network"))
+    started = time.monotonic()
+    result = executor(store, work, halt_on=lambda error: isinstance(error, FetchError)).run(plan)
+    assert result.outcome == "failed" and list(result.failed) == ["fetch:bad"]
+    assert time.monotonic() - started < 1.0, "the stream beside the failure ran on"
+    assert store.record(plan.plan_id, "fetch:stream").state == "pending", "stopped, its partial kept"
+
+
 def test_a_node_that_finds_the_disk_full_fails_with_exit_code_41_whatever_it_was_writing(store, work):
     plan = Plan(meta={"target": "full-disk-target", "version": 9})
     plan.add(Node("install:app", "fail", {"errno": errno.ENOSPC}))

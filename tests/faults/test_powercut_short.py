@@ -37,6 +37,7 @@ CUTS = [
     (18, "install", "boundary", 3),  # early: among the first reports and the space check
     (19, "downgrade", "boundary", 20),  # late: among the last starts, the commit and reports
     (20, "change", "random", -1.0),
+    (21, "failing", "random", -1.0),  # a target that crash-loops: back on the start version, the target bad
 ]
 
 

@@ -4,6 +4,9 @@ Each scenario starts from a device running v1 (shellhttpd v1 + pair v1, both up)
 Targets carry shellhttpd v2 broken one way (`fioup_flow.factory.broken`) beside pair v1:
 a layer whose bytes do not match its digest, a bundle with a `../escape` entry, a bundle whose
 links lead a later file out of the project, a compose file that is not YAML. The release lives under its own hardware id, so its versions are its own.
+
+A Target refused once is refused again: its failure is its own, so the update ends (nothing is
+left in progress to retry) and the Target is marked bad until `apply VERSION --force`.
 """
 
 from __future__ import annotations
@@ -88,6 +91,18 @@ def assert_refused(device: Device, engine, kind: str, exit_code: int, message: s
     return failed
 
 
+def assert_ended_and_marked_bad(device: Device, kind: str, message: str) -> None:
+    """The update is over, its Target bad with the reason; asking for it again is refused (exit 9)."""
+    status = device.json("status", "--json")
+    assert status["in_progress"] is None, "nothing left in progress: a retry would fail the same way"
+    assert (status["history"][0]["outcome"], status["history"][0]["version"]) == ("failed", BROKEN[kind])
+    (bad,) = status["bad_targets"]
+    assert bad["version"] == BROKEN[kind] and message in bad["reason"]
+    assert device.run("resume").stdout.strip() == "No update in progress"
+    again = device.run("apply", str(BROKEN[kind]))
+    assert again.returncode == 9 and "--force" in again.stderr, again.stderr
+
+
 def assert_good_target_applies(device: Device) -> None:
     done = device.run("apply", str(GOOD))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -97,18 +112,11 @@ def assert_good_target_applies(device: Device) -> None:
 
 def test_a_layer_that_does_not_match_its_digest_fails_the_fetch_with_exit_40(device, engine, factory) -> None:
     assert_refused(device, engine, "digest", 40, "does not match its digest")
-    status = device.json("status", "--json")
-    assert status["in_progress"]["version"] == BROKEN["digest"]
-    assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [40]
     (event,) = failure_events(factory, device)
     assert event["eventType"]["id"] == "EcuDownloadCompleted"
     assert "does not match its digest" in event["event"]["details"]
-
-    again = device.run("resume")
-    assert again.returncode == 40, "resume retries the fetch, which fails the same way"
-    assert len(failure_events(factory, device)) == 2
-    assert device.run("cancel").returncode == 0
-    assert device.json("status", "--json")["in_progress"] is None
+    assert_ended_and_marked_bad(device, "digest", "does not match its digest")
+    assert len(failure_events(factory, device)) == 1, "not tried again"
     assert_good_target_applies(device)
 
 
@@ -122,13 +130,10 @@ def test_a_bundle_entry_that_escapes_the_project_fails_the_install_with_exit_60(
     apps = device.sota_dir / "compose-apps"
     assert [p for p in device.sota_dir.rglob(ESCAPE_NAME)] == [], "nothing was written outside the project"
     assert not (apps / ".staging" / "shellhttpd").exists()
-    status = device.json("status", "--json")
-    assert [f["exit_code"] for f in status["in_progress"]["failed"]] == [60]
     (event,) = failure_events(factory, device)
     assert event["eventType"]["id"] == "EcuInstallationCompleted"
     assert message in event["event"]["details"]
-
-    assert device.run("cancel").returncode == 0
+    assert_ended_and_marked_bad(device, kind, message)
     assert_good_target_applies(device)
 
 
@@ -142,4 +147,7 @@ def test_a_compose_file_that_does_not_parse_is_refused_before_the_plan_with_exit
     assert "does not parse" in event["event"]["details"]
 
     assert device.run("cancel").stdout.strip() == "No update in progress to cancel"
+    (bad,) = device.json("status", "--json")["bad_targets"]
+    assert bad["version"] == BROKEN["bad-compose"] and "does not parse" in bad["reason"]
+    assert device.run("apply", str(BROKEN["bad-compose"])).returncode == 9, "refused again, as bad"
     assert_good_target_applies(device)

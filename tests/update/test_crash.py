@@ -17,6 +17,7 @@ import pytest
 from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
 
 from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.graph import Plan
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
 from fioup_flow.store import SYNC_EVERY
@@ -48,19 +49,23 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def node_state(device: Device, node_prefix: str) -> str | None:
+def in_progress(device: Device) -> tuple[Plan, dict[str, str]] | None:
+    """The plan in progress and each node's state, or None."""
     path = store_path(device.sota_dir / "flow")
     if not path.exists():
         return None
     store = CheckpointStore(path)
     try:
         plan = store.current_plan()
-        if plan is None:
-            return None
-        node_id = next((n for n in plan.graph.nodes if n.startswith(node_prefix)), None)
-        return store.record(plan.plan_id, node_id).state if node_id else None
+        return None if plan is None else (plan, {n: store.record(plan.plan_id, n).state for n in plan.graph.nodes})
     finally:
         store.close()
+
+
+def node_state(device: Device, node_prefix: str) -> str | None:
+    found = in_progress(device)
+    node_id = next((n for n in found[0].graph.nodes if n.startswith(node_prefix)), None) if found else None
+    return found[1][node_id] if node_id else None
 
 
 def resume(device: Device) -> None:

@@ -27,7 +27,16 @@ from pathlib import Path
 import docker
 import pytest
 from faults.netproxy import FaultProxy
-from support import BIN, Device, fresh_device, largest_partial, publish, registry_blob_gets, sample_page
+from support import (
+    BIN,
+    Device,
+    fresh_device,
+    health_window_drop_in,
+    largest_partial,
+    publish,
+    registry_blob_gets,
+    sample_page,
+)
 from test_crash import wait_for
 
 from fioup_flow.config import Config
@@ -192,6 +201,37 @@ def test_fetch_of_another_version_than_the_update_in_progress_is_refused(factory
     done = device.run("fetch", "3")
     assert done.returncode == 10, done.stderr
     assert status(device)["in_progress"]["version"] == 2
+
+
+# --- a Target that fails for good ----------------------------------------------------------------
+
+
+def images(engine: docker.DockerClient) -> dict[str, str]:
+    """project/service -> image ID, of every running container."""
+    return {f"{c.labels['com.docker.compose.project']}/{c.labels['com.docker.compose.service']}": c.attrs["Image"]
+            for c in engine.containers.list()}
+
+
+def test_a_crash_looping_version_is_rolled_back_and_the_next_cycles_skip_it_for_a_newer_one(
+        factory, engine, hwid, device, tmp_path: Path) -> None:
+    device.drop_ins.append(health_window_drop_in(tmp_path, 3, "z-health.toml"))
+    before = images(engine)
+    publish_version(factory, hwid, 2, {"shellhttpd": "shellhttpd/v2", "crashloop": "crashloop/v1"})
+    done = device.run("daemon", "--once")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"rolling back to \S+-1 \(version 1\)", done.stderr)
+    assert "cycle rolled-back: the update to" in done.stderr and "next cycle at once" in done.stderr
+    assert re.search(r"cycle idle: running \S+-1 \(version 1\), nothing to do", done.stderr), "v2 skipped"
+    assert images(engine) == before and "v1" in sample_page(), "version 1 serves again, its own images"
+    assert [b["version"] for b in status(device)["bad_targets"]] == [2]
+
+    count = gets(factory)
+    assert "cycle idle" in device.run("daemon", "--once").stderr
+    assert gets(factory) == count, "the bad Target is not tried again"
+    publish_version(factory, hwid, 3, V3)
+    done = device.run("daemon", "--once")
+    assert done.returncode == 0, done.stderr
+    assert version(device) == 3 and projects(engine) == {"shellhttpd", "ticker"}, "a newer one is tried"
 
 
 # --- a newer Target supersedes ---------------------------------------------------------------------
