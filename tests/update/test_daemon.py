@@ -6,6 +6,7 @@ the world: the engine's containers, the registry's log of the bytes it sent, the
 - a newer Target published mid-download supersedes the update: no blob is fetched twice;
 - an install window: the download at once, the install only once the (injected) clock enters it;
 - a factory that goes away and comes back: the daemon backs off, then updates, nothing lost;
+- a crash-looping Target is rolled back and never tried again, and a newer one published later is installed;
 - transient failures are tried again, then given up after `pacman.max_attempts`: back to the current Target;
 - SIGTERM stops it (asleep: at once; mid-download: at the next chunk, resumable), exit 0; SIGHUP reloads.
 
@@ -35,6 +36,7 @@ from support import (
     largest_partial,
     publish,
     registry_blob_gets,
+    running_images,
     sample_page,
 )
 from test_crash import wait_for
@@ -51,6 +53,7 @@ SOCKET_SLACK = 8 * MIB  # a stopped download loses what the loopback's TCP buffe
 V1 = {"shellhttpd": "shellhttpd/v1", "pair": "pair/v1"}
 V2 = {"shellhttpd": "shellhttpd/v2", "pair": "pair/v1"}
 V3 = {"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"}
+CRASHING = {"shellhttpd": "shellhttpd/v2", "crashloop": "crashloop/v1"}  # crashloop restarts every second
 _HWIDS = itertools.count()
 
 
@@ -206,32 +209,44 @@ def test_fetch_of_another_version_than_the_update_in_progress_is_refused(factory
 # --- a Target that fails for good ----------------------------------------------------------------
 
 
-def images(engine: docker.DockerClient) -> dict[str, str]:
-    """project/service -> image ID, of every running container."""
-    return {f"{c.labels['com.docker.compose.project']}/{c.labels['com.docker.compose.service']}": c.attrs["Image"]
-            for c in engine.containers.list()}
+def update_events(factory, device: Device, version: int) -> list[dict]:
+    """The events the gateway holds of updates to `version`, in the order they came."""
+    return [e for e in events_of(factory, device) if e["event"]["version"] == str(version)]
 
 
-def test_a_crash_looping_version_is_rolled_back_and_the_next_cycles_skip_it_for_a_newer_one(
+def ends(events: list[dict], correlation_id: str) -> tuple[str, bool | None]:
+    """The last event of the attempt `correlation_id`: its type and success."""
+    last = [e for e in events if e["event"]["correlationId"] == correlation_id][-1]
+    return last["eventType"]["id"], last["event"]["success"]
+
+
+def test_a_crash_looping_version_is_rolled_back_never_tried_again_and_a_newer_good_one_is_installed(
         factory, engine, hwid, device, tmp_path: Path) -> None:
     device.drop_ins.append(health_window_drop_in(tmp_path, 3, "z-health.toml"))
-    before = images(engine)
-    publish_version(factory, hwid, 2, {"shellhttpd": "shellhttpd/v2", "crashloop": "crashloop/v1"})
-    done = device.run("daemon", "--once")
+    before = running_images(engine)
+    publish_version(factory, hwid, 2, CRASHING)
+    done = device.run("daemon", "--once", timeout=240)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"rolling back to \S+-1 \(version 1\)", done.stderr)
-    assert "cycle rolled-back: the update to" in done.stderr and "next cycle at once" in done.stderr
-    assert re.search(r"cycle idle: running \S+-1 \(version 1\), nothing to do", done.stderr), "v2 skipped"
-    assert images(engine) == before and "v1" in sample_page(), "version 1 serves again, its own images"
-    assert [b["version"] for b in status(device)["bad_targets"]] == [2]
+    assert running_images(engine) == before and "v1" in sample_page(), "version 1 serves again, its own images"
+    rolled, failed = status(device)["history"][:2]
+    v1, v2 = update_events(factory, device, 1), update_events(factory, device, 2)
+    assert ends(v2, failed["correlation_id"]) == ("EcuInstallationCompleted", False), "v2's failure reported"
+    assert ends(v1, rolled["correlation_id"]) == ("EcuInstallationCompleted", True), "so is the rollback, done"
+    assert len({e["event"]["correlationId"] for e in v2}) == 1, "v2 tried once: the next cycle skipped it"
 
     count = gets(factory)
-    assert "cycle idle" in device.run("daemon", "--once").stderr
-    assert gets(factory) == count, "the bad Target is not tried again"
-    publish_version(factory, hwid, 3, V3)
-    done = device.run("daemon", "--once")
+    done = device.run("daemon", "--once", timeout=240)
     assert done.returncode == 0, done.stderr
-    assert version(device) == 3 and projects(engine) == {"shellhttpd", "ticker"}, "a newer one is tried"
+    assert update_events(factory, device, 2) == v2 and gets(factory) == count, "the bad Target is not tried again"
+    assert running_images(engine) == before
+
+    publish_version(factory, hwid, 3, V3)
+    done = device.run("daemon", "--once", timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page(), "the newer Target runs"
+    (attempt,) = {e["event"]["correlationId"] for e in update_events(factory, device, 3)}
+    assert ends(update_events(factory, device, 3), attempt) == ("EcuInstallationCompleted", True)
+    assert update_events(factory, device, 2) == v2, "and v2 still never tried again"
 
 
 # --- a newer Target supersedes ---------------------------------------------------------------------
