@@ -16,6 +16,7 @@ Each test has a hardware id of its own, so its versions are the only ones its de
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -39,10 +40,11 @@ from support import (
     running_images,
     sample_page,
 )
-from test_crash import wait_for
+from test_crash import failed_for_good, wait_for
 
 from fioup_flow.config import Config
 from fioup_flow.daemon import Daemon, Stopped
+from fioup_flow.errors import InstallError
 from fioup_flow.factory.devices import DeviceRecords
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
@@ -214,10 +216,10 @@ def update_events(factory, device: Device, version: int) -> list[dict]:
     return [e for e in events_of(factory, device) if e["event"]["version"] == str(version)]
 
 
-def ends(events: list[dict], correlation_id: str) -> tuple[str, bool | None]:
-    """The last event of the attempt `correlation_id`: its type and success."""
+def ends(events: list[dict], correlation_id: str) -> tuple[str, bool | None, str]:
+    """The last event of the attempt `correlation_id`: its type, success and details."""
     last = [e for e in events if e["event"]["correlationId"] == correlation_id][-1]
-    return last["eventType"]["id"], last["event"]["success"]
+    return last["eventType"]["id"], last["event"]["success"], last["event"]["details"]
 
 
 def test_a_crash_looping_version_is_rolled_back_never_tried_again_and_a_newer_good_one_is_installed(
@@ -230,8 +232,8 @@ def test_a_crash_looping_version_is_rolled_back_never_tried_again_and_a_newer_go
     assert running_images(engine) == before and "v1" in sample_page(), "version 1 serves again, its own images"
     rolled, failed = status(device)["history"][:2]
     v1, v2 = update_events(factory, device, 1), update_events(factory, device, 2)
-    assert ends(v2, failed["correlation_id"]) == ("EcuInstallationCompleted", False), "v2's failure reported"
-    assert ends(v1, rolled["correlation_id"]) == ("EcuInstallationCompleted", True), "so is the rollback, done"
+    assert ends(v2, failed["correlation_id"])[:2] == ("EcuInstallationCompleted", False), "v2's failure reported"
+    assert ends(v1, rolled["correlation_id"])[:2] == ("EcuInstallationCompleted", True), "so is the rollback, done"
     assert len({e["event"]["correlationId"] for e in v2}) == 1, "v2 tried once: the next cycle skipped it"
 
     count = gets(factory)
@@ -245,8 +247,27 @@ def test_a_crash_looping_version_is_rolled_back_never_tried_again_and_a_newer_go
     assert done.returncode == 0, done.stderr
     assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page(), "the newer Target runs"
     (attempt,) = {e["event"]["correlationId"] for e in update_events(factory, device, 3)}
-    assert ends(update_events(factory, device, 3), attempt) == ("EcuInstallationCompleted", True)
+    assert ends(update_events(factory, device, 3), attempt)[:2] == ("EcuInstallationCompleted", True)
     assert update_events(factory, device, 2) == v2, "and v2 still never tried again"
+
+
+def test_a_failure_for_good_found_at_start_is_handed_over_before_a_newer_target_may_cancel_its_update(
+        factory, engine, hwid, device) -> None:
+    """A run that failed for its Target's own reason and was killed before the hand-over: the daemon
+    hands it over (its Target bad, the failure reported), rather than cancelling it for the newer Target."""
+    publish_version(factory, hwid, 2, V2)
+    assert device.run("fetch", "2").returncode == 0
+    failed_for_good(device, "install:shellhttpd", InstallError("app shellhttpd: malformed compose file"))
+    publish_version(factory, hwid, 3, V3)
+    done = device.run("daemon", "--once", timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page(), "the newer Target runs"
+    v2 = update_events(factory, device, 2)
+    (attempt,) = {e["event"]["correlationId"] for e in v2}
+    event, success, details = ends(v2, attempt)
+    assert (event, success) == ("EcuInstallationCompleted", False)
+    assert "malformed compose file" in json.loads(details)["error"], "its own failure reported, not a cancel"
+    assert [b["version"] for b in status(device)["bad_targets"]] == [2]
 
 
 # --- a newer Target supersedes ---------------------------------------------------------------------

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from support import Device, compose_env_drop_in, device_running, publish, running_images, sample_page
-from test_crash import in_progress, kill, start_apply, wait_for
+from test_crash import failed_for_good, in_progress, kill, start_apply, wait_for
 
-from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.errors import StartError
 from fioup_flow.events import DETAILS_MAX
 from fioup_flow.factory.devices import DeviceRecords
 
@@ -144,21 +144,12 @@ def test_a_kill_inside_the_health_window_resumes_into_the_rollback(device: Devic
 
 
 def test_a_kill_between_the_failure_and_the_rollback_resumes_into_the_rollback(device: Device, engine) -> None:
-    """The state a kill leaves right after the window failed, before the hand-over: the node and the
-    attempt recorded failed, permanently, the update still in progress (written here as the run
-    writes it, since no poll can land in those few milliseconds reliably)."""
+    """The state a kill leaves right after the window failed, before the hand-over (`failed_for_good`)."""
     before = running_images(engine)
     process = start_apply(device, "2")
     wait_for(lambda: node_reached(device, "update", "healthy:crashloop", "running"), 120, "the window")
     kill(process)
-    store = CheckpointStore(store_path(device.sota_dir / "flow"))
-    plan = store.current_plan()
-    node = next(n for n in plan.graph.nodes if n.startswith("healthy:crashloop"))
-    record = store.record(plan.plan_id, node)
-    record.state, record.error, record.exit_code = "failed", "StartError: crasher restarted", 70
-    store.put_record(plan.plan_id, node, record)
-    store.fail_attempt(plan.plan_id, node, f"{node}: app crashloop: crasher restarted", permanent=True)
-    store.close()
+    failed_for_good(device, "healthy:crashloop", StartError("app crashloop: crasher restarted"))
     resume_converges_to_v1(device, engine, before)
     failed_update = device.json("status", "--json")["history"][1]
     assert (failed_update["outcome"], failed_update["attempts"]) == ("rolled-back", 1), \
