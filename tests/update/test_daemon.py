@@ -23,6 +23,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -86,11 +87,20 @@ def publish_version(factory, hwid: str, version: int, apps: dict[str, str], big_
     publish(factory.home.root, version, apps, TAG, "--hwid", hwid, *extra)
 
 
-def start_daemon(device: Device, log: Path, *args: str) -> subprocess.Popen:
+@contextmanager
+def start_daemon(device: Device, log: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """The daemon in the background, its stderr in `log`; killed on the way out, whatever happened
+    (a clean stop is the test's to make and check: `stop`)."""
     cfg_dirs = ",".join(str(p) for p in [device.cfg, *device.drop_ins])
-    return subprocess.Popen([str(BIN / "fioup-flow"), "-c", cfg_dirs, "daemon", *args], stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"), stdin=subprocess.DEVNULL,
-                            env=dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3"))
+    with open(log, "w") as stderr:
+        daemon = subprocess.Popen([str(BIN / "fioup-flow"), "-c", cfg_dirs, "daemon", *args], stderr=stderr,
+                                  stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  env=dict(os.environ, FIOUP_FLOW_RETRY_SECONDS="3"))
+    try:
+        yield daemon
+    finally:
+        daemon.kill()
+        daemon.wait()
 
 
 def stop(process: subprocess.Popen, within: float) -> int:
@@ -121,12 +131,9 @@ def stopped_mid_download(factory, hwid: str, device: Device, tmp_path: Path, pac
     of it are in (exit 0)."""
     device.drop_ins.append(drop_in(tmp_path / "z-rate.toml", f'[pacman]\ndownload_rate_limit = "4M"\n{pacman}'))
     publish_version(factory, hwid, 2, V2, big_mb=32)
-    daemon = start_daemon(device, tmp_path / "first.log")
-    try:
+    with start_daemon(device, tmp_path / "first.log") as daemon:
         wait_for(lambda: largest_partial(device) > 4 * MIB, 120, "version 2 partly fetched")
         assert stop(daemon, 10) == 0
-    finally:
-        daemon.kill()
 
 
 def blob_sizes(device: Device) -> dict[str, int]:
@@ -278,14 +285,11 @@ def test_a_newer_target_published_mid_download_supersedes_the_update_and_no_blob
     device.drop_ins.append(drop_in(tmp_path / "z-rate.toml", '[pacman]\ndownload_rate_limit = "3M"\n'))
     publish_version(factory, hwid, 2, V2, big_mb=64)
     count, log = gets(factory), tmp_path / "daemon.log"
-    daemon = start_daemon(device, log)
-    try:
+    with start_daemon(device, log) as daemon:
         wait_for(lambda: largest_partial(device) > 6 * MIB, 120, "the big layer of version 2 partly fetched")
         publish_version(factory, hwid, 3, V3, big_mb=64)  # the same big layers, ticker instead of pair
         wait_for(lambda: version(device) == 3, 300, "version 3 running")
         assert stop(daemon, 30) == 0
-    finally:
-        daemon.kill()
     text = log.read_text()
     superseded, completed = status(device)["history"][1], status(device)["history"][0]
     assert (superseded["version"], superseded["outcome"]) == (2, "cancelled"), text
@@ -379,15 +383,12 @@ def test_a_factory_out_of_reach_is_backed_off_from_and_once_back_the_update_goes
     log = tmp_path / "daemon.log"
     with gateway_proxy(factory, device, tmp_path) as proxy:
         cut(proxy)
-        daemon = start_daemon(device, log)
-        try:
+        with start_daemon(device, log) as daemon:
             wait_for(lambda: log.read_text().count("cycle failed") >= 4, 120, "four failed cycles")
             publish_version(factory, hwid, 2, V2)
             proxy.clear()
             wait_for(lambda: version(device) == 2, 180, "version 2 running")
             assert stop(daemon, 30) == 0
-        finally:
-            daemon.kill()
     text = log.read_text()
     waits = [float(w) for w in re.findall(r"cycle failed \(exit \d+\): .*backing off, next check in ([\d.]+) s", text)]
     assert waits[:4] == sorted(waits[:4]) and waits[3] >= 4 and max(waits) <= 16, text
@@ -408,15 +409,12 @@ def test_after_max_attempts_failed_the_daemon_gives_the_update_up_and_the_device
     with gateway_proxy(factory, device, tmp_path) as proxy:
         stopped_mid_download(factory, hwid, device, tmp_path, "max_attempts = 2\n")
         cut(proxy)  # the registry's credentials come from the gateway: every fetch fails now
-        daemon = start_daemon(device, log)
-        try:
+        with start_daemon(device, log) as daemon:
             wait_for(lambda: "cycle gave-up" in log.read_text(), 180, "the update given up")
             count = gets(factory)
             proxy.clear()
             wait_for(lambda: "cycle idle" in log.read_text(), 60, "an idle cycle, the gateway back")
             assert stop(daemon, 30) == 0
-        finally:
-            daemon.kill()
     text = log.read_text()
     assert "attempt 1 of 2" in text and "cycle gave-up: gave up after 2 failed attempts" in text, text
     assert containers(engine) == before, "version 1 never stopped"
@@ -435,8 +433,7 @@ def test_sigterm_while_asleep_exits_0_at_once_and_sighup_reloads_the_config(devi
     poll = drop_in(tmp_path / "z-poll.toml", "[uptane]\npolling_sec = 300\n")
     device.drop_ins.append(poll)
     log = tmp_path / "daemon.log"
-    daemon = start_daemon(device, log)
-    try:
+    with start_daemon(device, log) as daemon:
         wait_for(lambda: "cycle idle" in log.read_text(), 60, "an idle cycle")
         poll.write_text("[uptane]\npolling_sec = 200\n")
         daemon.send_signal(signal.SIGHUP)
@@ -448,8 +445,6 @@ def test_sigterm_while_asleep_exits_0_at_once_and_sighup_reloads_the_config(devi
         began = time.monotonic()
         assert stop(daemon, 10) == 0
         assert time.monotonic() - began < 3
-    finally:
-        daemon.kill()
 
 
 def test_sigterm_mid_download_stops_at_the_next_chunk_exit_0_and_the_update_resumes(
