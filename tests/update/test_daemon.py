@@ -229,6 +229,17 @@ def ends(events: list[dict], correlation_id: str) -> tuple[str, bool | None, str
     return last["eventType"]["id"], last["event"]["success"], last["event"]["details"]
 
 
+def a_newer_good_target_is_installed(factory, engine, hwid: str, device: Device) -> None:
+    """Version 3 published, one `daemon --once`: it runs (the engine, the sample page), and the gateway
+    heard its one attempt end in success."""
+    publish_version(factory, hwid, 3, V3)
+    done = device.run("daemon", "--once", timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page(), "the newer Target runs"
+    (attempt,) = {e["event"]["correlationId"] for e in update_events(factory, device, 3)}
+    assert ends(update_events(factory, device, 3), attempt)[:2] == ("EcuInstallationCompleted", True)
+
+
 def test_a_crash_looping_version_is_rolled_back_never_tried_again_and_a_newer_good_one_is_installed(
         factory, engine, hwid, device, tmp_path: Path) -> None:
     device.drop_ins.append(health_window_drop_in(tmp_path, 3, "z-health.toml"))
@@ -249,12 +260,7 @@ def test_a_crash_looping_version_is_rolled_back_never_tried_again_and_a_newer_go
     assert update_events(factory, device, 2) == v2 and gets(factory) == count, "the bad Target is not tried again"
     assert running_images(engine) == before
 
-    publish_version(factory, hwid, 3, V3)
-    done = device.run("daemon", "--once", timeout=240)
-    assert done.returncode == 0, done.stderr
-    assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page(), "the newer Target runs"
-    (attempt,) = {e["event"]["correlationId"] for e in update_events(factory, device, 3)}
-    assert ends(update_events(factory, device, 3), attempt)[:2] == ("EcuInstallationCompleted", True)
+    a_newer_good_target_is_installed(factory, engine, hwid, device)
     assert update_events(factory, device, 2) == v2, "and v2 still never tried again"
 
 
@@ -265,10 +271,7 @@ def test_a_failure_for_good_found_at_start_is_handed_over_before_a_newer_target_
     publish_version(factory, hwid, 2, V2)
     assert device.run("fetch", "2").returncode == 0
     failed_for_good(device, "install:shellhttpd", InstallError("app shellhttpd: malformed compose file"))
-    publish_version(factory, hwid, 3, V3)
-    done = device.run("daemon", "--once", timeout=240)
-    assert done.returncode == 0, done.stderr
-    assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page(), "the newer Target runs"
+    a_newer_good_target_is_installed(factory, engine, hwid, device)
     v2 = update_events(factory, device, 2)
     (attempt,) = {e["event"]["correlationId"] for e in v2}
     event, success, details = ends(v2, attempt)
