@@ -25,10 +25,11 @@ from fioup_flow.events import make_event
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
 from fioup_flow.installed import current_target
+from fioup_flow.offline import BundleTargets, NoGateway, OfflineBundle
 from fioup_flow.ongoing import Verdict, cancellable, closing_event, stale_reason
 from fioup_flow.outbox import EVENTS, Outbox, StateReport, outbox_path
-from fioup_flow.planner import Observed, compile_update, diff_apps
-from fioup_flow.registry import HubCredentials, RegistryClient
+from fioup_flow.planner import Observed, compile_update, diff_apps, fetched_blobs
+from fioup_flow.registry import BlobSource, HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
 from fioup_flow.sysinfo import state_reports
 from fioup_flow.targets import Target, TargetsSource, targets_source
@@ -46,15 +47,22 @@ FAILURE_EVENT_NS = uuid.UUID("6f9619ff-8b86-d011-b42d-00c04fc964ff")
 
 class Agent:
     def __init__(self, config: Config, on_event: EventHook | None = None,
-                 on_next_plan: Callable[[Plan], None] | None = None):
+                 on_next_plan: Callable[[Plan], None] | None = None, bundle: OfflineBundle | None = None):
         self.config = config
         self.on_event = on_event
         self.on_next_plan = on_next_plan  # told when a run goes on with another plan (a rollback)
+        self.bundle = bundle  # an offline update's source (--src-dir); None: the gateway and registries
+
+    def follow(self, plan: Plan) -> None:
+        """Take the source of the update in progress (an offline bundle's folder it recorded), unless
+        the command named one (`apply --src-dir`, for a folder mounted elsewhere now)."""
+        self.bundle = self.bundle or OfflineBundle.of(plan)
 
     # --- the parts, made when first needed ------------------------------------------------
     @cached_property
-    def gateway(self) -> GatewayClient:
-        return GatewayClient(self.config, running=self._running)
+    def gateway(self) -> GatewayClient | NoGateway:
+        """The gateway, or during an offline update its stand-in, which is never contacted."""
+        return NoGateway(self.bundle) if self.bundle else GatewayClient(self.config, running=self._running)
 
     @cached_property
     def quick_gateway(self) -> GatewayClient:
@@ -83,6 +91,11 @@ class Agent:
     @cached_property
     def registry(self) -> RegistryClient:
         return RegistryClient(self.config.ca_cert, self._registry_credentials)
+
+    @property
+    def blobs(self) -> BlobSource:
+        """Where blobs come from: the offline bundle's folder, or the registries."""
+        return self.bundle.blobs if self.bundle else self.registry
 
     @cached_property
     def engine(self):
@@ -138,7 +151,7 @@ class Agent:
     def tasks(self) -> dict[str, Task]:
         root = self.config.compose_apps_root
         implementations: list[Task] = [
-            fetch.FetchBlob(self.store, self.registry, self._bucket()),
+            fetch.FetchBlob(self.store, self.blobs, self._bucket()),
             space.SpaceCheck(self.store, self.config.storage_watermark),
             install.InstallApp(self.store, root, self.engine, self.compose),
             stop.StopApp(self.engine, self.compose),
@@ -179,6 +192,8 @@ class Agent:
 
     # --- metadata -------------------------------------------------------------------------
     def tuf(self, gateway: GatewayClient | None = None) -> TargetsSource:
+        if self.bundle:
+            return BundleTargets(self.config, self.bundle)
         return targets_source(self.config, gateway or self.gateway)
 
     def refresh_targets(self, gateway: GatewayClient | None = None) -> list[Target]:
@@ -231,7 +246,10 @@ class Agent:
     def recheck(self, plan: Plan) -> Verdict:
         """Whether the update in progress may go on (see `ongoing`), from one refresh of the Targets with
         no retries: at boot the device must not wait out a dead link. Offline, or with metadata that
-        does not verify, the frozen plan goes on."""
+        does not verify, the frozen plan goes on. An offline update is not checked again: the gateway
+        is not to be contacted, and its bundle vouched for its Target when it was planned."""
+        if self.bundle:
+            return Verdict()
         if not cancellable(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes)):
             return Verdict()
         try:
@@ -274,7 +292,7 @@ class Agent:
 
     def load_trees(self, target: Target) -> dict[str, AppTree]:
         """Walk every app of the Target (fetching the small metadata blobs it lacks)."""
-        loader = AppTreeLoader(self.store, self.registry)
+        loader = AppTreeLoader(self.store, self.blobs)
         return {app.name: loader.load(app) for app in target.apps}
 
     def choose_target(self, version: int | None, force: bool = False) -> Target:
@@ -302,16 +320,27 @@ class Agent:
         if nothing_to_do and observed.current is not None and observed.current.name == target.name:
             return None
         try:
-            trees = self.load_trees(target)
+            return self._planned(observed, target)
         except FioupFlowError as exc:
             if report_failure:
                 self._report_init_failure(target, exc)
             raise
-        return self._compile(observed, target, trees)
+
+    def _planned(self, observed: Observed, target: Target) -> Plan:
+        """Walk the Target's apps and compile the plan; from an offline bundle, only once the bundle
+        holds every app and every blob to fetch (missing content must install nothing)."""
+        if self.bundle:
+            self.bundle.require_apps(target)
+        plan = self._compile(observed, target, self.load_trees(target))
+        if self.bundle:
+            self.bundle.require_blobs(fetched_blobs(plan), self.store)
+        return plan
 
     def _compile(self, observed: Observed, target: Target, trees: dict[str, AppTree]) -> Plan:
         return compile_update(observed, target, trees, prune_all_images=self.config.prune_unused_images,
-                              health_window=self.config.health_window)
+                              health_window=self.config.health_window,
+                              source=self.bundle.record() if self.bundle else None,
+                              install_after_download=self.bundle is not None)
 
     def _report_init_failure(self, target: Target, error: FioupFlowError) -> None:
         correlation_id = new_plan_id()

@@ -21,8 +21,8 @@ from fioup_flow.bundle import COMPOSE_MAX, MAX_TOTAL, lands_at
 from fioup_flow.errors import FetchError, InstallError
 from fioup_flow.platforms import Platform, host_platform, matching
 from fioup_flow.reference import PinnedRef, ReferenceError
-from fioup_flow.registry import RegistryClient
-from fioup_flow.store import BlobStore
+from fioup_flow.registry import BlobSource
+from fioup_flow.store import BlobStore, DigestMismatchError
 from fioup_flow.targets import App
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -237,9 +237,10 @@ def pinned_images(compose: dict[str, Any], app: str) -> dict[str, PinnedRef]:
 
 
 class AppTreeLoader:
-    """Walks apps through the store, fetching the small documents it lacks from the registry."""
+    """Walks apps through the store, fetching the small documents it lacks from the registry (or
+    another `BlobSource`: an offline bundle)."""
 
-    def __init__(self, store: BlobStore, registry: RegistryClient | None, host: Platform | None = None):
+    def __init__(self, store: BlobStore, registry: BlobSource | None, host: Platform | None = None):
         self.store = store
         self.registry = registry
         self.platform = host or host_platform()
@@ -256,7 +257,10 @@ class AppTreeLoader:
         else:
             if size is None or size > limit:
                 raise FetchError(f"{kind} {ref} is too large to read ({size} bytes)")
-            self.store.ingest(ref.digest, size, lambda offset: self.registry.open_blob(ref, offset))
+            try:
+                self.store.ingest(ref.digest, size, lambda offset: self.registry.open_blob(ref, offset))
+            except DigestMismatchError as exc:
+                raise self.registry.damaged(ref, str(exc)) from exc
 
     def _bytes(self, ref: PinnedRef, kind: str, size: int | None, limit: int) -> bytes:
         """A small blob (a manifest, an index), from the store, fetched first if need be."""

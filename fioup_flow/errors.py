@@ -2,7 +2,10 @@
 
 The codes from 10 to 70 are fioup's (see its `cmd/fioup/error.go`), so that scripts written for
 fioup keep working. The codes below 10 are ours, for failures fioup has no code for; 110 and 111
-(rolled back, rollback failed) follow aktualizr-lite's CLI, since fioup does not roll back.
+(rolled back, rollback failed) follow aktualizr-lite's CLI, since fioup does not roll back. 80 to
+89 are an offline bundle's (`apply --src-dir`), their last digit aktualizr-lite's code for the same
+failure where it has one (`include/aktualizr-lite/cli/cli.h`: 8 no update content, 14 TUF
+metadata not found, 15 invalid bundle metadata), since fioup has no offline updates.
 """
 
 from __future__ import annotations
@@ -112,6 +115,42 @@ class NoSpaceError(FetchError):
     """The update does not fit on the disk within `pacman.storage_watermark`, or the disk filled up."""
 
     exit_code = 41
+
+
+class BundleGoneError(FetchError):
+    """The offline bundle an update in progress reads its blobs from is not there any more (the
+    USB stick was removed): nothing is lost, the update waits for it."""
+
+    exit_code = 80
+
+
+class BundleMetadataMissingError(MetadataUpdateError):
+    """The offline bundle lacks TUF metadata: its `tuf/` folder, `timestamp.json`, `snapshot.json`,
+    `targets.json` or `bundle-targets.json` (aktualizr-lite's 14)."""
+
+    exit_code = 84
+
+
+class BundleMetadataError(MetadataUpdateError):
+    """The offline bundle's `bundle-targets.json` is not valid: malformed, not signed by a threshold
+    of the Targets role's keys, expired, for another type of device or another tag, or listing a
+    Target the verified metadata does not hold (aktualizr-lite's 15)."""
+
+    exit_code = 85
+
+
+class BundleContentMissingError(FetchError):
+    """The offline bundle lacks an app of the Target, or a blob of one (aktualizr-lite's 8)."""
+
+    exit_code = 88
+
+
+class BundleContentDamagedError(FetchError):
+    """A blob of the offline bundle does not match its digest: the medium is damaged, not the Target
+    (which is not marked bad, unlike a registry's blob that does not match); once the bundle holds
+    good bytes, the update goes on."""
+
+    exit_code = 89
 
 
 class StopError(FioupFlowError):

@@ -54,6 +54,11 @@ class GatewayError(FioupFlowError):
         return self.status_code is not None and 400 <= self.status_code < 500 and self.status_code not in RETRY_LATER
 
 
+class NotSentError(GatewayError):
+    """A request deliberately not sent: an offline update contacts no gateway. Nothing failed; what
+    was to be sent waits in the outbox."""
+
+
 class GatewayClient:
     """A session with the Device Gateway, authenticated by the device's client certificate."""
 

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from fioup_flow.durable import full_disk_as_no_space, open_cache
 from fioup_flow.errors import NoSpaceError
-from fioup_flow.gateway import GatewayError
+from fioup_flow.gateway import GatewayError, NotSentError
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ class Outbox:
             gateway.send(first.method, first.endpoint, payload)
         except GatewayError as exc:
             if not exc.refused:
-                log.warning("could not deliver report(s) to the gateway: %s", exc)
+                log.log(logging.DEBUG if isinstance(exc, NotSentError) else logging.WARNING,
+                        "could not deliver report(s) to the gateway: %s", exc)
                 return False
             if len(batch) > 1:  # which of them? halves until the refused ones stand alone
                 half = len(batch) // 2

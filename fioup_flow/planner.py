@@ -10,7 +10,9 @@ trees) and returns a Plan; every side effect belongs to the tasks the plan names
       -> EcuInstallationCompleted -> prune -> apps-states
 
 with install (per app: images loaded, project unpacked, while the old version still runs)
-after that app's own fetches and before EcuInstallationApplied.
+after that app's own fetches and before EcuInstallationApplied; or, with
+`install_after_download` (an offline bundle, whose damaged blob must install nothing), after
+every fetch.
 
 An app whose URI does not change is never stopped or restarted; one that should run but is not
 up gets install and start nodes (a repair) and no stop.
@@ -102,12 +104,14 @@ class PlanBuilder:
 
 def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree], *, prune_all_images: bool,
                    health_window: float, purpose: dict | None = None,
-                   new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> Plan:
+                   new_id: Callable[[], str] = lambda: str(uuid.uuid4()), source: dict | None = None,
+                   install_after_download: bool = False) -> Plan:
     """The plan that takes the device from `observed` to `target` (already narrowed to enabled apps).
 
     Each app it starts must stay up `health_window` seconds before the commit. `purpose` (e.g.
     `{"kind": "rollback", "rollback_of": ..., "reason": ...}`) goes into the plan's meta and the
     details of its UpdateInitStarted, so that the gateway and `status` can tell why it runs.
+    `source`, where its blobs come from when not from the registries, is kept in its meta too.
     """
     diff = diff_apps(observed.current, target, observed.apps_up)
     plan = Plan(plan_id=new_plan_id(), meta={
@@ -115,6 +119,7 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
         "from_target": observed.current.name if observed.current else None,
         "apps": {a.name: a.uri for a in target.apps},
         "diff": {k: list(getattr(diff, k)) for k in ("add", "remove", "update", "keep", "repair")},
+        **({"source": source} if source else {}),
         **(purpose or {}),
     })
     b = PlanBuilder(plan, new_id)
@@ -136,8 +141,11 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
     installing = b.event("EcuInstallationStarted", target, [downloaded], details={"actions": {
         "stop": list(diff.to_stop), "install": list(diff.to_install), "prune": list(diff.remove)}})
     # An app installs as soon as its own blobs are in: loading images overlaps the other downloads.
+    def fetched(name: str) -> list[str]:
+        return [downloaded] if install_after_download else [fetches[x.digest] for x in trees[name].blobs()] or [room]
+
     installs = {name: b.add(install.node(name, trees[name].uri, sum(x.size for x in trees[name].blobs())),
-                            [fetches[x.digest] for x in trees[name].blobs()] or [room]) for name in diff.to_install}
+                            fetched(name)) for name in diff.to_install}
     applied = b.event("EcuInstallationApplied", target, [installing, *installs.values()])
 
     stops = {name: b.add(stop.node(name, [i.image_id for i in trees[name].images()] if name in trees else []),
@@ -151,3 +159,8 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
     b.add(report.apps_states_node(new_id()), [pruned])
     plan.validate()
     return plan
+
+
+def fetched_blobs(plan: Plan) -> dict[str, int]:
+    """Every blob `plan` fetches: digest -> size."""
+    return {n.params["uri"].rsplit("@", 1)[1]: n.size for n in plan.nodes() if n.kind == fetch.KIND}

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -37,6 +37,7 @@ import requests
 from fioup_flow.errors import FetchError
 from fioup_flow.reference import PinnedRef, registry_host
 from fioup_flow.retry import ServerError, describe, retrying
+from fioup_flow.store import DigestMismatchError
 from fioup_flow.tls import SystemTrustSession
 
 MANIFEST_TYPES = ", ".join([
@@ -71,6 +72,22 @@ class HubCredentials:
 
 
 Credentials = Callable[[], HubCredentials]
+
+
+class BlobSource(Protocol):
+    """Where the fetch task and the walk of an app tree read blobs from: the registries
+    (`RegistryClient`), or an offline bundle's folder (`offline.BundleBlobs`). The store verifies
+    every blob on its way in, whichever it came from."""
+
+    def manifest(self, ref: PinnedRef, limit: int) -> tuple[bytes, str]:
+        """The manifest `ref` pins, at most `limit` bytes, verified against its digest; (bytes, media type)."""
+
+    def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterable[bytes]:
+        """The blob's bytes from `offset` on."""
+
+    def damaged(self, ref: PinnedRef, reason: str) -> FetchError:
+        """The error for bytes of `ref` that do not match its digest (`reason`), naming where they
+        were read: the Target's own fault from a registry, a damaged medium from a bundle."""
 
 
 class RegistryError(FetchError):
@@ -212,6 +229,9 @@ class RegistryClient:
         if "sha256:" + hashlib.sha256(data).hexdigest() != ref.digest:
             raise RegistryError(f"manifest {ref} does not match its digest")
         return data, media_type
+
+    def damaged(self, ref: PinnedRef, reason: str) -> FetchError:
+        return DigestMismatchError(f"{reason}, read from {self._url(ref, 'blobs')}")
 
     def open_blob(self, ref: PinnedRef, offset: int = 0) -> Iterator[bytes]:
         """The blob's bytes from `offset` on; a server that ignores `Range` has the head skipped."""

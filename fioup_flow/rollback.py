@@ -117,7 +117,8 @@ class Rollbacks:
         up = {name: self.is_up(trees[name]) for name in unchanged}
         return compile_update(Observed(failed, up), previous, trees, prune_all_images=self.prune_all_images,
                               health_window=self.health_window,
-                              purpose={"kind": ROLLBACK, "rollback_of": plan.plan_id, "reason": reason})
+                              purpose={"kind": ROLLBACK, "rollback_of": plan.plan_id, "reason": reason},
+                              source=plan.meta.get("source"))  # an offline update's rollback stays offline
 
 
 class EndedFailure(FioupFlowError):

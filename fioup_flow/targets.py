@@ -126,7 +126,7 @@ class TargetsSource(ABC):
 
     trust: str
 
-    def __init__(self, config: Config, gateway: GatewayClient, targets_path: Path):
+    def __init__(self, config: Config, gateway: GatewayClient | None, targets_path: Path):
         self.config = config
         self.gateway = gateway
         self.targets_path = targets_path

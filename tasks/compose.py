@@ -35,8 +35,8 @@ VERSION_TIMEOUT_S = 30
 
 # The oldest Compose in which every flag used below does what fioup-flow means by it. `up --pull
 # never` exists from 2.8.0 but was ignored until 2.15.0 (docker/compose a22478079, "Set
-# `pullChanged` when setting `--pull` on `compose up`"); `up --no-build --remove-orphans
-# --force-recreate`, `config -q`, and `stop`/`down` by project name alone are older.
+# `pullChanged` when setting `--pull` on `compose up`"); `up --no-build --remove-orphans`,
+# `config -q`, and `stop`/`down` by project name alone are older.
 MIN_VERSION = (2, 15, 0)
 VERSION = re.compile(r"version v?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
 
@@ -148,11 +148,11 @@ class Compose:
             raise error(f"{what}: docker compose failed ({done.returncode}):\n{tail}")
         return done.stdout
 
-    def up(self, name: str, project: Path, error: type[FioupFlowError], recreate: bool = False) -> None:
-        """Start the app; `recreate` makes new containers even for services whose config is unchanged."""
+    def up(self, name: str, project: Path, error: type[FioupFlowError]) -> None:
+        """Start the app."""
         self.run(["-p", name, "--project-directory", str(project), *project_files(project),
-                  "up", "-d", "--remove-orphans", "--pull", "never", "--no-build",
-                  *(["--force-recreate"] if recreate else [])], error, f"starting app {name}", cwd=project)
+                  "up", "-d", "--remove-orphans", "--pull", "never", "--no-build"],
+                 error, f"starting app {name}", cwd=project)
 
     def stop(self, name: str, error: type[FioupFlowError]) -> None:
         """Stop the app's containers, keeping them and its networks for `up` to replace."""

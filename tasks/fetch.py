@@ -1,4 +1,4 @@
-"""Fetch one blob from the registry into the blob store (node `fetch:sha256:<hex>`).
+"""Fetch one blob from the registry, or an offline bundle, into the blob store (node `fetch:sha256:<hex>`).
 
 Done when the store holds the blob under its digest, which the store only allows once the
 bytes verified. A download cut off (by the network, a kill or a power cut) resumes from what
@@ -14,9 +14,9 @@ import requests
 
 from fioup_flow.errors import FetchError
 from fioup_flow.reference import PinnedRef
-from fioup_flow.registry import RegistryClient
+from fioup_flow.registry import BlobSource
 from fioup_flow.retry import is_transient
-from fioup_flow.store import BlobStore, PartialCorruptError
+from fioup_flow.store import BlobStore, DigestMismatchError, PartialCorruptError
 from fioup_flow.task import Node, TaskContext, TransientError
 from fioup_flow.throttle import TokenBucket
 
@@ -36,9 +36,9 @@ def node(uri: str, size: int, blob_kind: str) -> Node:
 class FetchBlob:
     kind = KIND
 
-    def __init__(self, store: BlobStore, registry: RegistryClient, bucket: TokenBucket | None = None):
+    def __init__(self, store: BlobStore, source: BlobSource, bucket: TokenBucket | None = None):
         self.store = store
-        self.registry = registry
+        self.source = source
         self.bucket = bucket
         # registry host -> why it was given up on: once a fetch retried through a whole budget
         # without reaching it, the blobs after it fail at once instead of each waiting out a
@@ -46,7 +46,7 @@ class FetchBlob:
         self.out_of_reach: dict[str, str] = {}
 
     def _open(self, ref: PinnedRef, offset: int) -> Iterable[bytes]:
-        chunks = self.registry.open_blob(ref, offset)
+        chunks = self.source.open_blob(ref, offset)
         return self.bucket.limit(chunks) if self.bucket else chunks
 
     def is_done(self, node: Node) -> bool:
@@ -69,6 +69,8 @@ class FetchBlob:
                 download()
             except PartialCorruptError:
                 download()  # the partial was thrown away: once more from zero
+        except DigestMismatchError as exc:
+            raise self.source.damaged(ref, str(exc)) from exc
         except FetchError as exc:
             if is_transient(exc.__cause__):  # the retries ran out on the link, not on this blob
                 self.out_of_reach[ref.host] = str(exc)

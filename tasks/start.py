@@ -72,9 +72,12 @@ def healthy_node_for(tree: AppTree, window_s: float = 0.0, timeout_s: float = HE
 PORT_TAKEN = "port is already allocated"
 # a container attached to a network the engine no longer has (its network database lost, or moved
 # aside, after a power cut): compose keeps a container whose config is unchanged, so only
-# recreating it attaches it to the app's network as compose makes it anew
-NETWORK_GONE = re.compile(r"network [0-9a-f]{64} not found")
+# recreating it attaches it to the app's network as compose makes it anew. The daemon says "not
+# found"; libnetwork, when the daemon still knew the network but its store lost it (an engine
+# stopped mid-request by the power), "failed to create endpoint ...: network <id> does not exist"
+NETWORK_GONE = re.compile(r"network [0-9a-f]{64} (not found|does not exist)")
 NO_CONTAINER = "no container"
+NETWORK_REFUSED = "failed to create network"  # compose's words when the engine refuses the app a network
 PORT_TAKEN_HINT = ("another container publishes that port, or, after a power cut, the Docker engine still "
                    "holds it for a container it removed at boot (see `pacman.engine_restart_command`): "
                    "free it (restarting the engine does), then run `fioup-flow resume`")
@@ -86,8 +89,9 @@ class StartRefused(StartError, TransientError):
 
 
 class ContainerMissing(StartError, TransientError):
-    """compose up returned 0 yet a service has no container: compose exits 0 when the engine refuses
-    to create the app's network (an iptables hiccup, say), and that may heal: try again."""
+    """A service has no container because the engine refused to create the app's network (no
+    address pool left, an iptables hiccup): compose says so, or some versions exit 0 all the same.
+    That may heal: try again."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,14 @@ def _listed(verdicts: dict[str, tuple[str, str]], *kinds: str) -> list[str]:
     return [f"{service}: {why}" for service, (kind, why) in verdicts.items() if kind in kinds]
 
 
+def raise_refused(app: str, verdicts: dict[str, tuple[str, str]]) -> None:
+    """A service the engine refused to start (its container keeps the engine's error) is a
+    StartRefused, whether compose said so or, as it may, exited 0."""
+    if refused := _listed(verdicts, REFUSED):
+        hint = f" ({PORT_TAKEN_HINT})" if any(PORT_TAKEN in r for r in refused) else ""
+        raise StartRefused(f"app {app} failed to start: " + "; ".join(refused) + hint)
+
+
 def wait_until_started(engine: docker.DockerClient, ctx: TaskContext, after_up: bool = False) -> None:
     """Poll until every service runs the version's image (or, a one-shot, exited 0). Right `after_up`,
     a service with no container is a failure: compose exits 0 when the engine refuses the app's
@@ -166,9 +178,7 @@ def wait_until_started(engine: docker.DockerClient, ctx: TaskContext, after_up: 
             raise ContainerMissing(f"app {app}: compose up left no container for " + ", ".join(missing))
         if crashed := _listed(verdicts, CRASHED):
             raise StartError(f"app {app} failed to start: " + "; ".join(crashed))
-        if refused := _listed(verdicts, REFUSED):
-            hint = f" ({PORT_TAKEN_HINT})" if any(PORT_TAKEN in r for r in refused) else ""
-            raise StartRefused(f"app {app} failed to start: " + "; ".join(refused) + hint)
+        raise_refused(app, verdicts)
         if time.monotonic() > deadline:
             raise StartError(f"app {app} did not start within {timeout_s:.0f} s: "
                              + "; ".join(_listed(verdicts, WAIT)))
@@ -253,7 +263,9 @@ class _VersionTask:
 class StartApp(_VersionTask):
     """`compose up`, then wait until every service runs its image. Two refusals that a power cut
     leaves behind get one more try: a port the engine leaked itself (see `tasks.portleak`), after
-    `engine_restart` ran, and a container on a network the engine lost, recreated."""
+    `engine_restart` ran, and a container on a network the engine lost (or holds only in part: listed,
+    yet unknown to its network controller): the app's containers and networks are taken down, and
+    compose makes them anew."""
 
     kind = START
 
@@ -276,15 +288,25 @@ class StartApp(_VersionTask):
             if self.engine_restart.frees(str(exc)):
                 self._start(ctx, project)
             elif NETWORK_GONE.search(str(exc)):
-                self._start(ctx, project, recreate=True)
+                self.compose.down(node.params["app"], StartError)
+                self._start(ctx, project)
             else:
                 raise
 
-    def _start(self, ctx: TaskContext, project: Path, recreate: bool = False) -> None:
+    def _start(self, ctx: TaskContext, project: Path) -> None:
         # compose can exit 0 with a container left "created" (a port taken, no address pool left),
-        # or none at all (the engine refused the app's network): the wait tells both apart.
+        # or none at all (the engine refused the app's network): the wait tells both apart. When it
+        # fails, the engine's error on a container says whether the engine refused it (transient).
         # A compose up under way is never cut short; the wait after it is.
-        self.compose.up(ctx.node.params["app"], project, StartError, recreate)
+        try:
+            self.compose.up(ctx.node.params["app"], project, StartError)
+        except StartError as exc:
+            app, verdicts = ctx.node.params["app"], look(self.engine, ctx.node, need_health=False)
+            raise_refused(app, verdicts)
+            if NETWORK_REFUSED in str(exc):
+                raise ContainerMissing(f"app {app}: compose up left no container for "
+                                       + ", ".join(_listed(verdicts, WAIT)) + f" ({exc})") from exc
+            raise
         wait_until_started(self.engine, ctx, after_up=True)
 
 

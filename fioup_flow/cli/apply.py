@@ -3,6 +3,8 @@ of the download) and resume (at boot)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fioup_flow import rollback
@@ -14,7 +16,9 @@ from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.offline import OfflineBundle
 from fioup_flow.ongoing import download_end
+from fioup_flow.planner import fetched_blobs
 
 
 def finish(agent: Agent, result: RunResult) -> None:
@@ -59,6 +63,7 @@ def run_plan(agent: Agent, plan: Plan | None, total: int, fetch_only: bool = Fal
 def continue_update(agent: Agent, ongoing: Plan, verb: str, fetch_only: bool = False) -> None:
     """Go on with the update in progress, unless the Targets verified now withdrew or changed its
     Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
+    agent.follow(ongoing)
     verdict = agent.recheck(ongoing)
     if verdict.note:
         click.echo(verdict.note, err=True)
@@ -75,11 +80,17 @@ def continue_update(agent: Agent, ongoing: Plan, verb: str, fetch_only: bool = F
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
     """The --dry-run summary: what the plan changes and what it still has to download."""
-    blobs = {n.params["uri"].rsplit("@", 1)[1]: n.size for n in plan.nodes() if n.kind == "fetch"}
+    blobs = fetched_blobs(plan)
     missing = {digest: size for digest, size in blobs.items() if not agent.store.has(digest, size)}
     return {"plan_id": plan.plan_id, "target": plan.meta["target"], "version": plan.meta["version"],
             "diff": plan.meta["diff"], "nodes": len(plan), "blobs": len(blobs), "blobs_to_download": len(missing),
             "bytes_to_download": sum(size - agent.store.partial_size(d) for d, size in missing.items())}
+
+
+src_dir_option = click.option(
+    "--src-dir", type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+    help="Update from this offline bundle (tuf/ and apps/, as `fioctl targets offline-update` writes it) "
+         "instead of the gateway and registries.")
 
 
 @click.command("apply")
@@ -87,32 +98,33 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
 @click.option("--force", is_flag=True, help="Update to Target VERSION even if it failed here before (marked bad).")
+@src_dir_option
 @click.pass_obj
-def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool) -> None:
+def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool, src_dir: Path | None) -> None:
     """Update to Target VERSION (default: the latest that is not marked bad), or go on with the update
     in progress."""
-    update(obj, version, dry_run=dry_run, as_json=as_json, force=force)
+    update(obj, version, dry_run=dry_run, as_json=as_json, force=force, src_dir=src_dir)
 
 
 @click.command("fetch")
 @click.argument("version", type=int, required=False)
 @click.option("--force", is_flag=True, help="Fetch Target VERSION even if it failed here before (marked bad).")
+@src_dir_option
 @click.pass_obj
-def fetch_command(obj, version: int | None, force: bool) -> None:
+def fetch_command(obj, version: int | None, force: bool, src_dir: Path | None) -> None:
     """Download and verify all that the update to VERSION (default: the latest that is not marked bad)
     needs, touching no running app; the update stays in progress and a later `apply` (or `resume`)
     installs it."""
-    update(obj, version, fetch_only=True, force=force)
+    update(obj, version, fetch_only=True, force=force, src_dir=src_dir)
 
 
 def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = False, as_json: bool = False,
-           force: bool = False) -> None:
+           force: bool = False, src_dir: Path | None = None) -> None:
     """apply and fetch: go on with the update in progress, or check, plan, freeze and run a new one."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
-        agent = Agent(config)
+        agent = Agent(config, bundle=OfflineBundle(src_dir) if src_dir else None)
         agent.check_engine()
-        agent.flush_outbox()
         ongoing = agent.checkpoint.current_plan()
         if ongoing is not None:
             if version is not None and version != ongoing.meta.get("version"):
@@ -123,6 +135,7 @@ def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = F
             return
         if force and version is None:
             raise UsageError("--force needs a VERSION: it tries a Target marked bad again by hand")
+        agent.flush_outbox()
         target = agent.choose_target(version, force=force)
         try:
             plan = agent.plan(target, report_failure=not dry_run)

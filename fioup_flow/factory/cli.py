@@ -23,6 +23,7 @@ from fioup_flow.errors import FioupFlowError, NotConfiguredError, UsageError
 from fioup_flow.factory.broken import publish_broken_command
 from fioup_flow.factory.devices import LOGS, DeviceRecords
 from fioup_flow.factory.home import FactoryHome
+from fioup_flow.factory.offline import offline_bundle_command
 from fioup_flow.factory.pki import ensure_pki
 from fioup_flow.factory.process import (
     process_running,
@@ -285,6 +286,7 @@ def _repository(home_dir: Path) -> TufRepository:
 
 main.add_command(publish_command)
 main.add_command(publish_broken_command)
+main.add_command(offline_bundle_command)
 
 
 if __name__ == "__main__":

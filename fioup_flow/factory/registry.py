@@ -175,10 +175,12 @@ class RegistryPusher:
         self._check(response, f"manifest {reference} in {repository}")
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
-    def get(self, repository: str, kind: str, reference: str, accept: str = "*/*") -> requests.Response:
-        """GET `/v2/<repository>/<kind>/<reference>` (kind: blobs or manifests), for checks."""
+    def get(self, repository: str, kind: str, reference: str, accept: str = "*/*",
+            stream: bool = False) -> requests.Response:
+        """GET `/v2/<repository>/<kind>/<reference>` (kind: blobs or manifests), for checks and for
+        offline bundles (`stream` to read a blob as it comes)."""
         response = self._send("GET", f"{self.base}/v2/{repository}/{kind}/{reference}", repository,
-                              {"Accept": accept})
+                              {"Accept": accept}, stream=stream)
         return self._check(response, f"{kind}/{reference} of {repository}")
 
 

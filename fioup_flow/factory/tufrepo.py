@@ -290,8 +290,16 @@ class TufRepository:
                     self._sign_view(repo, folder, meta["tags"], db)
 
     def _sign_view(self, repo: str, folder: Path, tags: list[str], db: dict) -> None:
-        version, now, root = db["version"], _now(), self.latest_root(repo)
+        now = _now()
         expires = {role: db["pinned_expires"].get(role) or stamp(now + EXPIRY[role]) for role in ONLINE_ROLES}
+        for name, data in self._view_documents(repo, tags, db, expires).items():
+            write_atomic(folder / name, data, mode=0o644)
+        meta = {"tags": tags, "version": db["version"], "timestamp_expires": expires["timestamp"]}
+        write_atomic(folder / VIEW_META, json.dumps(meta).encode(), mode=0o644)
+
+    def _view_documents(self, repo: str, tags: list[str], db: dict, expires: dict[str, str]) -> dict[str, bytes]:
+        """targets, snapshot and timestamp of `repo`'s view of `tags` at the repository's version."""
+        version, root = db["version"], self.latest_root(repo)
         listing = db["production_targets" if repo == PRODUCTION else "targets"]
         chosen = {name: info for name, info in listing.items() if visible(info, set(tags))}
         targets = sign_document({"_type": "Targets", "expires": expires["targets"], "targets": chosen,
@@ -302,10 +310,24 @@ class TufRepository:
         timestamp = sign_document({"_type": "Timestamp", "expires": expires["timestamp"],
                                    "meta": {"snapshot.json": meta_entry(snapshot, version)}, "version": version},
                                   self.signers(root, "timestamp"))
-        for name, data in (("targets.json", targets), ("snapshot.json", snapshot), ("timestamp.json", timestamp)):
-            write_atomic(folder / name, data, mode=0o644)
-        meta = {"tags": tags, "version": version, "timestamp_expires": expires["timestamp"]}
-        write_atomic(folder / VIEW_META, json.dumps(meta).encode(), mode=0o644)
+        return {"targets.json": targets, "snapshot.json": snapshot, "timestamp.json": timestamp}
+
+    # --- offline bundles -----------------------------------------------------------------
+    def offline_metadata(self, repo: str, tag: str, targets: list[str], expires: datetime) -> dict[str, bytes]:
+        """The TUF metadata of an offline bundle of `targets`, by file name: every root of `repo`,
+        the view of `tag` re-signed to expire at `expires` (what fioctl's offline-update has the
+        factory do: `POST /ota/factories/<f>/targets/<target>/meta/` with `expires-in-days`), and
+        `bundle-targets.json`, signed by the Targets role's keys (fioctl `ouBundleTufMeta`; the
+        production ones are the offline keys `fioctl targets offline-update sign` uses)."""
+        when = stamp(expires)
+        with exclusive(self.home.tuf_lock):
+            db = self._load_db()
+            files = {f"{v}.root.json": self.root_json(repo, v) for v in self.root_versions(repo)}
+            files |= self._view_documents(repo, [tag], db, dict.fromkeys(ONLINE_ROLES, when))
+            bundle = {"_type": "Targets", "expires": when, "version": db["version"],
+                      "x-fio-offline-bundle": {"type": repo, "tag": tag, "targets": sorted(targets)}}
+            files["bundle-targets.json"] = sign_document(bundle, self.signers(self.latest_root(repo), "targets"))
+        return files
 
     @staticmethod
     def _view_meta(folder: Path) -> dict | None:

@@ -87,18 +87,26 @@ class Envelope(Generic[SignedT]):
 
 def load(role: type[SignedT], data: bytes) -> Envelope[SignedT]:
     """Parse `data` as a `role` document of this flavour (nothing is verified here)."""
-    document = parse_json(data)
-    if not isinstance(document, dict):
-        raise FlavourError("metadata must be a JSON object")
-    signed = _field(document, "signed", dict)
+    signed, payload, signatures = envelope(data)
     kind = _field(signed, "_type", str)
     if kind.lower() != role.type:
         raise FlavourError(f"expected {TYPE_NAMES[role.type]} metadata, got {kind!r}")
     try:
-        payload = _PARSERS[role.type](signed)
+        parsed = _PARSERS[role.type](signed)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise FlavourError(f"malformed {TYPE_NAMES[role.type]} metadata: {exc}") from exc
-    return Envelope(payload, canonical_bytes(signed), _signatures(_field(document, "signatures", list)))
+    return Envelope(parsed, payload, signatures)
+
+
+def envelope(data: bytes) -> tuple[dict[str, Any], bytes, dict[str, Signature]]:
+    """Any signed document of this flavour, a role's or not (an offline bundle's `bundle-targets.json`):
+    its `signed` object, the bytes the signatures cover, and the signatures by key id. Nothing is
+    verified here."""
+    document = parse_json(data)
+    if not isinstance(document, dict):
+        raise FlavourError("metadata must be a JSON object")
+    signed = _field(document, "signed", dict)
+    return signed, canonical_bytes(signed), _signatures(_field(document, "signatures", list))
 
 
 def verify(delegator: Root, role: str, envelope: Envelope) -> None:

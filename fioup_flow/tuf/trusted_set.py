@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 ONLINE_ROLES = (Timestamp.type, Snapshot.type)
 
 
+class RollbackError(BadVersionNumberError):
+    """Metadata older than what the device holds (aktualizr's "Rollback attempt"): refused from a
+    gateway; from an offline bundle it means the bundle is older than the device, whose own
+    metadata then stands (see `tuf.local`)."""
+
+
 class TrustedSet:
     """The metadata trusted so far in one refresh, each piece verified before it is added."""
 
@@ -103,14 +109,14 @@ class TrustedSet:
         if self._timestamp is not None:
             held = self._timestamp
             if new.signed.version < held.version:
-                raise BadVersionNumberError(f"timestamp version {new.signed.version} is older than {held.version}")
+                raise RollbackError(f"timestamp version {new.signed.version} is older than {held.version}")
             if new.signed.version == held.version:
                 if new.payload == self._timestamp_payload:
                     raise EqualVersionNumberError
                 log.info("timestamp v%d names another snapshot (a view of other tags): taken", held.version)
             if new.signed.snapshot_meta.version < held.snapshot_meta.version:
-                raise BadVersionNumberError(f"timestamp names snapshot version {new.signed.snapshot_meta.version}, "
-                                            f"older than {held.snapshot_meta.version}")
+                raise RollbackError(f"timestamp names snapshot version {new.signed.snapshot_meta.version}, "
+                                    f"older than {held.snapshot_meta.version}")
         self._timestamp, self._timestamp_payload = new.signed, new.payload
         self.check_final_timestamp()
         return new.signed
@@ -137,8 +143,8 @@ class TrustedSet:
                 if offered is None:
                     raise RepositoryError(f"the new snapshot is missing {name}")
                 if offered.version < held.version:
-                    raise BadVersionNumberError(f"snapshot lists {name} version {offered.version}, "
-                                                f"older than {held.version}")
+                    raise RollbackError(f"snapshot lists {name} version {offered.version}, "
+                                        f"older than {held.version}")
         self._snapshot, self._snapshot_matches = new.signed, matches
         self._check_final_snapshot()
         return new.signed

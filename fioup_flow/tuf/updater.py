@@ -13,6 +13,10 @@ snapshot is fetched, rather than after.
 Only verified bytes are written, each durably (fsync before rename, `durable.write_atomic`), as
 served: `<dir>/root.json` (the newest trusted root), `timestamp.json`, `snapshot.json`,
 `targets.json`. A refresh that fails leaves what was trusted before in place.
+
+The files come through `fetch`, from the gateway or from an offline bundle's folder (`tuf.local`),
+which is what aktualizr-lite's RepoSource interface separates (`AkHttpsRepoSource`,
+`LocalRepoSource`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuf.api.exceptions import DownloadError, EqualVersionNumberError, RepositoryError
-from tuf.api.metadata import Targets
+from tuf.api.metadata import Root, Targets
 
 from fioup_flow.durable import fsync_dir, write_atomic
 from fioup_flow.tuf.trusted_set import TrustedSet, online_keys_rotated
 
 log = logging.getLogger(__name__)
 
-# name, largest length accepted -> the bytes, or None when the gateway has no such file (404)
+# name, largest length accepted -> the bytes, or None when the source has no such file (a 404)
 Fetch = Callable[[str, int], "bytes | None"]
 
 ROOT, TIMESTAMP, SNAPSHOT, TARGETS = "root.json", "timestamp.json", "snapshot.json", "targets.json"
@@ -39,14 +43,20 @@ MAX_LENGTH = {ROOT: 512_000, TIMESTAMP: 16_384, SNAPSHOT: 2_000_000, TARGETS: 5_
 MAX_ROOT_ROTATIONS = 256
 
 
+class MetadataMissingError(DownloadError):
+    """The source has no timestamp, snapshot or targets at all (an offline bundle without them)."""
+
+
 class Updater:
     """Refreshes the metadata in `metadata_dir` from `fetch`, starting from `shipped_roots()`
-    (the OS image's chain) when the store holds no root yet."""
+    (the OS image's chain) when the store holds no root yet; `origin` names the source in errors."""
 
-    def __init__(self, metadata_dir: Path, fetch: Fetch, shipped_roots: Callable[[], list[bytes]]):
+    def __init__(self, metadata_dir: Path, fetch: Fetch, shipped_roots: Callable[[], list[bytes]],
+                 origin: str = "the gateway"):
         self.metadata_dir = metadata_dir
         self.fetch = fetch
         self.shipped_roots = shipped_roots
+        self.origin = origin
 
     def refresh(self) -> Targets:
         """Verify the newest metadata; returns the trusted targets. Raises RepositoryError (or
@@ -61,28 +71,35 @@ class Updater:
             self._download(trusted.update_targets, TARGETS, named.length if named else None)
         return trusted.targets
 
-    def _load_root(self) -> TrustedSet:
+    def newest_root(self) -> Root:
+        """The newest root the source's chain leads to from the one trusted here, each verified by
+        the one before, and nothing kept: what an offline bundle's own signatures are checked
+        against before any of its metadata is (aktualizr-lite `checkAndGetRootMeta`)."""
+        return self._load_root(keep=False).root
+
+    def _load_root(self, keep: bool = True) -> TrustedSet:
         stored = self._read(ROOT)
         chain = [stored] if stored is not None else self.shipped_roots()
         trusted = TrustedSet(chain[0])
         for data in chain[1:]:
-            self._next_root(trusted, data)
-        if stored is None:
+            self._next_root(trusted, data, keep)
+        if stored is None and keep:
             self._persist(ROOT, chain[-1])
         for _ in range(MAX_ROOT_ROTATIONS):
             data = self.fetch(f"{trusted.root.version + 1}.{ROOT}", MAX_LENGTH[ROOT])
             if data is None:
                 break
-            self._next_root(trusted, data)
-            self._persist(ROOT, data)
+            self._next_root(trusted, data, keep)
+            if keep:
+                self._persist(ROOT, data)
         return trusted
 
-    def _next_root(self, trusted: TrustedSet, data: bytes) -> None:
+    def _next_root(self, trusted: TrustedSet, data: bytes, keep: bool) -> None:
         """Trust the next root; if it changed the timestamp or snapshot keys, forget the timestamp
         and snapshot held before the new root is kept (so a crash between the two cannot skip it)."""
         before = trusted.root
         trusted.update_root(data)
-        if online_keys_rotated(before, trusted.root):
+        if keep and online_keys_rotated(before, trusted.root):
             log.info("root v%d changed the timestamp or snapshot keys: forgetting the timestamp and snapshot held",
                      trusted.root.version)
             self._forget(TIMESTAMP, SNAPSHOT)
@@ -117,7 +134,7 @@ class Updater:
     def _fetch_required(self, name: str, max_length: int) -> bytes:
         data = self.fetch(name, max_length)
         if data is None:
-            raise DownloadError(f"the gateway has no {name}")
+            raise MetadataMissingError(f"{self.origin} has no {name}")
         return data
 
     def _read(self, name: str) -> bytes | None:

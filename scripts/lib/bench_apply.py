@@ -7,8 +7,11 @@ its version 1 plus those layers), and for each round
 measures both ways of going from version 1 to version 2, one after the other on the same engine:
 
 * fioup-flow: a fresh device applies version 1 (not timed), then `fioup-flow apply 2` is timed,
-  with its own process's peak RSS (VmHWM, polled from /proc; children such as docker-compose
-  are not included).
+  with two peaks of memory: its own process's (VmHWM, `peak_rss_mb`) and its whole process tree's
+  (the sum of VmRSS over fioup-flow and every process it started, docker-compose included,
+  sampled every 20 ms from /proc: `peak_rss_tree_mb`). A cgroup's peak would count the page
+  cache the download fills too, which is not the update's memory; this machine's cgroups (v1)
+  have no per-process peak.
 * baseline: the apps are taken down and every image removed (so no layer of version 2 is in
   the engine), the published, pinned compose files of version 1 are started (pulled, not
   timed), then for each app in turn `docker compose pull && docker compose up -d` with its
@@ -17,7 +20,9 @@ measures both ways of going from version 1 to version 2, one after the other on 
   `--baseline-wait` it runs `up -d --wait`, which like fioup-flow waits for health checks.
 
 Before each fioup-flow round every image is removed too, so each side downloads the same
-new layers and neither benefits from the other's cache. Downtime per app is read afterwards
+new layers and neither benefits from the other's cache. The sides take turns going first (odd
+rounds fioup-flow, even rounds the baseline), so neither always runs on a machine the other
+just warmed or loaded. Downtime per app is read afterwards
 from the engine's event log: last `die` of an old container to first `start` of a new one.
 fioup-flow's progress log is kept per round (apply-2-round-N.log, seconds since start on each
 line) and split into phases (plan, fetch, install, stop+start, the rest) in the summary.
@@ -40,6 +45,11 @@ from pathlib import Path
 import docker
 
 from fioup_flow.config import Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from private_engine import process_tree  # noqa: E402
+from support import register  # noqa: E402  - the one way devices are registered
 
 TAG = "bench"
 LAYER_MB = 65
@@ -72,7 +82,8 @@ class Side:
     """One timed update: wall seconds, downtime per app, and (fioup-flow only) peak RSS."""
     seconds: float
     downtime: dict[str, float]
-    peak_rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # fioup-flow's own process
+    peak_rss_tree_mb: float | None = None  # fioup-flow and every process it started
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -129,12 +140,13 @@ class Bench:
     def register(self, round_no: int) -> dict[str, str]:
         """A new device, with its image's TUF roots beside it; the environment that selects it."""
         device = self.work / f"device-{round_no}"
+        done = register(self.factory, device, f"bench-{os.getpid()}-{round_no}", "--tag", TAG)
+        if done.returncode != 0:
+            log(f"fioup-flow register failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+            raise SystemExit(1)
         run(["fioup-flow-factory", "roots", "--home", str(self.home), "--out", str(self.work / "image-tuf")])
         image = self.work / "image-roots.toml"
         image.write_text(f'[storage]\nuptane_metadata_path = "{self.work / "image-tuf"}"\n')
-        run(["fioup-flow", "register", "--factory", self.factory["factory"], "--server", self.factory["api"],
-             "--token", self.factory["registration_token"], "--ca", self.factory["ca"],
-             "--name", f"bench-{os.getpid()}-{round_no}", "--tag", TAG, "--sota-dir", str(device)])
         # compose reads the port shellhttpd publishes from the device's config, not the environment
         drop_in = device / "compose-env.toml"
         drop_in.write_text(f'[compose_env]\nSHELLHTTPD_PORT = "{os.environ["SHELLHTTPD_PORT"]}"\n'
@@ -174,7 +186,7 @@ class Bench:
             raise SystemExit(1)
         self.save_compose_files(env, 2)
         downtime = downtimes(self.engine, {app: app for app in APPS_V1}, start, time.time())
-        return Side(seconds, downtime, peak.mb, phases(lines))
+        return Side(seconds, downtime, peak.own_mb, peak.tree_mb, phases(lines))
 
     # --- baseline side -----------------------------------------------------------------
     def compose(self, app: str, version: int, *args: str) -> list[str]:
@@ -202,23 +214,24 @@ class Bench:
 
 
 class PeakRss:
-    """Polls a process's VmHWM (its own high-water mark; monotonic, so the last sample is the peak)."""
+    """Polls, every RSS_POLL_S, a process's own high-water mark (VmHWM: monotonic, so the last
+    sample is its peak) and the sum of VmRSS over its whole tree (the peak of the samples)."""
 
     def __init__(self, pid: int):
-        self.status = Path(f"/proc/{pid}/status")
-        self.kb = 0
+        self.pid = pid
+        self.own_kb = 0
+        self.tree_kb = 0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
 
     def _poll(self) -> None:
         while not self.done.is_set():
-            try:
-                for line in self.status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.kb = max(self.kb, int(line.split()[1]))
-            except (OSError, ValueError):
+            own = _status_kb(self.pid, "VmHWM:")
+            if own is None:
                 return  # the process is gone (or a zombie without memory lines)
+            self.own_kb = max(self.own_kb, own)
+            self.tree_kb = max(self.tree_kb, sum(_status_kb(pid, "VmRSS:") or 0 for pid in process_tree(self.pid)))
             self.done.wait(RSS_POLL_S)
 
     def stop(self) -> None:
@@ -226,8 +239,23 @@ class PeakRss:
         self.thread.join()
 
     @property
-    def mb(self) -> float:
-        return self.kb / 1024
+    def own_mb(self) -> float:
+        return self.own_kb / 1024
+
+    @property
+    def tree_mb(self) -> float:
+        return self.tree_kb / 1024
+
+
+def _status_kb(pid: int, field: str) -> int | None:
+    """A kB figure of /proc/PID/status (VmRSS:, VmHWM:), or None once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def downtimes(engine: docker.DockerClient, projects: dict[str, str], since: float, until: float) -> dict[str, float]:
@@ -268,6 +296,8 @@ def report(fioup: list[Side], base: list[Side], baseline: str) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
+    print(f"baseline: {baseline} ({'waits' if '--wait' in baseline else 'does not wait'} for health checks); "
+          f"{len(fioup)} rounds, the sides taking turns going first")
     for label, sides in (("fioup-flow apply", fioup), (baseline, base)):
         walls = ", ".join(f"{s.seconds:.2f}" for s in sides)
         print(f"{label}: {median([s.seconds for s in sides]):.2f} s (rounds: {walls})")
@@ -283,6 +313,7 @@ def report(fioup: list[Side], base: list[Side], baseline: str) -> None:
     worst_fioup, worst_base = median([s.worst_downtime for s in fioup]), median([s.worst_downtime for s in base])
     print(f"apply_vs_compose_ratio {apply_s / base_s:.3f} ratio")
     print(f"peak_rss_mb {max(s.peak_rss_mb for s in fioup):.1f} MB")
+    print(f"peak_rss_tree_mb {max(s.peak_rss_tree_mb for s in fioup):.1f} MB")
     print(f"downtime_vs_compose_ratio {worst_fioup / worst_base:.3f} ratio")
 
 
@@ -300,11 +331,15 @@ def main() -> None:
     engine_env = bench.engine_login()
     fioup, base = [], []
     baseline = "compose pull && up -d" + (" --wait" if args.baseline_wait else "")
+    log(f"baseline measured: `{baseline}` per app"
+        + (" (waits for health checks, as fioup-flow does)" if args.baseline_wait else
+           " (without --wait: it does not wait for health checks, fioup-flow does)"))
     for round_no in range(1, args.rounds + 1):
-        fioup.append(bench.fioup_flow_side(round_no))
-        log(f"round {round_no}: fioup-flow apply 2 took {fioup[-1].seconds:.2f} s")
-        base.append(bench.baseline_side(engine_env, args.baseline_wait))
-        log(f"round {round_no}: {baseline} took {base[-1].seconds:.2f} s")
+        turns = [("fioup-flow apply 2", fioup, lambda n: bench.fioup_flow_side(n)),
+                 (baseline, base, lambda n: bench.baseline_side(engine_env, args.baseline_wait))]
+        for label, sides, measure in turns if round_no % 2 else turns[::-1]:  # the sides take turns going first
+            sides.append(measure(round_no))
+            log(f"round {round_no}: {label} took {sides[-1].seconds:.2f} s")
     log(f"benchmark took {time.time() - started:.0f} s (after setup, engine and factory start)")
     report(fioup, base, baseline)
 

@@ -16,6 +16,11 @@ A start that fails is followed by what fioup-flow's opt-in docker.service drop-i
 database a power cut left, moves the database aside; the engine is then started again.
 
     python scripts/lib/private_engine.py start|stop|restart DIR
+
+A power cut stops everything in the same instant. `Freeze` does that for a set of processes (the
+engine's, and the power-cut harness adds the updater's): a cgroup v1 freezer where the machine
+has one, else SIGSTOP round after round; it then says which of them ran a step after the freeze
+(their scheduler run time moved) and which processes of the set escaped it, and kills them all.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
@@ -41,6 +46,9 @@ import docker
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 RECOVER = files("fioup_flow") / "units" / "fioup-flow-docker-recover"  # what the docker.service drop-in runs
+FREEZER = Path("/sys/fs/cgroup/freezer")
+FREEZE_TIMEOUT_S = 3.0  # a freezer not settled by then gets SIGSTOP's help (see Freeze)
+SIGSTOP_TIMEOUT_S = 10.0
 
 
 class EngineDidNotStart(RuntimeError):
@@ -70,11 +78,7 @@ def delete_bridges(octet: int) -> None:
 
 def alive(pid: int) -> bool:
     """True while `pid` runs; a zombie is dead (nothing reaps dockerd's orphans on some machines)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return _state(pid) not in ("Z", None)
 
 
 class PrivateEngine:
@@ -88,6 +92,7 @@ class PrivateEngine:
         self.host = f"unix://{self.folder / 'docker.sock'}"
         self.pidfile = self.folder / "dockerd.pid"
         self.log = self.folder / "dockerd.log"
+        self.recoveries = 0  # starts that needed the network database moved aside (see boot)
 
     def __enter__(self) -> Self:
         self.boot()
@@ -132,6 +137,7 @@ class PrivateEngine:
                 return
             except EngineDidNotStart as failed:
                 if self.recover_network_db(failed):
+                    self.recoveries += 1
                     self._start()
                     return
                 if attempt == 2:
@@ -211,22 +217,14 @@ class PrivateEngine:
 
     def cut(self) -> None:
         """SIGKILL the engine and all it runs at once: dockerd, containerd, the port proxies, the
-        shims and every container. They are stopped first, round after round until no new one
-        appears, so that nothing spawned mid-cut (a container, a port proxy) outlives the power."""
-        stopped: set[int] = set()
-        while fresh := self._processes() - stopped:
-            for pid in fresh:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGSTOP)
-            stopped |= fresh
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self._wait_gone(stopped, 10)
-        self._forget_run_state()
+        shims and every container, frozen in one instant first so that none runs a step more."""
+        Freeze(f"engine-{self.octet}", self.processes).kill()
+        self.forget_run_state()
 
-    def _forget_run_state(self) -> None:
-        """The exec root is /run/docker on a device, a tmpfs the power empties. Left in place, its
+    def forget_run_state(self) -> None:
+        """What the power leaves of an engine whose processes are gone: its data, not /run.
+
+        The exec root is /run/docker on a device, a tmpfs the power empties. Left in place, its
         containerd pidfile names a dead process (a zombie, where nothing reaps orphans), and the
         next dockerd waits a minute for that containerd, then exits."""
         run = self.folder / "exec"
@@ -236,7 +234,7 @@ class PrivateEngine:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         shutil.rmtree(run, ignore_errors=True)
 
-    def _processes(self) -> set[int]:
+    def processes(self) -> set[int]:
         """dockerd, the shims (named by our folder: they are reparented) and all they started."""
         table = list(_processes())
         roots = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
@@ -247,7 +245,7 @@ class PrivateEngine:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-            if not self._wait_gone({pid}, STOP_TIMEOUT_S):
+            if not wait_gone({pid}, STOP_TIMEOUT_S):
                 self._kill()
         if self.started:
             delete_bridges(self.octet)
@@ -261,16 +259,180 @@ class PrivateEngine:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            self._wait_gone({pid}, 10)
+            wait_gone({pid}, 10)
 
-    @staticmethod
-    def _wait_gone(pids: set[int], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while any(alive(pid) for pid in pids):
+
+class Freeze:
+    """The processes `find()` names, stopped in one instant and kept stopped until `kill()`.
+
+    With a cgroup v1 freezer, every process is moved into a cgroup of ours (round after round
+    until `find()` names no new one; a child forked meanwhile inherits the cgroup), then the
+    cgroup is frozen with one write (`late`: the container processes runc moved out meanwhile,
+    frozen right after). Without one, SIGSTOP round after round. Either way nothing of the set
+    may run a step once `Freeze` returned: `ran()` names those whose scheduler run time moved
+    since, `escaped()` the processes `find()` names now that were not frozen.
+    """
+
+    def __init__(self, name: str, find: Callable[[], set[int]]) -> None:
+        self.find = find
+        self.cgroup = FREEZER / f"fioup-flow-{name}-{os.getpid()}" if _writable(FREEZER) else None
+        self.pids: set[int] = set()
+        self.late: set[int] = set()  # frozen a moment after the others (see `_sweep`)
+        self.stuck: dict[int, str] = {}  # when the freezer did not settle: each member, where it waited
+        try:
+            if self.cgroup is not None:
+                self.cgroup.mkdir(exist_ok=True)
+                self._gather(self._move)
+                (self.cgroup / "freezer.state").write_text("FROZEN")
+                self._wait_frozen()
+                # and the children forked, into the cgroup, between the last round and the freeze
+                self.pids |= self._members()
+                self.late = self._sweep()
+            else:
+                self._gather(lambda pid: os.kill(pid, signal.SIGSTOP))
+                self._wait_stopped()
+        except BaseException:
+            self.kill()  # never leave a half-frozen set behind
+            raise
+        self.run_times = _run_times(self.pids)
+
+    def _gather(self, stop: Callable[[int], None]) -> None:
+        while fresh := self.find() - self.pids:
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    stop(pid)
+            self.pids |= fresh
+
+    def _move(self, pid: int) -> None:
+        (self.cgroup / "cgroup.procs").write_text(str(pid))
+
+    def _members(self) -> set[int]:
+        return {int(pid) for pid in (self.cgroup / "cgroup.procs").read_text().split()}
+
+    def _sweep(self) -> set[int]:
+        """runc moves a container's first process into the container's own cgroup as it starts it:
+        one it moved out of ours between the last round and the freeze still runs. Each such one
+        joins the frozen cgroup now (and freezes there), a moment late; returns them."""
+        late: set[int] = set()
+        while stray := {pid for pid in self.find() - self._members() if alive(pid)}:
+            for pid in stray:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    self._move(pid)
+            late |= stray
+            self.pids |= stray
+            self._wait_frozen()
+        return late
+
+    def _wait_frozen(self) -> None:
+        """Until the cgroup is FROZEN. A task the freezer cannot hold (asleep in the kernel where
+        it may not be frozen) keeps it FREEZING: then every member gets a SIGSTOP as well, which
+        stops such a task on its way back to user space; `stuck` says where each one waited,
+        and `ran()` still tells whether anything ran."""
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while (self.cgroup / "freezer.state").read_text().strip() != "FROZEN":
             if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+                self.stuck = {pid: _waiting_in(pid) for pid in self._members()}
+                for pid in self.stuck:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                self.pids |= set(self.stuck)
+                self._wait_stopped()
+                return
+            time.sleep(0.001)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def _wait_stopped(self) -> None:
+        """A SIGSTOP takes effect a moment after kill() returns: until every process shows it (or
+        sleeps uninterruptibly, as a parent waiting for the child it vforked: it stops on waking)."""
+        deadline = time.monotonic() + SIGSTOP_TIMEOUT_S
+        while running := {pid: _state(pid) for pid in self.pids if _state(pid) not in ("T", "t", "D", "Z", None)}:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes did not stop in {SIGSTOP_TIMEOUT_S} s: {running}")
+            time.sleep(0.001)
+
+    @property
+    def how(self) -> str:
+        if self.cgroup is None:
+            return "SIGSTOP"
+        return "cgroup freezer" + (" and SIGSTOP (the freezer did not settle)" if self.stuck else "")
+
+    def ran(self) -> set[int]:
+        """The frozen processes that ran since the freeze (a check that must stay empty). One that
+        was exiting as the freeze came only finished dying (no freezer holds an exiting task): a
+        zombie now, it is not counted."""
+        now = _run_times(self.pids)
+        return {pid for pid, (started, spent) in now.items()
+                if pid in self.run_times and self.run_times[pid][0] == started and self.run_times[pid][1] != spent
+                and _state(pid) != "Z"}
+
+    def escaped(self) -> set[int]:
+        """Processes of the set alive now that the freeze did not stop (must stay empty)."""
+        return {pid for pid in self.find() - self.pids if alive(pid)}
+
+    def kill(self) -> None:
+        """SIGKILL every frozen process and let them die (a frozen one dies once thawed)."""
+        if self.cgroup is not None and self.cgroup.exists():
+            self.pids |= {int(pid) for pid in (self.cgroup / "cgroup.procs").read_text().split()}
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            (self.cgroup / "freezer.state").write_text("THAWED")
+        wait_gone(self.pids, 10)
+        for _ in range(50):  # the cgroup empties a moment after its last process died
+            if self.cgroup is None or not self.cgroup.exists():
+                return
+            with contextlib.suppress(OSError):
+                self.cgroup.rmdir()
+            time.sleep(0.02)
+
+
+def wait_gone(pids: set[int], timeout_s: float) -> bool:
+    """Wait until none of `pids` runs; False if some still do after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _state(pid: int) -> str | None:
+    """A process's state letter (R, S, D, T, Z...), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _waiting_in(pid: int) -> str:
+    """Where in the kernel a process sleeps (its wchan), with its name and state: for a report."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        return f"{name} {_state(pid)} {Path(f'/proc/{pid}/wchan').read_text().strip() or '-'}"
+    except OSError:
+        return "gone"
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def _run_times(pids: set[int]) -> dict[int, tuple[int, int]]:
+    """Per process, (its start time, nanoseconds its threads spent on a CPU so far): the start time
+    tells a process from a later one that was given its pid (/proc/PID/stat, task/*/schedstat)."""
+    spent = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            spent[pid] = (started, sum(int((task / "schedstat").read_text().split()[0])
+                                       for task in Path(f"/proc/{pid}/task").iterdir()))
+    return spent
 
 
 def _log_time(line: str) -> datetime | None:
@@ -288,6 +450,11 @@ def _processes() -> Iterator[tuple[int, int, str]]:
                 if stat[0] != "Z":
                     cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                     yield int(entry.name), int(stat[1]), cmdline
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and every process it started, and theirs (what a kill of a command takes with it)."""
+    return {pid} | _descendants(list(_processes()), {pid})
 
 
 def _descendants(table: list[tuple[int, int, str]], roots: set[int]) -> set[int]:

@@ -1,4 +1,5 @@
-"""A power-cut filesystem mounted for one test."""
+"""A power-cut filesystem mounted for one test (`synced` disk; parametrize `disk` indirectly
+with "reorder" for a disk that may keep unsynced writes too)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,6 @@ from faults.powercutfs import PowercutMount
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Iterator[PowercutMount]:
-    with PowercutMount(tmp_path / "backing", tmp_path / "mnt") as mounted:
+def disk(tmp_path: Path, request) -> Iterator[PowercutMount]:
+    with PowercutMount(tmp_path / "backing", tmp_path / "mnt", mode=getattr(request, "param", "synced")) as mounted:
         yield mounted

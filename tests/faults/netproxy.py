@@ -82,6 +82,8 @@ class Stats:
     resets: int = 0
     http_errors_sent: int = 0
     closed_on_accept: int = 0
+    stalls: int = 0  # connections held by `stall_after`
+    rate_waits: int = 0  # slices the rate limit held back
 
 
 @dataclass
@@ -116,15 +118,16 @@ class _RateLimit:
         self._lock = threading.Lock()
         self._next = time.monotonic()
 
-    def take(self, size: int, rate: int | None, until: float) -> None:
-        """Wait until `size` bytes may pass at `rate` bytes/s (never past `until`)."""
+    def take(self, size: int, rate: int | None, until: float) -> bool:
+        """Wait until `size` bytes may pass at `rate` bytes/s (never past `until`); True if it waited."""
         if not rate:
-            return
+            return False
         with self._lock:
             now = time.monotonic()
             start = max(self._next, now)
             self._next = start + size / rate
         time.sleep(max(0.0, min(start, until) - now))
+        return min(start, until) > now
 
 
 class FaultProxy:
@@ -310,6 +313,8 @@ class FaultProxy:
             self._forward(data[:head], client, "down")
             down.sent += head
             down.stalled = True
+            with self._lock:
+                self._stats.stalls += 1
             self._sleep_until(time.monotonic() + faults.stall_seconds)
             data = data[head:]
         self._forward(data, client, "down")
@@ -326,7 +331,9 @@ class FaultProxy:
         for offset in range(0, len(data), step):
             piece = data[offset: offset + step]
             self._wait_stall()
-            self._limits[direction].take(len(piece), self.faults.rate, self._deadline)
+            if self._limits[direction].take(len(piece), self.faults.rate, self._deadline):
+                with self._lock:
+                    self._stats.rate_waits += 1
             # Counted before the send: the client may read the piece before this thread runs on,
             # and a reader of `stats` must never see bytes delivered but not yet counted.
             self._count(direction, len(piece))

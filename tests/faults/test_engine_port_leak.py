@@ -4,7 +4,8 @@ fioup-flow tells that leak from a real conflict and frees it with the device's r
 The leak is made for real: a container with a published port and a restart policy is started on
 an engine of the test's own, and the engine goes down with the power (PrivateEngine.cut) a
 random moment later, until a boot finds the port held by an orphaned `docker-proxy`. On Debian
-12's engine about one such cut in four leaks; an engine that never does is skipped.
+12's engine about one such cut in four leaks; an engine that leaks none in TRIES cuts cannot test
+the cure: the test skips, and says so in the summary even under CI (`allowed_skip`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def a_leak(power: PrivateEngine) -> tuple[str, int, str]:
     pytest.skip(f"this Docker engine leaked no port in {TRIES} power cuts")
 
 
+@pytest.mark.allowed_skip(reason="the leak is Docker 20.10's, and random: an engine that never leaks leaves "
+                                "the cure untested, which the summary says")
 def test_a_port_the_engine_leaked_in_a_power_cut_is_told_apart_and_freed_by_one_restart(power) -> None:
     name, port, refused = a_leak(power)
     client = power.client()

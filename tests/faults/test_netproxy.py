@@ -140,6 +140,7 @@ def test_a_stall_mid_body_trips_the_clients_read_timeout(proxy):
 
     with pytest.raises(requests.exceptions.ConnectionError):  # requests wraps the read timeout
         _ = get(proxy, "/blob", timeout=(5, 0.3)).content
+    assert proxy.stats.stalls == 1
     proxy.clear()
     assert get(proxy, "/blob").content == BLOB
 
@@ -150,6 +151,7 @@ def test_a_rate_limit_slows_a_download_to_that_many_bytes_per_second(proxy):
 
     assert get(proxy, "/blob").content == BLOB
     assert 0.4 <= time.monotonic() - started < 5
+    assert proxy.stats.rate_waits > 0
 
 
 def test_the_proxy_stops_by_itself_at_the_end_of_its_lifetime(server):

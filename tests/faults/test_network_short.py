@@ -3,7 +3,9 @@
 A fault proxy sits in front of the gateway and one in front of the registry (the Targets' app
 URIs name it); each update runs with one fault on (connections reset mid-blob or at random,
 stalls past the read timeout, refused connections, a slow line, a burst of 503s from the
-factory), and gets up to three boots, as a daemon's next rounds would give it.
+factory), and gets up to three boots, as a daemon's next rounds would give it. Each fault must be
+seen to fire (the proxies' counters: resets, stalls, refused connections, rate-limited slices;
+the factory's 503s), and the device judged converged by the world (powercut's invariant 1).
 `scripts/powercut --network --cuts N` runs many more.
 """
 
@@ -29,6 +31,7 @@ def test_an_update_through_each_kind_of_network_fault_converges_at_little_extra_
         finally:
             clean_engine(engine)
     print("\n".join(powercut.network_summary(trips)))
+    assert [t.faults for t in trips if not t.fired] == [], "every fault fired at least once"
     assert all(t.converged for t in trips), [t for t in trips if not t.converged]
     extra = sum(t.extra_bytes for t in trips) / sum(t.clean_bytes for t in trips)
     assert extra < 0.05, "the faults cost less than 5% more bytes than the updates themselves"

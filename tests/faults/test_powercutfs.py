@@ -178,6 +178,7 @@ def test_the_mount_starts_from_what_the_backing_folder_holds(tmp_path):
     assert (tmp_path / "backing" / "d" / "f").read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("disk", ["synced", "reorder"], indirect=True)
 def test_a_sqlite_commit_with_synchronous_full_in_wal_mode_survives_a_cut(disk):
     fsync_dir(disk.mount)
     db = sqlite3.connect(disk.mount / "db.sqlite", isolation_level=None)
@@ -314,19 +315,20 @@ while True:
 """
 
 
+@pytest.mark.parametrize("disk", ["synced", "reorder"], indirect=True)
 def test_a_durable_diskcache_keeps_every_acknowledged_commit_through_kill_9_and_cut(disk):
     folder = disk.mount / "flow"
     open_cache(folder).close()
     fsync_dir(disk.mount)
     fsync_dir(folder)
-    for pause in (0.2, 0.4, 0.3):
+    for seed, pause in enumerate((0.2, 0.4, 0.3, 0.25, 0.35, 0.15)):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE, text=True)
         first = writer.stdout.readline()  # running: cut mid-stream, not during start-up
         time.sleep(pause)
         writer.kill()
         acknowledged = [first, *writer.communicate(timeout=30)[0].split()]
 
-        disk.cut()
+        disk.cut(seed)  # a reorder disk may keep some of the unsynced writes too, torn or not
 
         cache = open_cache(folder)
         kept = len(cache)
@@ -336,3 +338,17 @@ def test_a_durable_diskcache_keeps_every_acknowledged_commit_through_kill_9_and_
         db = sqlite3.connect(folder / "cache.db")
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         db.close()
+
+
+@pytest.mark.parametrize("mode", ["synced", "reorder"])
+def test_a_mounted_disk_cuts_in_its_mode_and_counts_the_changing_calls_per_folder(tmp_path, mode) -> None:
+    with PowercutMount(tmp_path / "backing", tmp_path / "mnt", mode=mode) as disk:
+        (disk.mount / "flow").mkdir()
+        (disk.mount / "flow" / "f").write_bytes(b"x")
+        (disk.mount / "other").write_bytes(b"y")
+        os.listdir(disk.mount / "flow")
+        (disk.mount / "flow" / "f").read_bytes()
+        assert disk.changes("/flow") == {"create": 2, "write": 1}
+        assert disk.changes("/nothing") == {}
+        kept = disk.cut(3)
+        assert kept.startswith("kept ") if mode == "reorder" else kept == ""

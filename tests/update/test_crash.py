@@ -16,11 +16,12 @@ from typing import Callable
 import pytest
 from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
 
+from faults.storeview import StoreView
 from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.errors import exit_code_of
-from fioup_flow.graph import Plan
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
+from fioup_flow.graph import Plan
 from fioup_flow.store import SYNC_EVERY
 
 pytestmark = [pytest.mark.factory, pytest.mark.docker]
@@ -51,16 +52,11 @@ def kill(process: subprocess.Popen) -> None:
 
 
 def in_progress(device: Device) -> tuple[Plan, dict[str, str]] | None:
-    """The plan in progress and each node's state, or None."""
-    path = store_path(device.sota_dir / "flow")
-    if not path.exists():
-        return None
-    store = CheckpointStore(path)
-    try:
-        plan = store.current_plan()
-        return None if plan is None else (plan, {n: store.record(plan.plan_id, n).state for n in plan.graph.nodes})
-    finally:
-        store.close()
+    """The plan in progress and each node's state, or None (read from a copy of the store: the look
+    changes nothing the test judges)."""
+    view = StoreView(store_path(device.sota_dir / "flow"))
+    plan = view.current_plan()
+    return None if plan is None else (plan, view.node_states(plan))
 
 
 def failed_for_good(device: Device, node_prefix: str, error: Exception) -> None:
@@ -81,9 +77,15 @@ def failed_for_good(device: Device, node_prefix: str, error: Exception) -> None:
 
 
 def node_state(device: Device, node_prefix: str) -> str | None:
+    """The state of the first node whose id starts with `node_prefix`, in the plan in progress."""
     found = in_progress(device)
     node_id = next((n for n in found[0].graph.nodes if n.startswith(node_prefix)), None) if found else None
     return found[1][node_id] if node_id else None
+
+
+def shellhttpd_running(engine) -> list[str]:
+    """The running containers of the sample app, by image ID."""
+    return [c.attrs["Image"] for c in engine.containers.list(filters={"label": "com.docker.compose.project=shellhttpd"})]
 
 
 def resume(device: Device) -> None:
@@ -186,11 +188,19 @@ def test_cancel_from_another_process_stops_a_download_at_its_next_chunk_and_drop
     assert status["in_progress"] is None and status["history"][0]["outcome"] == "cancelled"
 
 
-def test_a_kill_between_stopping_the_old_version_and_starting_the_new_one(device, engine) -> None:
+def kill_between_stop_and_start(device: Device, engine) -> None:
+    """Apply version 2 over 1 and kill it once the old shellhttpd stopped, before the new one
+    started; fails if the kill landed elsewhere."""
     assert device.run("apply", "1").returncode == 0
     process = start_apply(device, "2")
     wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
     kill(process)
+    assert node_state(device, "start:shellhttpd") != "done" and shellhttpd_running(engine) == [], \
+        "the kill landed between the stop and the start: shellhttpd runs in no version"
+
+
+def test_a_kill_between_stopping_the_old_version_and_starting_the_new_one(device, engine) -> None:
+    kill_between_stop_and_start(device, engine)
     resume(device)
     assert "v2" in sample_page()
     assert device.json("status", "--json")["current"]["version"] == 2
@@ -221,10 +231,7 @@ def test_an_event_the_gateway_got_but_the_device_never_heard_back_about_is_recor
 
 
 def test_cancelling_an_update_cut_between_stop_and_start_brings_the_old_version_back(device, engine) -> None:
-    assert device.run("apply", "1").returncode == 0
-    process = start_apply(device, "2")
-    wait_for(lambda: node_state(device, "stop:shellhttpd") == "done", 120, "the old shellhttpd stopped")
-    kill(process)
+    kill_between_stop_and_start(device, engine)
     done = device.run("cancel")
     assert done.returncode == 0, done.stderr
     assert "Restored" in done.stdout
