@@ -64,6 +64,21 @@ class Agent:
         """The gateway, or during an offline update its stand-in, which is never contacted."""
         return NoGateway(self.bundle) if self.bundle else GatewayClient(self.config, running=self._running)
 
+    @cached_property
+    def quick_gateway(self) -> GatewayClient:
+        """The gateway, tried once with no retries: for a look that must not wait out a dead link (is
+        the update in progress still wanted?), so that a device at boot goes on at once offline."""
+        return GatewayClient(self.config, retry_seconds=0, running=self._running)
+
+    def close(self) -> None:
+        """Close the stores this agent opened (the daemon makes a new agent when its config changes),
+        once a delivery under way ended."""
+        if "outbox" in self.__dict__:
+            self.outbox.settle()
+        for name in ("checkpoint", "outbox"):
+            if name in self.__dict__:
+                self.__dict__.pop(name).close()
+
     def _running(self) -> tuple[str, list[str]] | None:
         """The Target and apps the device runs, for fioup's check-in headers."""
         current = current_target(self.config.flow_dir)
@@ -238,7 +253,7 @@ class Agent:
         if not cancellable(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes)):
             return Verdict()
         try:
-            targets = self.refresh_targets(GatewayClient(self.config, retry_seconds=0))
+            targets = self.refresh_targets(self.quick_gateway)
         except (MetadataUpdateError, NoSpaceError) as exc:
             return Verdict(note=f"the Targets could not be checked again ({exc}): going on with the frozen plan")
         return Verdict(cancel=stale_reason(plan, targets, self.config.compose_apps))
@@ -247,10 +262,16 @@ class Agent:
         """Cancel the update in progress for `reason`: reported (the event that closes the phase it
         reached, unsuccessful), then moved to history with the reason. The event id is fixed, so a
         cut between the two sends nothing twice."""
-        event = closing_event(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes))
-        self._report_unsuccessful(plan, self.checkpoint.attempt(plan.plan_id), event, f"cancelled: {reason}",
-                                  "cancelled")
+        self._report_cancelled(plan, self.checkpoint.records(plan.plan_id, plan.graph.nodes), reason)
         self.checkpoint.finish(plan, "cancelled", reason)
+
+    def _report_cancelled(self, plan: Plan, records: dict, reason: str | None = None) -> None:
+        """Report a cancel fioup-flow decided (`reason`, or the one its cancel request gave) with the
+        event that closes the phase the update reached; a person's `cancel` is not reported."""
+        reason = reason or self.checkpoint.cancel_reason(plan.plan_id)
+        if reason is not None:
+            self._report_unsuccessful(plan, self.checkpoint.attempt(plan.plan_id), closing_event(plan, records),
+                                      f"cancelled: {reason}", "cancelled")
 
     # --- planning ---------------------------------------------------------------------------
     def observe(self) -> Observed:
@@ -275,9 +296,14 @@ class Agent:
         return {app.name: loader.load(app) for app in target.apps}
 
     def choose_target(self, version: int | None, force: bool = False) -> Target:
-        """Target `version`, or the latest one, never one marked bad unless `force` (see `badtargets`)."""
+        """Of the Targets refreshed now, Target `version` or the latest one (see `choose`)."""
+        return self.choose(self.refresh_targets(), version, force)
+
+    def choose(self, targets: list[Target], version: int | None = None, force: bool = False) -> Target:
+        """Of `targets`, Target `version` or the latest one, never one marked bad unless `force` (see
+        `badtargets.choose`), narrowed to the apps this device runs."""
         current = current_target(self.config.flow_dir)
-        return badtargets.choose(self.refresh_targets(), version, self.bad_targets, force=force,
+        return badtargets.choose(targets, version, self.bad_targets, force=force,
                                  current=current.name if current else None).narrowed(self.config.compose_apps)
 
     def plan(self, target: Target, report_failure: bool = False) -> Plan | None:
@@ -323,15 +349,17 @@ class Agent:
         if badtargets.is_permanent(error):
             self.bad_targets.mark(target, str(error), correlation_id)
 
-    def restore(self) -> RunResult | None:
+    def restore(self, keep_partials: bool = False) -> RunResult | None:
         """After a cancelled update: drop its partial downloads (no update is in progress to resume
-        them), and bring back every app of the current Target that is not up.
+        them), and bring back every app of the current Target that is not up. `keep_partials` when a
+        newer update is planned next: its space node keeps those it fetches and drops the others.
 
         Works offline: the current Target's blobs are still in the store (only a completed update
         prunes), so the plan walks the apps from the store and its fetch nodes are all in place.
         Returns None when everything already runs.
         """
-        self.store.discard_partials()
+        if not keep_partials:
+            self.store.discard_partials()
         current = current_target(self.config.flow_dir)
         observed = self.observe()
         if current is None or all(observed.apps_up.values()):
@@ -341,9 +369,10 @@ class Agent:
         return self.run(self._compile(observed, current, trees))
 
     # --- running --------------------------------------------------------------------------
-    def run(self, plan: Plan | None = None) -> RunResult:
+    def run(self, plan: Plan | None = None, until: set[str] | None = None) -> RunResult:
         """Freeze and run `plan`, or resume the plan in progress (plan None), reporting the apps'
-        states before and after, as fioup does around every run, a failed one too.
+        states before and after, as fioup does around every run, a failed one too. With `until`,
+        only those nodes and what they need run (see `Executor.run`); a rollback always runs whole.
 
         An update that fails for a reason of its Target's own is handed over (`rollback`): its
         Target is marked bad and its rollback, if it needs one, runs at once; the result is then
@@ -356,8 +385,9 @@ class Agent:
                 self.report_state()
                 return plan
         while True:
-            result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event,
-                              halt_on=badtargets.is_permanent).run(plan)
+            scope = None if rollback.is_rollback(plan) else until
+            result = Executor(self.checkpoint, self.tasks(), on_event=self.on_event, halt_on=badtargets.is_permanent,
+                              on_cancelled=self._report_cancelled).run(plan, scope)
             follow = self._hand_over(plan, self._attempt_failed(plan, result)) if result.outcome == "failed" else None
             if not isinstance(follow, Plan):
                 break

@@ -278,19 +278,28 @@ class CheckpointStore:
 
     # -- cancel --------------------------------------------------------------------------------
 
-    def request_cancel(self, plan_id: str) -> None:
+    def request_cancel(self, plan_id: str, reason: str | None = None) -> None:
+        """Ask the runner of `plan_id` to cancel it; `reason`, for a cancel fioup-flow decides itself,
+        goes to the history entry and the report."""
         with self._guard():
-            self.cache.set(f"cancel:{plan_id}", True)
+            self.cache.set(f"cancel:{plan_id}", reason or True)
 
     def cancel_requested(self, plan_id: str) -> bool:
         with self._guard():
             return bool(self.cache.get(f"cancel:{plan_id}", False))
 
+    def cancel_reason(self, plan_id: str) -> str | None:
+        """Why fioup-flow asked to cancel `plan_id`; None for a person's cancel, or none asked."""
+        with self._guard():
+            flag = self.cache.get(f"cancel:{plan_id}")
+        return flag if isinstance(flag, str) else None
+
     # -- finishing and history -----------------------------------------------------------------
 
     def finish(self, plan: Plan, outcome: str, reason: str | None = None) -> dict[str, Any]:
         """Move `plan` from in-progress to history with `outcome` (completed, cancelled) and, for a
-        cancel fioup-flow decided itself, its `reason`; one transaction."""
+        cancel fioup-flow decided itself, its `reason` (by default the one its cancel request gave);
+        one transaction."""
         return self.hand_over(plan, outcome, reason)
 
     def hand_over(self, plan: Plan, outcome: str, reason: str | None = None, bad: dict[str, Any] | None = None,
@@ -299,6 +308,7 @@ class CheckpointStore:
         `fioup_flow.badtargets`) and freeze `then` as the plan in progress: a power cut leaves
         either the failed update in progress, or its history entry, its Target bad and the plan
         that follows it frozen, never a part of these."""
+        reason = reason or self.cancel_reason(plan.plan_id)
         records = self.records(plan.plan_id, plan.graph.nodes)
         attempt = self.attempt(plan.plan_id)
         counts = {state: 0 for state in STATES}
@@ -325,6 +335,29 @@ class CheckpointStore:
             if then is not None:
                 self._put_plan(then.plan_id, then.to_json())
         return entry
+
+    # -- failed attempts per Target (the daemon's count, across plans) ---------------------------
+
+    def failed_attempts(self, target: str) -> dict[str, float]:
+        """The failed attempts at updates to Target `target` since the count was last cleared, each
+        correlation id with when it was counted: every plan to that Target counts, a plan cancelled
+        and made again too."""
+        with self._guard():
+            return json.loads(self.cache.get(f"target_failed:{target}", "{}"))
+
+    def note_failed_attempt(self, target: str, correlation_id: str, at: float) -> dict[str, float]:
+        """Count the failed attempt `correlation_id` at `target`, once however often it is noted
+        (a crash between a failure and its count is made good by noting it again)."""
+        with self._guard(), self.cache.transact():
+            failed = self.failed_attempts(target)
+            if correlation_id not in failed:
+                failed[correlation_id] = at
+                self.cache.set(f"target_failed:{target}", dumps(failed))
+        return failed
+
+    def clear_failed_attempts(self, target: str) -> None:
+        with self._guard():
+            self.cache.delete(f"target_failed:{target}")
 
     def history(self, limit: int = HISTORY_LIMIT) -> list[dict[str, Any]]:
         """Past updates, newest first."""

@@ -18,10 +18,13 @@ from typing import Any, Mapping
 
 from fioup_flow.errors import NotConfiguredError, UsageError
 from fioup_flow.throttle import parse_rate
+from fioup_flow.window import InstallWindows
 
 DEFAULT_CFG_DIRS: tuple[str, ...] = ("/usr/lib/sota/conf.d", "/var/sota/sota.toml", "/etc/sota/conf.d/")
 CFG_DIRS_ENV = ("FIOUP_FLOW_CFG_DIRS", "FIOUP_CFG_DIRS")
 DEFAULT_STORAGE_PATH = "/var/sota"
+DEFAULT_POLLING_SECONDS = 300  # fioup's and aktualizr-lite's default
+DEFAULT_MAX_ATTEMPTS = 3  # fioup's daemon: api.WithMaxAttempts(3)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Where a LmP image ships the factory's roots (aktualizr-lite's default for the key below).
 DEFAULT_TUF_ROOTS_PATH = "/usr/lib/sota/tuf"
@@ -68,10 +71,11 @@ def no_config_message(cfg_dirs: tuple[str, ...]) -> str:
             f"its sota.toml with -c or ${CFG_DIRS_ENV[0]}")
 
 
-def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
-    """Merge the files key by key: the first file (in the given order) that sets a key wins."""
+def merge_toml(files: list[Path], origins: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Merge the files key by key: the first file (in the given order) that sets a key wins; `origins`,
+    if given, gets which file (its index) set each "section.key"."""
     merged: dict[str, dict[str, Any]] = {}
-    for path in files:
+    for index, path in enumerate(files):
         try:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -81,6 +85,8 @@ def merge_toml(files: list[Path]) -> dict[str, dict[str, Any]]:
                 continue
             target = merged.setdefault(section, {})
             for key, value in values.items():
+                if key not in target and origins is not None:
+                    origins[f"{section}.{key}"] = index
                 target.setdefault(key, value)
     return merged
 
@@ -91,6 +97,7 @@ class Config:
 
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    origins: dict[str, int] = field(default_factory=dict)  # "section.key" -> index in `files` of the file that set it
 
     @classmethod
     def load(cls, cfg_dirs: tuple[str, ...] | None = None) -> "Config":
@@ -103,10 +110,17 @@ class Config:
         files = find_toml_files(cfg_dirs)
         if not files:
             raise NotConfiguredError(no_config_message(cfg_dirs))
-        return cls(values=merge_toml(files), files=tuple(files))
+        origins: dict[str, int] = {}
+        return cls(values=merge_toml(files, origins), files=tuple(files), origins=origins)
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
         return self.values.get(section, {}).get(key, default)
+
+    def _winning(self, section: str, *names: str) -> str:
+        """Of `names`, names of one setting (other updaters' keys), the one set by the file that comes
+        first, as for any key (the first name on a tie, and when none is set)."""
+        set_ = [n for n in names if f"{section}.{n}" in self.origins]
+        return min(set_, key=lambda n: (self.origins[f"{section}.{n}"], names.index(n))) if set_ else names[0]
 
     def _path(self, section: str, key: str, default: str) -> Path:
         """A path key; a relative value is taken relative to `storage.path`."""
@@ -162,17 +176,46 @@ class Config:
     def compose_apps_root(self) -> Path:
         return self._path("pacman", "compose_apps_root", str(self.storage_path / "compose-apps"))
 
+    def _whole_number(self, section: str, key: str, default: int, low: int, high: int | None = None) -> int:
+        """An integer key (a TOML integer or a string of digits, as fioup's string-typed config
+        holds them) within [low, high]; anything else is a UsageError (exit 2) naming the key."""
+        raw = self.get(section, key, default)
+        try:
+            if isinstance(raw, (bool, float)):
+                raise ValueError(raw)
+            value = int(raw)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{section}.{key} must be a whole number, not {raw!r}") from exc
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise UsageError(f"{section}.{key} must be {bounds}, not {value}")
+        return value
+
     @property
     def storage_watermark(self) -> int:
         """Percentage of the store's filesystem that apps may fill (20 to 99, default 95)."""
-        raw = self.get("pacman", "storage_watermark", 95)
-        try:
-            value = int(raw)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"pacman.storage_watermark must be a whole number, not {raw!r}") from exc
-        if not 20 <= value <= 99:
-            raise UsageError(f"pacman.storage_watermark must be between 20 and 99, not {value}")
-        return value
+        return self._whole_number("pacman", "storage_watermark", 95, 20, 99)
+
+    @property
+    def polling_seconds(self) -> int:
+        """The daemon's interval between checks: `uptane.polling_seconds` (fioup's key) or
+        `uptane.polling_sec` (aktualizr-lite's), whichever the winning file sets (fioup's in the same
+        file), default 300. fioup takes an invalid value for 300 without a word; here it is an error
+        (exit 2): a typo must not pass for the default."""
+        key = self._winning("uptane", "polling_seconds", "polling_sec")
+        return self._whole_number("uptane", key, DEFAULT_POLLING_SECONDS, 1)
+
+    @property
+    def max_attempts(self) -> int:
+        """`pacman.max_attempts`: how many failed attempts at a Target the daemon makes before it
+        gives the update up and syncs back to the current Target (default 3, fioup's daemon's)."""
+        return self._whole_number("pacman", "max_attempts", DEFAULT_MAX_ATTEMPTS, 1)
+
+    @property
+    def install_window(self) -> InstallWindows | None:
+        """`pacman.install_window` ("02:00-04:00", see `window`); None when unset or blank: always."""
+        raw = str(self.get("pacman", "install_window", "")).strip()
+        return InstallWindows.parse(raw) if raw else None
 
     @property
     def health_window(self) -> float:

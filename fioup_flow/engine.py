@@ -22,7 +22,9 @@ Guarantees (documented in the README):
   signal kills the process at once: running nodes are abandoned and re-checked on resume.
 - Cancel (a flag in the store, set by `fioup-flow cancel`) is seen within `poll_s`: nothing new
   starts, running nodes are asked to stop as for a signal, and the plan moves to history as
-  cancelled.
+  cancelled (`on_cancelled` sees it, with its node records, just before).
+- `run(until=...)` runs only the given nodes and what they depend on, and leaves the rest
+  pending: the run ends "paused" with the plan still in progress, and a later run goes on.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class NodeEvent:
 
 @dataclass
 class RunResult:
-    """How a run ended: completed, failed, interrupted (signal) or cancelled."""
+    """How a run ended: completed, paused (every node it was asked to run is done, the others wait),
+    failed, interrupted (signal) or cancelled."""
 
     plan_id: str
     outcome: str
@@ -94,8 +97,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        """0 completed; failed: the first failed node's code (`exit_code_of`); 128+signal; cancelled 1."""
-        if self.outcome == "completed":
+        """0 completed or paused; failed: the first failed node's code (`exit_code_of`); 128+signal;
+        cancelled 1."""
+        if self.outcome in ("completed", "paused"):
             return 0
         if self.outcome == "interrupted":
             return 128 + (self.signal or signal.SIGTERM)
@@ -106,6 +110,7 @@ class RunResult:
 
 
 EventHook = Callable[[NodeEvent], None]
+CancelHook = Callable[[Plan, dict[str, NodeRecord]], None]
 
 
 class RunObserver(Protocol):
@@ -153,7 +158,10 @@ class Executor:
 
     def __init__(self, store: CheckpointStore, tasks: dict[str, Task], limits: dict[str, int] | None = None,
                  retry: RetryPolicy = RetryPolicy(), on_event: EventHook | None = None, poll_s: float = 0.2,
-                 handle_signals: bool = True, halt_on: Callable[[BaseException], bool] | None = None):
+                 handle_signals: bool = True, halt_on: Callable[[BaseException], bool] | None = None,
+                 on_cancelled: CancelHook | None = None):
+        """`on_cancelled(plan, records)` runs when a run ends cancelled, before the plan moves to history
+        (where its node records go): the caller's last look at how far it got."""
         self.store = store
         self.tasks = tasks
         self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
@@ -162,6 +170,7 @@ class Executor:
         self.poll_s = poll_s
         self.handle_signals = handle_signals
         self.halt_on = halt_on
+        self.on_cancelled = on_cancelled
         self._stopping = threading.Event()
         self._signal: int | None = None
         self._cancelled = False
@@ -188,8 +197,11 @@ class Executor:
 
     # -- running a plan ------------------------------------------------------------------------
 
-    def run(self, plan: Plan | None = None) -> RunResult:
-        """Freeze `plan` (if new) and run it; with no plan, resume the frozen plan in progress."""
+    def run(self, plan: Plan | None = None, until: set[str] | None = None) -> RunResult:
+        """Freeze `plan` (if new) and run it; with no plan, resume the frozen plan in progress.
+
+        With `until`, only those nodes and their ancestors run; if they all end done, the run is
+        "paused" and the plan stays in progress for a later run to go on with."""
         resuming = plan is None
         if resuming:
             plan = self.store.current_plan()
@@ -198,6 +210,7 @@ class Executor:
         missing = sorted({n.kind for n in plan.nodes()} - set(self.tasks))
         if missing:  # refused before freezing: a plan nobody can run must not block the device
             raise PlanError(f"plan {plan.plan_id}: no task implements kind(s) {', '.join(missing)}")
+        scope = self._scope(plan, until)
         if not resuming:
             plan = self.store.freeze(plan)
         self._stopping.clear()
@@ -208,14 +221,26 @@ class Executor:
             _tell(lambda observer: observer.plan_started(plan, records))
         previous = self._install_signals()
         try:
-            result = self._schedule(plan)
+            result = self._schedule(plan, scope)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if result.outcome == "cancelled" and self.on_cancelled:
+            self.on_cancelled(plan, self.store.records(plan.plan_id, plan.graph.nodes))
         if result.outcome in ("completed", "cancelled"):
             self.store.finish(plan, result.outcome)
         _tell(lambda observer: observer.plan_ended(plan, result))
         return result
+
+    @staticmethod
+    def _scope(plan: Plan, until: set[str] | None) -> set[str]:
+        """The nodes this run may run: all, or those of `until` and everything before them."""
+        if until is None:
+            return set(plan.graph.nodes)
+        unknown = sorted(set(until) - set(plan.graph.nodes))
+        if unknown:
+            raise PlanError(f"plan {plan.plan_id}: no node(s) {', '.join(unknown)} to run until")
+        return set().union(*(plan.ancestors(node_id) | {node_id} for node_id in until))
 
     def _settled_nodes(self, plan: Plan) -> set[str]:
         """Each point of no return recorded done, with every node before it: what is history."""
@@ -225,9 +250,10 @@ class Executor:
                 settled |= plan.ancestors(node.id) | {node.id}
         return settled
 
-    def _schedule(self, plan: Plan) -> RunResult:
-        result = RunResult(plan.plan_id, "completed")
-        order = {node_id: i for i, node_id in enumerate(plan.order())}
+    def _schedule(self, plan: Plan, scope: set[str]) -> RunResult:
+        """Run the nodes of `scope` (closed under ancestors, so a node's dependencies are all in it)."""
+        result = RunResult(plan.plan_id, "completed" if len(scope) == len(plan) else "paused")
+        order = {node_id: i for i, node_id in enumerate(n for n in plan.order() if n in scope)}
         waiting = {node_id: plan.graph.in_degree(node_id) for node_id in order}
         ready = [(i, node_id) for node_id, i in order.items() if waiting[node_id] == 0]
         heapq.heapify(ready)
@@ -260,7 +286,7 @@ class Executor:
                             self.stop()
                     elif outcome == "done":
                         done += 1
-                        for child in plan.dependents(node.id):
+                        for child in (c for c in plan.dependents(node.id) if c in order):
                             waiting[child] -= 1
                             if waiting[child] == 0:
                                 heapq.heappush(ready, (order[child], child))

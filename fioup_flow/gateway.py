@@ -107,6 +107,12 @@ class GatewayClient:
             budget = retry_budget_seconds() if self.retry_seconds is None else self.retry_seconds
             self._next_try = time.monotonic() + budget
 
+    def try_again(self) -> None:
+        """Let the next request reach out at once (a single try, if the gateway was found out of reach):
+        between cycles the daemon's backoff, not this memory, says when to look again."""
+        with self._reach:
+            self._next_try = 0.0
+
     def url(self, path: str) -> str:
         return path if path.startswith("https://") else f"{self.base_url}/{path.lstrip('/')}"
 

@@ -4,6 +4,9 @@ The plan is frozen into the checkpoint store before the first side effect, and a
 executes exactly the frozen plan. Freezing must therefore be deterministic (sorted keys, sorted
 nodes and edges), so that the same plan always has the same bytes and a restart can prove it
 runs what was planned.
+
+networkx is imported when the first plan is made, not with this module: its import alone is
+about 13 MB of a device's memory, and a daemon with nothing to do never makes a plan.
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import networkx as nx
 
 from fioup_flow.errors import FioupFlowError
 from fioup_flow.task import RESOURCES, Node
+
+if TYPE_CHECKING:
+    import networkx
+
+
+def _nx():  # noqa: ANN202 - the networkx module, imported on first use (see the module's docstring)
+    import networkx  # noqa: PLC0415
+
+    return networkx
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -45,7 +56,7 @@ class Plan:
     def __init__(self, plan_id: str | None = None, meta: dict[str, Any] | None = None):
         self.plan_id = plan_id or new_plan_id()
         self.meta: dict[str, Any] = dict(meta or {})
-        self.graph = nx.DiGraph()
+        self.graph: networkx.DiGraph = _nx().DiGraph()
 
     def add(self, node: Node, after: Iterable[str] = ()) -> Node:
         """Add `node`, to run after the nodes named in `after` (they may be added later)."""
@@ -63,9 +74,9 @@ class Plan:
             if "node" not in data:
                 users = sorted(self.graph.successors(node_id))
                 raise PlanError(f"plan {self.plan_id}: {', '.join(users)} depend(s) on unknown node {node_id!r}")
-        if nx.is_directed_acyclic_graph(self.graph):  # fast; find_cycle only to name the culprit
+        if _nx().is_directed_acyclic_graph(self.graph):  # fast; find_cycle only to name the culprit
             return
-        cycle = nx.find_cycle(self.graph)
+        cycle = _nx().find_cycle(self.graph)
         raise PlanError(f"plan {self.plan_id}: cycle {' -> '.join([u for u, _ in cycle] + [cycle[0][0]])}")
 
     def node(self, node_id: str) -> Node:
@@ -79,7 +90,7 @@ class Plan:
 
     def order(self) -> list[str]:
         """Node ids in a deterministic topological order (ties broken by id)."""
-        return list(nx.lexicographical_topological_sort(self.graph))
+        return list(_nx().lexicographical_topological_sort(self.graph))
 
     def nodes(self) -> Iterator[Node]:
         for node_id in self.order():
@@ -93,7 +104,7 @@ class Plan:
 
     def ancestors(self, node_id: str) -> set[str]:
         """Every node that runs before `node_id`, directly or not."""
-        return nx.ancestors(self.graph, node_id)
+        return _nx().ancestors(self.graph, node_id)
 
     def edges(self) -> list[tuple[str, str]]:
         return sorted(self.graph.edges())

@@ -30,14 +30,21 @@ class Verdict:
     note: str | None = None
 
 
+def to_another_target(plan: Plan) -> bool:
+    """Whether `plan` takes the device to another Target: not a sync or a restore of the Target it
+    runs (that brings back what is installed, even if the factory dropped that Target), nor a
+    rollback (that brings back what the device ran, whatever the factory lists now). Only such an
+    update may be cancelled for the Targets, held for an install window, given up after failed
+    attempts, or rolled back."""
+    return plan.meta.get("target") != plan.meta.get("from_target") and plan.meta.get("kind") != "rollback"
+
+
 def cancellable(plan: Plan, records: dict[str, NodeRecord]) -> bool:
-    """Whether the Targets are worth checking again for this update: it goes to another Target (a
-    sync or a restore of the Target the device runs brings back what is installed, even if the
-    factory dropped that Target), and it changed nothing that runs yet: no stop or start node was
-    ever tried (the node records say). Once one was, the update is finished without a look, which
-    also keeps a boot after a cut between stop and start as quick as it can be. A rollback is never
-    cancelled: it brings back what the device ran, whatever the factory lists now."""
-    if plan.meta.get("target") == plan.meta.get("from_target") or plan.meta.get("kind") == "rollback":
+    """Whether the Targets are worth checking again for this update: it goes to another Target
+    (`to_another_target`), and it changed nothing that runs yet: no stop or start node was ever
+    tried (the node records say). Once one was, the update is finished without a look, which also
+    keeps a boot after a cut between stop and start as quick as it can be."""
+    if not to_another_target(plan):
         return False
     return all(records[node.id].state == "pending" and records[node.id].attempts == 0
                for node in plan.nodes() if node.kind in CHANGES_WHAT_RUNS)
@@ -57,9 +64,33 @@ def stale_reason(plan: Plan, targets: list[Target], compose_apps: tuple[str, ...
     return None
 
 
+def superseded_by(plan: Plan, latest: Target | None) -> str | None:
+    """Why `latest`, the newest Target the device may run, replaces the plan's, or None: it is
+    newer (fioup's daemon: "can't resume current update, there is a newer version available")."""
+    if latest is None or latest.version <= plan.meta["version"] or latest.name == plan.meta["target"]:
+        return None
+    return f"superseded by {latest.name} (version {latest.version})"
+
+
+def download_end(plan: Plan) -> str:
+    """The node that ends the download phase, `report:EcuDownloadCompleted`: `fetch`, and the daemon
+    outside its install window, run up to it (everything it needs is in the store then)."""
+    return next(node.id for node in plan.nodes()
+                if node.kind == report.EVENT_KIND and node.params.get("event") == "EcuDownloadCompleted")
+
+
+def downloaded(plan: Plan, records: dict[str, NodeRecord]) -> bool:
+    return records[download_end(plan)].state == "done"
+
+
+def installing(plan: Plan, records: dict[str, NodeRecord]) -> bool:
+    """Whether a node past the download phase was ever tried (an image load, a stop, a report):
+    once the install began, it is finished, window or not."""
+    download = plan.ancestors(download_end(plan)) | {download_end(plan)}
+    return any(records[n].state != "pending" or records[n].attempts for n in plan.graph.nodes if n not in download)
+
+
 def closing_event(plan: Plan, records: dict[str, NodeRecord]) -> str:
     """The event that tells the gateway an update ended unsuccessfully in the phase it reached, as fioup
     ends each phase: EcuDownloadCompleted while downloading, EcuInstallationCompleted after."""
-    downloaded = any(node.params.get("event") == "EcuDownloadCompleted" and records[node.id].state == "done"
-                     for node in plan.nodes() if node.kind == report.EVENT_KIND)
-    return "EcuInstallationCompleted" if downloaded else "EcuDownloadCompleted"
+    return "EcuInstallationCompleted" if downloaded(plan, records) else "EcuDownloadCompleted"

@@ -42,6 +42,7 @@ from fioup_flow.composeapp import AppTree
 from fioup_flow.errors import FioupFlowError, RollbackFailedError, RolledBackError
 from fioup_flow.events import DETAILS_MAX
 from fioup_flow.graph import Plan
+from fioup_flow.ongoing import to_another_target
 from fioup_flow.planner import Observed, compile_update
 from fioup_flow.targets import App, Target
 from tasks import appstate, install, start, stop
@@ -94,7 +95,7 @@ class Rollbacks:
         None when the update stays in progress (a transient failure, a sync, a rollback)."""
         failure = attempt.failed or {}
         previous = self.current()
-        if (not failure.get("permanent") or is_rollback(plan) or plan.meta.get("target") == plan.meta.get("from_target")
+        if (not failure.get("permanent") or not to_another_target(plan)
                 or (previous is not None and previous.name == plan.meta.get("target"))):  # committed: too late
             return None
         target, reason = failed_target(plan), failure["error"]

@@ -58,6 +58,12 @@ def test_defaults_drop_in(folder: Path) -> Path:
     return health_window_drop_in(folder, TEST_HEALTH_WINDOW_S, "00-test-defaults.toml")
 
 
+def running_images(engine) -> dict[str, str]:
+    """project/service -> image ID, of every running container: what runs, in the engine's words."""
+    return {f"{c.labels['com.docker.compose.project']}/{c.labels['com.docker.compose.service']}": c.attrs["Image"]
+            for c in engine.containers.list()}
+
+
 def sample_page() -> str:
     """What the sample shellhttpd app serves right now."""
     return requests.get(f"http://127.0.0.1:{SHELLHTTPD_PORT}/", timeout=5).text
@@ -166,6 +172,17 @@ def clean_engine(engine) -> None:
     engine.volumes.prune()
     for image in engine.images.list():
         engine.images.remove(image.id, force=True)
+
+
+def largest_partial(device: Device) -> int:
+    """The bytes the largest partial download of `device` holds now (0 with none)."""
+    sizes = []
+    for partial in (device.sota_dir / "reset-apps" / "ingest").glob("*/data"):
+        try:
+            sizes.append(partial.stat().st_size)
+        except FileNotFoundError:  # committed meanwhile
+            pass
+    return max(sizes, default=0)
 
 
 _BLOB_GET = re.compile(r'http.request.method=GET .*http.request.uri="/v2/[^"]+/blobs/(sha256:[0-9a-f]{64})".*'

@@ -69,9 +69,9 @@ def main(ctx: click.Context, verbose: bool, cfg_dirs: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from fioup_flow.cli import apply, device, update
+    from fioup_flow.cli import apply, daemon, device, update
 
-    for module in (device, apply, update):
+    for module in (device, apply, update, daemon):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,4 +1,5 @@
-"""Commands that change what runs: apply (check, plan, freeze, run) and resume (at boot)."""
+"""Commands that change what runs: apply (check, plan, freeze, run), fetch (the same, up to the end
+of the download) and resume (at boot)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, Invalid
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
 from fioup_flow.offline import OfflineBundle
+from fioup_flow.ongoing import download_end
 from fioup_flow.planner import fetched_blobs
 
 
@@ -29,6 +31,10 @@ def finish(agent: Agent, result: RunResult) -> None:
         if rolled_back := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=False):
             raise rolled_back
         click.echo(f"Update {result.plan_id} completed")
+        return
+    if result.outcome == "paused":
+        click.echo(f"Update {result.plan_id}: everything it needs is downloaded and verified; "
+                   "`fioup-flow apply` installs it")
         return
     if result.outcome == "failed":
         if rollback_failed := rollback.outcome_error(agent.checkpoint, result.plan_id, failed=True):
@@ -47,11 +53,12 @@ def finish(agent: Agent, result: RunResult) -> None:
     raise SystemExit(result.exit_code)
 
 
-def run_plan(agent: Agent, plan: Plan | None) -> None:
-    finish(agent, agent.run(plan))
+def run_plan(agent: Agent, plan: Plan | None, fetch_only: bool = False) -> None:
+    """Run `plan` (or the plan in progress), to its end or, `fetch_only`, to the end of its download."""
+    finish(agent, agent.run(plan, {download_end(plan or agent.checkpoint.current_plan())} if fetch_only else None))
 
 
-def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
+def continue_update(agent: Agent, ongoing: Plan, verb: str, fetch_only: bool = False) -> None:
     """Go on with the update in progress, unless the Targets verified now withdrew or changed its
     Target before it changed what runs: then it is cancelled, the current apps restored, exit 23."""
     agent.follow(ongoing)
@@ -66,7 +73,7 @@ def continue_update(agent: Agent, ongoing: Plan, verb: str) -> None:
             f"update {ongoing.plan_id} to {ongoing.meta['target']} is cancelled: {verdict.cancel}. "
             "`fioup-flow apply` updates to a Target the factory lists now")
     click.echo(f"{verb} update {ongoing.plan_id} to {ongoing.meta['target']}", err=True)
-    run_plan(agent, None)
+    run_plan(agent, None, fetch_only)
 
 
 def describe_plan(agent: Agent, plan: Plan) -> dict:
@@ -78,19 +85,42 @@ def describe_plan(agent: Agent, plan: Plan) -> dict:
             "bytes_to_download": sum(size - agent.store.partial_size(d) for d, size in missing.items())}
 
 
+src_dir_option = click.option(
+    "--src-dir", type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
+    help="Update from this offline bundle (tuf/ and apps/, as `fioctl targets offline-update` writes it) "
+         "instead of the gateway and registries.")
+
+
 @click.command("apply")
 @progress_option
 @click.argument("version", type=int, required=False)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the bytes to download; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the summary as JSON.")
 @click.option("--force", is_flag=True, help="Update to Target VERSION even if it failed here before (marked bad).")
-@click.option("--src-dir", type=click.Path(exists=True, file_okay=False, resolve_path=True, path_type=Path),
-              help="Update from this offline bundle (tuf/ and apps/, as `fioctl targets offline-update` "
-                   "writes it) instead of the gateway and registries.")
+@src_dir_option
 @click.pass_obj
 def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force: bool, src_dir: Path | None) -> None:
     """Update to Target VERSION (default: the latest that is not marked bad), or go on with the update
     in progress."""
+    update(obj, version, dry_run=dry_run, as_json=as_json, force=force, src_dir=src_dir)
+
+
+@click.command("fetch")
+@progress_option
+@click.argument("version", type=int, required=False)
+@click.option("--force", is_flag=True, help="Fetch Target VERSION even if it failed here before (marked bad).")
+@src_dir_option
+@click.pass_obj
+def fetch_command(obj, version: int | None, force: bool, src_dir: Path | None) -> None:
+    """Download and verify all that the update to VERSION (default: the latest that is not marked bad)
+    needs, touching no running app; the update stays in progress and a later `apply` (or `resume`)
+    installs it."""
+    update(obj, version, fetch_only=True, force=force, src_dir=src_dir)
+
+
+def update(obj, version: int | None, fetch_only: bool = False, dry_run: bool = False, as_json: bool = False,
+           force: bool = False, src_dir: Path | None = None) -> None:
+    """apply and fetch: go on with the update in progress, or check, plan, freeze and run a new one."""
     config = obj.config
     with InstanceLock(config.flow_dir / LOCK_NAME):
         agent = Agent(config, bundle=OfflineBundle(src_dir) if src_dir else None)
@@ -101,7 +131,7 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force:
                 raise InvalidStateError(
                     f"update {ongoing.plan_id} to version {ongoing.meta.get('version')} is in progress; "
                     "resume it (fioup-flow resume) or cancel it (fioup-flow cancel) first")
-            continue_update(agent, ongoing, "Continuing")
+            continue_update(agent, ongoing, "Continuing", fetch_only)
             return
         if force and version is None:
             raise UsageError("--force needs a VERSION: it tries a Target marked bad again by hand")
@@ -127,8 +157,9 @@ def apply_command(obj, version: int | None, dry_run: bool, as_json: bool, force:
                            f"{human_bytes(summary['bytes_to_download'])}")
             agent.flush_outbox()
             return
-        click.echo(f"Updating to {target.name} (version {target.version}): {len(plan)} nodes", err=True)
-        run_plan(agent, plan)
+        verb = "Fetching the update" if fetch_only else "Updating"
+        click.echo(f"{verb} to {target.name} (version {target.version}): {len(plan)} nodes", err=True)
+        run_plan(agent, plan, fetch_only)
 
 
 @click.command("resume")
@@ -155,4 +186,4 @@ def resume_command(obj) -> None:
         continue_update(agent, ongoing, "Resuming")
 
 
-COMMANDS: list[click.Command] = [apply_command, resume_command]
+COMMANDS: list[click.Command] = [apply_command, fetch_command, resume_command]

@@ -9,6 +9,7 @@ the cancel flag, which the runner sees within a fraction of a second (it stops a
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import click
@@ -23,6 +24,7 @@ from fioup_flow.errors import FioupFlowError, LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
 from fioup_flow.lock import LOCK_NAME, InstanceLock
+from fioup_flow.ongoing import installing, to_another_target
 from fioup_flow.outbox import Outbox, outbox_path
 from fioup_flow.render import (
     FORMATS,
@@ -110,7 +112,16 @@ def restore(agent: Agent) -> None:
         agent.flush_outbox()
 
 
-def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
+def _install_due(config, plan: Plan, records: dict) -> str | None:
+    """When the daemon installs the update in progress: when `pacman.install_window` next opens, for
+    an update to another Target whose install has not begun (None otherwise: it goes on at once)."""
+    window = config.install_window
+    if window is None or not to_another_target(plan) or installing(plan, records):
+        return None
+    return window.next_opening(datetime.now().astimezone()).isoformat(timespec="minutes")
+
+
+def _status(config, store: CheckpointStore | None, history: int) -> dict[str, Any]:
     plan, records = _in_progress(store)
     current = None
     if plan is not None:
@@ -122,6 +133,7 @@ def _status(store: CheckpointStore | None, history: int) -> dict[str, Any]:
             "counts": {state: sum(1 for r in table if r["state"] == state) for state in STATES},
             "failed": [{"id": r["id"], "error": r["error"], "exit_code": records[r["id"]].exit_code}
                        for r in table if r["state"] == "failed"],
+            "install_due": _install_due(config, plan, records),
         }
     return {"in_progress": current, "history": store.history(history) if store else [],
             "bad_targets": [bad.as_json() for bad in BadTargets(store).all()] if store else []}
@@ -176,7 +188,7 @@ def status(ctx: click.Context, as_json: bool, history: int, watch: bool) -> None
         progress.watch(ctx.obj.config, as_json)
         return
     try:
-        data = dict(_device(ctx.obj.config), **_status(_open_store(ctx), history),
+        data = dict(_device(ctx.obj.config), **_status(ctx.obj.config, _open_store(ctx), history),
                     reports=_reports(ctx.obj.config.flow_dir))
     except FioupFlowError as exc:
         if as_json:  # a script reads stdout: the error goes there too, and the exit code says which
@@ -196,6 +208,9 @@ def status(ctx: click.Context, as_json: bool, history: int, watch: bool) -> None
         if current["reason"]:
             click.echo(f"  because: {current['reason']}")
         click.echo("  " + ", ".join(f"{state} {n}" for state, n in current["counts"].items() if n))
+        if current["install_due"]:
+            click.echo(f"  install due {current['install_due'].replace('T', ' ')} "
+                       f"(pacman.install_window {ctx.obj.config.install_window.text}); the daemon installs it then")
         if current["cancel_requested"]:
             click.echo("  cancel requested: the runner stops its running nodes at their next stop point")
         for failed in current["failed"]:

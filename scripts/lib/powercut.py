@@ -386,15 +386,10 @@ class Lab:
             self.engine = self.power.client()
 
     def restart_engine(self) -> None:
-        """A clean stop and start of the engine: what the device's next power-on gives (with the
-        operator's fix, should the engine not start on the network database a cut left)."""
+        """A clean stop and start of the engine: what the device's next power-on gives."""
         if self.power:
             self.power.stop()
-            try:
-                self.boot_engine()
-            except EngineDidNotStart:
-                self.power.forget_networks()
-                self.boot_engine()
+            self.boot_engine()
 
     def drop_in(self) -> dict:
         """The device's own settings: a rate limit, so that a cut lands mid-download; when the
@@ -492,7 +487,7 @@ class Cut:
     running_after: float = 0.0  # seconds from boot until every app of the target ran
     engine_restarts: list[float] = field(default_factory=list)  # fioup-flow's restarts of the engine to
     # free a port it leaked: each from the engine's refusal to start until it answered again
-    networks_moved: bool = False  # the engine would not start until its network database was moved aside
+    networks_moved: bool = False  # the engine started only once the drop-in's script moved its network database aside
 
     @property
     def converged(self) -> bool:
@@ -695,15 +690,16 @@ def measure_at_cut(lab: Lab, device: Device, cut: Cut, gets_at_start: int, event
 
 
 def boot_engine(lab: Lab, cut: Cut) -> None:
-    """The engine comes back with the power (and restarts what its restart policies say); one that
-    will not start on the network database the cut left gets it moved aside, as an operator would."""
+    """The engine comes back with the power (and restarts what its restart policies say); a panic on
+    the network database the cut left is recovered as fioup-flow's docker drop-in does (see
+    private_engine); anything else needs a person: the run cannot go on."""
+    recoveries = lab.power.recoveries if lab.power else 0
     try:
         lab.boot_engine()
     except EngineDidNotStart as exc:
         cut.failures["engine"] = f"the Docker engine did not start after the cut: {lab.power.last_words() or exc}"
-        cut.networks_moved = True
-        lab.power.forget_networks()
-        lab.boot_engine()
+        raise
+    cut.networks_moved = bool(lab.power) and lab.power.recoveries > recoveries
 
 
 def check_stopped(cut: Cut, baseline: Baseline) -> None:
@@ -843,7 +839,7 @@ def cut_line(index: int, count: int, cut: Cut) -> str:
     if cut.engine_restarts:
         line += f", engine restarted to free a leaked port ({', '.join(f'{w:.1f} s' for w in cut.engine_restarts)})"
     if cut.networks_moved:
-        line += ", engine's network database moved aside"
+        line += ", engine's network database moved aside (the docker drop-in's script)"
     if cut.late:
         line += f", {cut.late} of {cut.frozen} processes frozen a moment late (containers runc was starting)"
     if cut.stuck:
@@ -882,8 +878,8 @@ def summary(cuts: list[Cut]) -> list[str]:
         (f"converged by themselves {sum(c.converged for c in alone)}/{len(alone)}; with fioup-flow restarting the "
          f"engine to free a leaked port {sum(c.converged for c in restarted)}/{len(restarted)} (refusal to engine "
          f"back: max {max((w for c in restarted for w in c.engine_restarts), default=0.0):.1f} s); with the "
-         f"engine's network database moved aside by the operator (failed, `engine`) "
-         f"{sum(not set(c.failures) - {'engine'} for c in moved)}/{len(moved)} then converged"),
+         f"engine's network database moved aside by the docker drop-in's script "
+         f"{sum(c.converged for c in moved)}/{len(moved)}"),
         (f"failed cuts that converged after an engine restart and one more boot: "
          f"{sum(c.second_boot == 'converged' for c in cuts)}/{sum(not c.converged for c in cuts)}"),
         (f"cuts that hit nothing (the update had ended; not counted below): {len(idle)}, "

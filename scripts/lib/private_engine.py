@@ -11,6 +11,10 @@ folder so a restart finds its networks' subnets valid) and no default bridge, an
 deleted when it stops: bridge interfaces outlive the daemon that made them, and engines sharing
 Docker's default pools run out of addresses.
 
+A start that fails is followed by what fioup-flow's opt-in docker.service drop-in does on a device
+(`fioup_flow/units/`): its script reads that start's log and, if dockerd panicked on the network
+database a power cut left, moves the database aside; the engine is then started again.
+
     python scripts/lib/private_engine.py start|stop|restart DIR
 
 A power cut stops everything in the same instant. `Freeze` does that for a set of processes (the
@@ -33,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Self
 
@@ -40,13 +45,18 @@ import docker
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+RECOVER = files("fioup_flow") / "units" / "fioup-flow-docker-recover"  # what the docker.service drop-in runs
 FREEZER = Path("/sys/fs/cgroup/freezer")
 FREEZE_TIMEOUT_S = 3.0  # a freezer not settled by then gets SIGSTOP's help (see Freeze)
 SIGSTOP_TIMEOUT_S = 10.0
 
 
 class EngineDidNotStart(RuntimeError):
-    """dockerd exited or did not answer in time."""
+    """dockerd exited or did not answer in time; `log` is what it wrote during that start."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
 
 
 def free_pool_octet() -> int:
@@ -82,6 +92,7 @@ class PrivateEngine:
         self.host = f"unix://{self.folder / 'docker.sock'}"
         self.pidfile = self.folder / "dockerd.pid"
         self.log = self.folder / "dockerd.log"
+        self.recoveries = 0  # starts that needed the network database moved aside (see boot)
 
     def __enter__(self) -> Self:
         self.boot()
@@ -124,10 +135,25 @@ class PrivateEngine:
             try:
                 self._start()
                 return
-            except EngineDidNotStart:
+            except EngineDidNotStart as failed:
+                if self.recover_network_db(failed):
+                    self.recoveries += 1
+                    self._start()
+                    return
                 if attempt == 2:
                     raise
                 time.sleep(random.uniform(1, 4))
+
+    def recover_network_db(self, failed: EngineDidNotStart) -> bool:
+        """What a device with fioup-flow's docker.service drop-in does after a failed start: the
+        drop-in's script moves the network database aside if the start's log shows dockerd's panic
+        on it. True if it did (a restart, as systemd's, may succeed now)."""
+        db = self.folder / "root" / "network" / "files" / "local-kv.db"
+        if not db.exists():
+            return False
+        subprocess.run(["sh", str(RECOVER), "--data-root", str(self.folder / "root"), "--log", "-"],
+                       input=failed.log, text=True, stdout=subprocess.DEVNULL, check=False)  # its line to stderr
+        return not db.exists()
 
     def _start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -145,7 +171,8 @@ class PrivateEngine:
             if self.last_words(began) or time.monotonic() > deadline:
                 self._kill()
                 raise EngineDidNotStart(f"dockerd did not answer on {self.host}: "
-                                        f"{self.last_words(began) or 'no answer'}; see {self.log}")
+                                        f"{self.last_words(began) or 'no answer'}; see {self.log}",
+                                        self._log_since(began))
             time.sleep(0.2)
 
     def _answers(self) -> bool:
@@ -155,13 +182,16 @@ class PrivateEngine:
         except Exception:  # noqa: BLE001 - not up (yet)
             return False
 
+    def _log_since(self, offset: int) -> str:
+        with contextlib.suppress(OSError), open(self.log, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+        return ""
+
     def last_words(self, since: int = 0) -> str:
         """The panic or fatal line dockerd wrote to its log after offset `since`, if any."""
-        with contextlib.suppress(OSError), open(self.log, "rb") as log:
-            log.seek(since)
-            lines = log.read().decode(errors="replace").splitlines()
-            return next((line for line in reversed(lines) if line.startswith("panic:") or "level=fatal" in line), "")
-        return ""
+        lines = self._log_since(since).splitlines()
+        return next((line for line in reversed(lines) if line.startswith("panic:") or "level=fatal" in line), "")
 
     def log_size(self) -> int:
         """Where dockerd's log ends now: `restarts_since` reads on from here."""
@@ -209,14 +239,6 @@ class PrivateEngine:
         table = list(_processes())
         roots = {pid for pid, _, cmdline in table if str(self.folder) in cmdline}
         return roots | _descendants(table, roots)
-
-    def forget_networks(self) -> None:
-        """What an operator does when dockerd will not start on the network database a cut left
-        (Docker 20.10 panics in libnetwork's reservePools): move it aside. compose recreates the
-        apps' networks."""
-        db = self.folder / "root" / "network" / "files" / "local-kv.db"
-        if db.exists():
-            db.rename(db.with_name(f"local-kv.db.{int(time.time())}"))
 
     def stop(self) -> None:
         """SIGTERM, as a service manager stops it (SIGKILL after STOP_TIMEOUT_S), then its bridges go."""

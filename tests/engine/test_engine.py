@@ -177,6 +177,7 @@ def test_a_plan_naming_a_kind_no_task_implements_is_refused_before_any_side_effe
     with pytest.raises(PlanError, match="mystery"):
         executor(store, work).run(plan)
     assert not (work / "runs.log").exists()
+    assert store.current_plan_id() is None, "not frozen either"
     assert store.current_plan_id() is None  # not frozen: nothing blocks the next update
 
 
@@ -194,6 +195,43 @@ def test_a_cancel_request_stops_the_runner_at_the_next_node_boundary(store, work
     assert len(runs(work)) <= 2  # the first node, and at most one that started before the flag was seen
     assert store.current_plan_id() is None
     assert store.history()[0]["outcome"] == "cancelled"
+
+
+def test_a_cancel_with_a_reason_keeps_it_in_history_and_shows_the_records_to_the_hook_first(store, work):
+    plan = diamond_plan(sleep=0.05)
+    seen: list[tuple[str, dict]] = []
+
+    def cancel_after_first(event: NodeEvent) -> None:
+        if event.state == "done":
+            store.request_cancel(plan.plan_id, "superseded by test-target-8 (version 8)")
+
+    result = executor(store, work, on_event=cancel_after_first, limits={"disk": 1},
+                      on_cancelled=lambda p, records: seen.append((p.plan_id, records))).run(plan)
+    assert result.outcome == "cancelled"
+    assert seen and seen[0][0] == plan.plan_id
+    assert seen[0][1]["write:a"].state == "done" and seen[0][1]["write:e"].state == "pending"
+    assert store.history()[0]["reason"] == "superseded by test-target-8 (version 8)"
+
+
+def test_until_runs_only_the_given_nodes_and_what_they_need_and_leaves_the_plan_in_progress(store, work):
+    plan = diamond_plan()
+    result = executor(store, work).run(plan, until={"write:d"})
+    assert (result.outcome, result.exit_code) == ("paused", 0)
+    assert sorted(runs(work)) == ["write:a", "write:b", "write:c", "write:d"]
+    assert store.current_plan_id() == plan.plan_id, "still in progress"
+    assert store.record(plan.plan_id, "write:e").state == "pending"
+
+    result = executor(store, work).run()
+    assert result.outcome == "completed"
+    assert sorted(runs(work)) == sorted(n.id for n in plan.nodes()), "the rest ran, nothing twice"
+    assert store.current_plan_id() is None
+
+
+def test_until_a_node_the_plan_lacks_is_refused_before_anything_runs(store, work):
+    with pytest.raises(PlanError, match="no node"):
+        executor(store, work).run(diamond_plan(), until={"write:z"})
+    assert not (work / "runs.log").exists()
+    assert store.current_plan_id() is None, "not frozen either"
 
 
 def test_the_progress_hook_hears_each_node_run_report_bytes_and_finish(store, work):

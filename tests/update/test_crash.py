@@ -16,7 +16,8 @@ from typing import Callable
 import pytest
 from support import BIN, Device, new_device, publish, registry_blob_gets, sample_page
 
-from fioup_flow.checkpoint import store_path
+from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.errors import exit_code_of
 from fioup_flow.factory.devices import DeviceRecords
 from fioup_flow.factory.faults import Faults
 from fioup_flow.graph import Plan
@@ -56,6 +57,23 @@ def in_progress(device: Device) -> tuple[Plan, dict[str, str]] | None:
     view = StoreView(store_path(device.sota_dir / "flow"))
     plan = view.current_plan()
     return None if plan is None else (plan, view.node_states(plan))
+
+
+def failed_for_good(device: Device, node_prefix: str, error: Exception) -> None:
+    """Leave the update in progress as a run that failed for good (a failure of its Target's own) at
+    its node `node_prefix...` leaves it when killed before the hand-over: the node and the attempt
+    recorded failed, permanently. Written here as the run writes them, since no poll can land in
+    those few milliseconds reliably."""
+    store = CheckpointStore(store_path(device.sota_dir / "flow"))
+    try:
+        plan = store.current_plan()
+        node = next(n for n in plan.graph.nodes if n.startswith(node_prefix))
+        record = store.record(plan.plan_id, node)
+        record.state, record.error, record.exit_code = "failed", f"{type(error).__name__}: {error}", exit_code_of(error)
+        store.put_record(plan.plan_id, node, record)
+        store.fail_attempt(plan.plan_id, node, f"{node}: {error}", permanent=True)
+    finally:
+        store.close()
 
 
 def node_state(device: Device, node_prefix: str) -> str | None:

@@ -120,6 +120,8 @@ def containerd_store_engine(tmp_path: Path) -> Iterator[PrivateEngine]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.allowed_skip(reason="the containerd image store exists from Docker 24 on; Debian 12's engine is 20.10 "
+                                  "(run the suite on Docker 26 with ../shared/tools/newer-docker to see it refused)")
 def test_an_engine_with_the_containerd_image_store_is_refused_with_8(
         device, containerd_store_engine: PrivateEngine, tmp_path: Path) -> None:
     client = containerd_store_engine.client()

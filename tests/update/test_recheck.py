@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 import pytest
 from faults.netproxy import FaultProxy
-from support import BIN, Device, fresh_device, publish, sample_page
+from support import BIN, Device, fresh_device, largest_partial, publish, sample_page
 from test_crash import kill, node_state, start_apply, wait_for
 
 from fioup_flow.factory.devices import DeviceRecords
@@ -59,13 +59,7 @@ def withdraw(factory, version: int) -> None:
 
 def fetched_partly(device: Device) -> bool:
     """A download in progress holds more than 4 MiB."""
-    sizes = []
-    for partial in (device.sota_dir / "reset-apps" / "ingest").glob("*/data"):
-        try:
-            sizes.append(partial.stat().st_size)
-        except FileNotFoundError:  # committed meanwhile
-            pass
-    return max(sizes, default=0) > 4 * MIB
+    return largest_partial(device) > 4 * MIB
 
 
 def interrupted_mid_download(device: Device, version: int) -> str:

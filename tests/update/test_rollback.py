@@ -13,12 +13,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
-from support import Device, compose_env_drop_in, device_running, publish, sample_page
-from test_crash import in_progress, kill, start_apply, wait_for
+from support import Device, compose_env_drop_in, device_running, publish, running_images, sample_page
+from test_crash import failed_for_good, in_progress, kill, start_apply, wait_for
 
-from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.errors import StartError
 from fioup_flow.events import DETAILS_MAX
 from fioup_flow.factory.devices import DeviceRecords
 
@@ -47,12 +46,6 @@ def device(factory, rollback_release, engine, tmp_path: Path) -> Iterator[Device
         yield device
 
 
-def images(engine: docker.DockerClient) -> dict[str, str]:
-    """project/service -> image ID, of every running container."""
-    return {f"{c.labels['com.docker.compose.project']}/{c.labels['com.docker.compose.service']}": c.attrs["Image"]
-            for c in engine.containers.list()}
-
-
 def events(factory, device: Device) -> list[dict]:
     found = DeviceRecords(factory.home)
     return found.events(found.find(device.name)["uuid"])
@@ -60,7 +53,7 @@ def events(factory, device: Device) -> list[dict]:
 
 def assert_back_on_v1(device: Device, engine, before: dict[str, str]) -> dict:
     """The world says v1 runs again, with the images it ran before; the device says it is on v1 and v2 is bad."""
-    assert images(engine) == before, "v1 runs again with the very images it ran before the update"
+    assert running_images(engine) == before, "v1 runs again with the very images it ran before the update"
     assert "v1" in sample_page()
     status = device.json("status", "--json")
     assert status["current"]["version"] == 1 and status["in_progress"] is None
@@ -72,7 +65,7 @@ def assert_back_on_v1(device: Device, engine, before: dict[str, str]) -> dict:
 
 def test_a_crash_looping_version_2_is_rolled_back_and_version_1_serves_again_with_the_same_images(
         device: Device, engine, factory) -> None:
-    before = images(engine)
+    before = running_images(engine)
     done = device.run("apply", "2")
     assert done.returncode == ROLLED_BACK, done.stdout + done.stderr
     assert "rolled back" in done.stderr and "--force" in done.stderr
@@ -119,7 +112,7 @@ def test_the_bad_target_is_skipped_refused_by_version_and_retried_by_hand_with_f
 
 
 def test_a_forced_retry_that_fails_again_is_rolled_back_again(device: Device, engine) -> None:
-    before = images(engine)
+    before = running_images(engine)
     assert device.run("apply", "2").returncode == ROLLED_BACK
     again = device.run("apply", "2", "--force")
     assert again.returncode == ROLLED_BACK, again.stdout + again.stderr
@@ -143,7 +136,7 @@ def resume_converges_to_v1(device: Device, engine, before: dict[str, str]) -> No
 
 
 def test_a_kill_inside_the_health_window_resumes_into_the_rollback(device: Device, engine) -> None:
-    before = images(engine)
+    before = running_images(engine)
     process = start_apply(device, "2")
     wait_for(lambda: node_reached(device, "update", "healthy:crashloop", "running"), 120, "the window")
     kill(process)
@@ -151,21 +144,12 @@ def test_a_kill_inside_the_health_window_resumes_into_the_rollback(device: Devic
 
 
 def test_a_kill_between_the_failure_and_the_rollback_resumes_into_the_rollback(device: Device, engine) -> None:
-    """The state a kill leaves right after the window failed, before the hand-over: the node and the
-    attempt recorded failed, permanently, the update still in progress (written here as the run
-    writes it, since no poll can land in those few milliseconds reliably)."""
-    before = images(engine)
+    """The state a kill leaves right after the window failed, before the hand-over (`failed_for_good`)."""
+    before = running_images(engine)
     process = start_apply(device, "2")
     wait_for(lambda: node_reached(device, "update", "healthy:crashloop", "running"), 120, "the window")
     kill(process)
-    store = CheckpointStore(store_path(device.sota_dir / "flow"))
-    plan = store.current_plan()
-    node = next(n for n in plan.graph.nodes if n.startswith("healthy:crashloop"))
-    record = store.record(plan.plan_id, node)
-    record.state, record.error, record.exit_code = "failed", "StartError: crasher restarted", 70
-    store.put_record(plan.plan_id, node, record)
-    store.fail_attempt(plan.plan_id, node, f"{node}: app crashloop: crasher restarted", permanent=True)
-    store.close()
+    failed_for_good(device, "healthy:crashloop", StartError("app crashloop: crasher restarted"))
     resume_converges_to_v1(device, engine, before)
     failed_update = device.json("status", "--json")["history"][1]
     assert (failed_update["outcome"], failed_update["attempts"]) == ("rolled-back", 1), \
@@ -175,7 +159,7 @@ def test_a_kill_between_the_failure_and_the_rollback_resumes_into_the_rollback(d
 @pytest.mark.parametrize("node", ["report:UpdateInitStarted", "stop:crashloop", "install:pair", "start:shellhttpd",
                                   "healthy:pair"])
 def test_a_kill_inside_the_rollback_resumes_it_to_version_1(device: Device, engine, node: str) -> None:
-    before = images(engine)
+    before = running_images(engine)
     process = start_apply(device, "2")
     wait_for(lambda: node_reached(device, "rollback", node, "done"), 180, f"the rollback's {node}")
     kill(process)
