@@ -23,7 +23,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
 import powercut  # noqa: E402
-from judge import EventVerdict, Expected, Running, judge_events, pinned_images, world_problems  # noqa: E402
+from judge import (  # noqa: E402
+    EventVerdict,
+    Expected,
+    Running,
+    judge_events,
+    judge_failed_events,
+    pinned_images,
+    world_problems,
+)
 from private_engine import PrivateEngine  # noqa: E402
 
 from fioup_flow.factory.home import FactoryHome  # noqa: E402
@@ -209,6 +217,17 @@ def test_after_a_failed_attempt_the_remaining_events_may_come_under_a_new_correl
     assert judge_events(plan, records, []).problems == []
     lost = records[:-1]
     assert judge_events(plan, lost, []).problems == ["never recorded, under any attempt: ['EcuDownloadCompleted']"]
+
+
+def test_a_failed_update_passes_with_its_plans_events_up_to_the_failure_then_its_failure_and_nothing_else() -> None:
+    plan = a_plan()
+    failure = record("f", "EcuInstallationCompleted", plan.plan_id, success=False)
+    assert judge_failed_events(plan, [*sent(plan, [0, 1]), failure], []).problems == []
+    assert judge_failed_events(plan, sent(plan, [0, 1]), []).problems, "no report of the failure"
+    succeeded = record("f", "EcuInstallationCompleted", plan.plan_id, success=True)
+    assert judge_failed_events(plan, [*sent(plan, [0, 1]), succeeded], []).problems, "a failure reported as a success"
+    assert judge_failed_events(plan, [*sent(plan, [0, 2]), failure], []).problems, "an event skipped"
+    assert judge_failed_events(plan, [*sent(plan, [0, 1, 1]), failure], []).duplicated == 1
 
 
 # --- what a cut hit, and a boundary never reached --------------------------------------------------
