@@ -144,6 +144,16 @@ def plan_events(plan: Plan) -> list[tuple[str, str]]:
             if node.kind == "report"]
 
 
+def _count_records(verdict: EventVerdict, records: list[dict], deliveries: list[dict]) -> Counter:
+    """Records per event id; into `verdict`: the ids recorded twice (a problem) and the resends."""
+    counts = Counter(r["id"] for r in records)
+    verdict.duplicated = sum(n - 1 for n in counts.values())
+    verdict.resends = sum(len(d["ids"]) - d["new"] for d in deliveries)
+    if verdict.duplicated:
+        verdict.problems.append("recorded twice: " + ", ".join(f"{i[:8]} x{n}" for i, n in counts.items() if n > 1))
+    return counts
+
+
 def judge_events(plan: Plan, records: list[dict], deliveries: list[dict]) -> EventVerdict:
     """The gateway's `records` of an update (every event the device reported since the update
     began, other than the TUF refresh's) against the events its frozen `plan` names.
@@ -157,12 +167,8 @@ def judge_events(plan: Plan, records: list[dict], deliveries: list[dict]) -> Eve
     verdict = EventVerdict()
     expected = plan_events(plan)
     update = [r for r in records if r["eventType"]["id"] != "MetadataUpdateCompleted"]
-    counts = Counter(r["id"] for r in update)
-    verdict.duplicated = sum(n - 1 for n in counts.values())
+    counts = _count_records(verdict, update, deliveries)
     verdict.records = sum(1 for r in update if r["id"] in dict(expected))
-    verdict.resends = sum(len(d["ids"]) - d["new"] for d in deliveries)
-    if verdict.duplicated:
-        verdict.problems.append("recorded twice: " + ", ".join(f"{i[:8]} x{n}" for i, n in counts.items() if n > 1))
     got = [(r["id"], r["eventType"]["id"]) for r in update]
     failed = any(r["event"].get("success") is False for r in update)
     if not failed:
@@ -198,12 +204,8 @@ def judge_failed_events(plan: Plan, records: list[dict], deliveries: list[dict])
     with `success: false` (fioup-flow's report of the failure, which its plan cannot name)."""
     verdict = EventVerdict()
     expected = plan_events(plan)
-    counts = Counter(r["id"] for r in records)
-    verdict.duplicated = sum(n - 1 for n in counts.values())
+    _count_records(verdict, records, deliveries)
     verdict.records = len(records)
-    verdict.resends = sum(len(d["ids"]) - d["new"] for d in deliveries)
-    if verdict.duplicated:
-        verdict.problems.append("recorded twice: " + ", ".join(f"{i[:8]} x{n}" for i, n in counts.items() if n > 1))
     if not records or records[-1]["eventType"]["id"] != "EcuInstallationCompleted" \
             or records[-1]["event"].get("success") is not False:
         verdict.problems.append("the failed update does not end with EcuInstallationCompleted success false")

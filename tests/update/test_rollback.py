@@ -135,20 +135,23 @@ def resume_converges_to_v1(device: Device, engine, before: dict[str, str]) -> No
     assert_back_on_v1(device, engine, before)
 
 
-def test_a_kill_inside_the_health_window_resumes_into_the_rollback(device: Device, engine) -> None:
-    before = running_images(engine)
+def kill_inside_the_window(device: Device) -> None:
+    """Apply version 2 and kill it while the crash-looping app is in its health window."""
     process = start_apply(device, "2")
     wait_for(lambda: node_reached(device, "update", "healthy:crashloop", "running"), 120, "the window")
     kill(process)
+
+
+def test_a_kill_inside_the_health_window_resumes_into_the_rollback(device: Device, engine) -> None:
+    before = running_images(engine)
+    kill_inside_the_window(device)
     resume_converges_to_v1(device, engine, before)
 
 
 def test_a_kill_between_the_failure_and_the_rollback_resumes_into_the_rollback(device: Device, engine) -> None:
     """The state a kill leaves right after the window failed, before the hand-over (`failed_for_good`)."""
     before = running_images(engine)
-    process = start_apply(device, "2")
-    wait_for(lambda: node_reached(device, "update", "healthy:crashloop", "running"), 120, "the window")
-    kill(process)
+    kill_inside_the_window(device)
     failed_for_good(device, "healthy:crashloop", StartError("app crashloop: crasher restarted"))
     resume_converges_to_v1(device, engine, before)
     failed_update = device.json("status", "--json")["history"][1]
