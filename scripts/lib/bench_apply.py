@@ -26,6 +26,9 @@ just warmed or loaded. Downtime per app is read afterwards
 from the engine's event log: last `die` of an old container to first `start` of a new one.
 fioup-flow's progress log is kept per round (apply-2-round-N.log, seconds since start on each
 line) and split into phases (plan, fetch, install, stop+start, the rest) in the summary.
+`plan_phase_s` is the time from starting `fioup-flow apply 2` to its plan frozen (the
+checkpoint store's `frozen_at`, kept as the update's history entry's `started`): the
+interpreter's start, the TUF refresh, walking the app trees, compiling and freezing.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import docker
 
+from fioup_flow.checkpoint import CheckpointStore, store_path
 from fioup_flow.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
@@ -85,6 +89,7 @@ class Side:
     peak_rss_mb: float | None = None  # fioup-flow's own process
     peak_rss_tree_mb: float | None = None  # fioup-flow and every process it started
     phases: dict[str, float] = field(default_factory=dict)
+    plan_s: float | None = None  # fioup-flow only: from the command's start to its plan frozen
 
     @property
     def worst_downtime(self) -> float:
@@ -186,7 +191,7 @@ class Bench:
             raise SystemExit(1)
         self.save_compose_files(env, 2)
         downtime = downtimes(self.engine, {app: app for app in APPS_V1}, start, time.time())
-        return Side(seconds, downtime, peak.own_mb, peak.tree_mb, phases(lines))
+        return Side(seconds, downtime, peak.own_mb, peak.tree_mb, phases(lines), frozen_at(env) - start)
 
     # --- baseline side -----------------------------------------------------------------
     def compose(self, app: str, version: int, *args: str) -> list[str]:
@@ -211,6 +216,13 @@ class Bench:
         for app in APPS_V1:
             run(self.compose(app, 2, "down", "--volumes"), env)
         return Side(seconds, downtime, phases=spent)
+
+
+def frozen_at(env: dict[str, str]) -> float:
+    """When the last update of the device `env` selects was frozen (its history entry's start)."""
+    config = Config.load(env["FIOUP_FLOW_CFG_DIRS"].split(","))
+    with CheckpointStore(store_path(config.flow_dir)) as store:
+        return store.history(1)[0]["started"]
 
 
 class PeakRss:
@@ -312,6 +324,7 @@ def report(fioup: list[Side], base: list[Side], baseline: str) -> None:
     apply_s, base_s = median([s.seconds for s in fioup]), median([s.seconds for s in base])
     worst_fioup, worst_base = median([s.worst_downtime for s in fioup]), median([s.worst_downtime for s in base])
     print(f"apply_vs_compose_ratio {apply_s / base_s:.3f} ratio")
+    print(f"plan_phase_s {median([s.plan_s for s in fioup]):.3f} s")
     print(f"peak_rss_mb {max(s.peak_rss_mb for s in fioup):.1f} MB")
     print(f"peak_rss_tree_mb {max(s.peak_rss_tree_mb for s in fioup):.1f} MB")
     print(f"downtime_vs_compose_ratio {worst_fioup / worst_base:.3f} ratio")

@@ -17,14 +17,23 @@ Each figure is measured `--rounds` times and reported as its median and its 95th
   against the world (its blob is in the store), then 1,000 real report nodes; timed until the
   first report node finished (its progress line). It needs a Docker engine (`DOCKER_HOST`), as
   every `fioup-flow` run that executes a plan does; `scripts/bench-engine` starts one if none is set.
+- cli_help_s, cli_status_s: the command line's start-up, `fioup-flow --help`, and `fioup-flow
+  status` on the device of resume_cli_2000_s (its 2,000-node plan in progress, half done) with
+  a current Target of three apps the engine is asked about; from process start to exit. Each
+  round times a bare `python -c pass` (python_start_s) just before them, and each is also given
+  as its ratio to that start (`cli_help_vs_python_ratio`, `cli_status_vs_python_ratio`), the
+  figure that holds however loaded the machine is. The project's bytecode is compiled first
+  (`scripts/bench-engine`), as a device's installed package is.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -136,7 +145,8 @@ def compile_update_2000_s(folder: Path) -> tuple[float, int]:
     target = Target("bench-2", 2, tuple(App(n, t.uri) for n, t in new.items()), {})
     with CheckpointStore(folder) as store:
         start = time.perf_counter()
-        plan = compile_update(Observed(current, {name: True for name in old}), target, new, prune_all_images=False)
+        plan = compile_update(Observed(current, {name: True for name in old}), target, new, prune_all_images=False,
+                              health_window=0)
         store.freeze(plan)
         return time.perf_counter() - start, len(plan)
 
@@ -166,8 +176,12 @@ def half_done_device(folder: Path) -> Path:
     """A device folder (sota.toml, TLS files, blob store) with a frozen 2,000-node plan of real task
     kinds: 1,000 fetch nodes recorded done, whose blobs are in the store, then 1,000 report nodes.
     Returns its sota.toml. The gateway it names does not answer: a report is queued, not delivered."""
-    for name in ("root.crt", "client.pem", "pkey.pem"):
+    for name in ("client.pem", "pkey.pem"):
         (folder / name).write_text("")  # the gateway is never reached: these are never read
+    # the registry client trusts root.crt beside the system's store, so it must be a certificate
+    # (any will do: no registry is reached either)
+    system_store = Path(ssl.get_default_verify_paths().cafile).read_text()
+    (folder / "root.crt").write_text(system_store[:system_store.index("-----END CERTIFICATE-----") + 26])
     (folder / "sota.toml").write_text(f'[tls]\nserver = "https://127.0.0.1:9"\n\n[storage]\npath = "{folder}"\n')
     store = BlobStore(folder / "reset-apps")
     fetches = []
@@ -204,6 +218,36 @@ def resume_cli_2000_s(folder: Path) -> float:
         process.wait()
 
 
+def current_target_of_three_apps(flow_dir: Path) -> None:
+    """What `status` reports on: a current Target of three apps (the engine runs none of them)."""
+    apps = [{"name": name, "uri": f"hub.example/factory/{name}@sha256:{hashlib.sha256(name.encode()).hexdigest()}"}
+            for name in ("shellhttpd", "pair", "ticker")]
+    (flow_dir / "current.json").write_text(json.dumps({"name": "bench-1", "version": 1, "apps": apps}))
+
+
+def wall_s(argv: list[str]) -> float:
+    """Seconds from starting `argv` to its exit (which must be 0)."""
+    start = time.perf_counter()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def cli_start_s(folder: Path, rounds: int) -> dict[str, list[float]]:
+    """Per round: a bare interpreter's start, then `fioup-flow --help` and `fioup-flow status`, and
+    each of the two as a ratio to the interpreter's start of the same round."""
+    config = half_done_device(folder)
+    current_target_of_three_apps(folder / "flow")
+    cli = str(BIN / "fioup-flow")
+    runs = {name: [] for name in ("python_start_s", "cli_help_s", "cli_status_s")}
+    for _ in range(rounds):
+        runs["python_start_s"].append(wall_s([sys.executable, "-c", "pass"]))
+        runs["cli_help_s"].append(wall_s([cli, "--help"]))
+        runs["cli_status_s"].append(wall_s([cli, "-c", str(config), "status"]))
+    for name in ("cli_help", "cli_status"):
+        runs[f"{name}_vs_python_ratio"] = [s / p for s, p in zip(runs[f"{name}_s"], runs["python_start_s"])]
+    return runs
+
+
 def p95(values: list[float]) -> float:
     """The 95th percentile, nearest rank."""
     ordered = sorted(values)
@@ -236,6 +280,10 @@ def main() -> None:
             "resume_first_node_s": (each_round(resume_first_node_s), "s"),
             "resume_cli_2000_s": (each_round(resume_cli_2000_s), "s"),
         }
+        cli = tmp / "cli"
+        cli.mkdir()
+        for name, values in cli_start_s(cli, args.rounds).items():
+            figures[name] = (values, name.rsplit("_", 1)[1])
     print(f"{args.rounds} rounds of each, on {BASE}; checkpoint_overhead_ms over the "
           f"{len(figures['checkpoint_overhead_ms'][0])} nodes of one plan; compile_update's plan has "
           f"{compiled[0][1]} nodes; p95 by nearest rank", file=sys.stderr)
