@@ -150,14 +150,14 @@ class Agent:
 
     def tasks(self) -> dict[str, Task]:
         root = self.config.compose_apps_root
+        engine_restart = EngineRestart(self.config.engine_restart_command, self.engine)
         implementations: list[Task] = [
             fetch.FetchBlob(self.store, self.blobs, self._bucket()),
             space.SpaceCheck(self.store, self.config.storage_watermark),
             install.InstallApp(self.store, root, self.engine, self.compose),
             stop.StopApp(self.engine, self.compose),
-            start.StartApp(root, self.engine, EngineRestart(self.config.engine_restart_command, self.engine),
-                           self.compose),
-            start.AppHealthy(root, self.engine),
+            start.StartApp(root, self.engine, engine_restart, self.compose),
+            start.AppHealthy(root, self.engine, engine_restart),
             commit.CommitTarget(self.config.flow_dir),
             prune.Prune(self.store, root, self.engine),
             report.ReportEvent(self.outbox, self.gateway, self.checkpoint.attempt, self._live_details),

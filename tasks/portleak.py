@@ -26,6 +26,7 @@ import re
 import shlex
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ class EngineRestart:
         self.command = tuple(command)
         self.engine = engine
         self._tried: set[HostPort] = set()
+        self.restarts = 0  # how often this run restarted the engine: a watch over it knows why apps went down
+        self._restarting = threading.Lock()  # held from the restart command until the engine answers
 
     def frees(self, text: str) -> bool:
         """If `text` (a failed start) names ports the engine leaked and no restart was tried for
@@ -116,9 +119,21 @@ class EngineRestart:
         self._tried.update(ports)
         log.warning("the Docker engine holds %s for no container (a leak after a power cut); restarting it "
                     "with `%s`", ", ".join(map(str, ports)), shlex.join(self.command))
-        self._run()
-        self._wait_for_engine()
+        self.restart()
         return True
+
+    def restart(self) -> None:
+        """Restart the engine with the device's command and wait until it answers again (by then
+        it has started again the containers whose restart policy says so)."""
+        with self._restarting:
+            self.restarts += 1
+            self._run()
+            self._wait_for_engine()
+
+    def wait_until_back(self) -> None:
+        """Return once no restart is under way."""
+        with self._restarting:
+            pass
 
     def _run(self) -> None:
         what = f"the engine restart command `{shlex.join(self.command)}`"

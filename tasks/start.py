@@ -311,9 +311,17 @@ class StartApp(_VersionTask):
 
 
 class AppHealthy(_VersionTask):
-    """Every service up within `timeout_s`, then staying up through the health window."""
+    """Every service up within `timeout_s`, then staying up through the health window.
+
+    An engine restart fioup-flow itself made meanwhile (`engine_restart`, to free a port the
+    engine leaked for another app's start) stops and starts every container: that is not the
+    app failing, and the watch begins again from the containers' new start."""
 
     kind = HEALTHY
+
+    def __init__(self, compose_root: Path, engine: docker.DockerClient, engine_restart: EngineRestart):
+        super().__init__(compose_root, engine)
+        self.engine_restart = engine_restart
 
     def is_done(self, node: Node) -> bool:
         if not self.installed(node):
@@ -324,6 +332,18 @@ class AppHealthy(_VersionTask):
             return False
 
     def run(self, node: Node, ctx: TaskContext) -> None:
+        while True:
+            restarts = self.engine_restart.restarts
+            try:
+                return self._watch(node, ctx)
+            except StartError:
+                if self.engine_restart.restarts == restarts:
+                    raise
+                ctx.logger.warning("app %s: the engine was restarted while it was watched; watching it again",
+                                   node.params["app"])
+                self.engine_restart.wait_until_back()
+
+    def _watch(self, node: Node, ctx: TaskContext) -> None:
         watch = Watch(node)
         timeout_s = float(node.params["timeout_s"])
         deadline = time.monotonic() + timeout_s

@@ -30,6 +30,9 @@ from private_engine import PrivateEngine  # noqa: E402
 from support import free_port  # noqa: E402
 
 from fioup_flow.factory.images import BlobDir, ImageSpec, build_image, docker_save_tar  # noqa: E402
+from fioup_flow.task import Node, TaskContext  # noqa: E402
+from tasks import start  # noqa: E402
+from tasks.appstate import PROJECT_LABEL, SERVICE_LABEL  # noqa: E402
 from tasks.portleak import EngineRestart, HostPort, leaked_ports  # noqa: E402
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(400)]
@@ -107,3 +110,36 @@ def test_a_port_the_engine_leaked_in_a_power_cut_is_told_apart_and_freed_by_one_
         container.start()
     container.reload()
     assert container.status == "running"
+
+
+def test_an_app_watched_while_fioup_flow_restarts_the_engine_is_watched_again_not_failed(power, tmp_path) -> None:
+    """Freeing a leak for one app's start restarts the engine under every app: one in its health
+    window went down with the engine and came back by its restart policy, which is not a failure."""
+    client = power.client()
+    # init: a `sleep` that a SIGTERM ends, so the engine's stop takes the container down at once
+    container = client.containers.run(IMAGE, detach=True, name="watched-svc-1", restart_policy={"Name": "always"},
+                                      init=True, labels={PROJECT_LABEL: "watched", SERVICE_LABEL: "svc"})
+    node = Node("healthy:watched@sha256:1", start.HEALTHY, {
+        "app": "watched", "uri": "hub.test/factory/watched@sha256:1", "timeout_s": 60, "window_s": 10,
+        "services": {"svc": {"image": container.attrs["Image"]}}})
+    restart = EngineRestart([sys.executable, str(ROOT / "scripts" / "lib" / "private_engine.py"), "restart",
+                             str(power.folder)], client)
+    outcome: list[BaseException | None] = []
+
+    def watch() -> None:
+        try:
+            start.AppHealthy(tmp_path, client, restart).run(node, TaskContext(node, threading.Event()))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome.append(exc)
+
+    started_at = container.attrs["State"]["StartedAt"]
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(1)
+    restart.restart()
+    watcher.join(90)
+    assert outcome == [None], outcome
+    container.reload()
+    assert container.status == "running" and started_at != container.attrs["State"]["StartedAt"], \
+        "the container went down with the engine and came back: the watch saw it restart"
