@@ -5,8 +5,9 @@ trees) and returns a Plan; every side effect belongs to the tasks the plan names
 
     UpdateInitStarted -> UpdateInitCompleted -> EcuDownloadStarted -> space check
       -> fetch (one node per blob, in parallel) -> EcuDownloadCompleted
-      -> EcuInstallationStarted -> EcuInstallationApplied -> stop (per app) -> start (per app)
-      -> healthy (per app: up, then staying up through the health window) -> commit
+      -> EcuInstallationStarted -> EcuInstallationApplied -> start (per app: `compose up`, which
+      replaces the old version's containers) or stop (per app that leaves: `compose down`)
+      -> healthy (per app started: up, then staying up through the health window) -> commit
       -> EcuInstallationCompleted -> prune -> apps-states
 
 with install (per app: images loaded, project unpacked, while the old version still runs)
@@ -15,7 +16,7 @@ after that app's own fetches and before EcuInstallationApplied; or, with
 every fetch.
 
 An app whose URI does not change is never stopped or restarted; one that should run but is not
-up gets install and start nodes (a repair) and no stop.
+up gets install and start nodes (a repair).
 """
 
 from __future__ import annotations
@@ -148,12 +149,14 @@ def compile_update(observed: Observed, target: Target, trees: dict[str, AppTree]
                             fetched(name)) for name in diff.to_install}
     applied = b.event("EcuInstallationApplied", target, [installing, *installs.values()])
 
-    stops = {name: b.add(stop.node(name, [i.image_id for i in trees[name].images()] if name in trees else []),
-                         [applied]) for name in diff.to_stop}
-    started = {name: b.add(start.node_for(trees[name]), [applied] + ([stops[name]] if name in stops else []))
-               for name in diff.to_install}
+    # An app that leaves is taken down. One that changes version is replaced by its start node's
+    # `compose up`, which stops each old container only as it recreates it, as compose itself
+    # does: a `compose stop` before it kept the app down while another compose started and read
+    # the project (a third of each app's downtime, `scripts/bench-apply`).
+    stops = [b.add(stop.node(name), [applied]) for name in diff.remove]
+    started = {name: b.add(start.node_for(trees[name]), [applied]) for name in diff.to_install}
     healthy = [b.add(start.healthy_node_for(trees[name], health_window), [started[name]]) for name in diff.to_install]
-    committed = b.add(commit.node(target), healthy + [s for n, s in stops.items() if n in diff.remove] or [applied])
+    committed = b.add(commit.node(target), healthy + stops or [applied])
     completed = b.event("EcuInstallationCompleted", target, [committed], True)
     pruned = b.add(prune.node(target.name, {a.name: a.uri for a in target.apps}, prune_all_images), [completed])
     b.add(report.apps_states_node(new_id()), [pruned])

@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,6 +87,10 @@ class Compose:
         self.env = {**inherited, "DOCKER_HOST": engine_address(environ), **device_env}
         self.explicit = environ.get(COMMAND_ENV, "").strip()
         self.search_path = environ.get("PATH", os.defpath)
+        # One compose at a time, whichever node runs it: each is a Go process of about 55 MB, and a
+        # device's budget for fioup-flow and all it starts (100 MB) has room for one. Nodes that
+        # run beside it (an image load, a wait for an app to come up) need no compose.
+        self._one_at_a_time = threading.Lock()
 
     # -- which compose ---------------------------------------------------------------------------
 
@@ -139,8 +144,9 @@ class Compose:
     def run(self, args: list[str], error: type[FioupFlowError], what: str, cwd: Path | None = None) -> str:
         """Run compose; a non-zero exit raises `error` carrying compose's own last words."""
         try:
-            done = subprocess.run([*self.binary.command, *args], cwd=cwd or "/", env=self.env, capture_output=True,
-                                  text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+            with self._one_at_a_time:
+                done = subprocess.run([*self.binary.command, *args], cwd=cwd or "/", env=self.env,
+                                      capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
             raise error(f"{what}: docker compose did not finish within {TIMEOUT_S} s") from exc
         if done.returncode != 0:

@@ -1,9 +1,10 @@
 """Stop an app's running version (node `stop:<app>`), by compose project name.
 
 An app that leaves the device is taken down (`compose down`: containers and networks go,
-volumes stay). An app being updated is only stopped (`compose stop`): its network stays and
-the start node's `compose up` replaces the stopped containers, which keeps the window between
-the last old container and the first new one as short as compose's own recreate.
+volumes stay). An app being updated has no stop node: its start node's `compose up` replaces the
+old containers itself. Plans frozen before that stop such an app first (`keep` names the new
+version's images): it is only stopped (`compose stop`), its network kept for the `compose up`
+that follows, and a resume runs those plans as frozen.
 
 Done when no container of the project still runs an image outside `keep` (the image IDs of
 the version that replaces it; empty when the app is removed), and for a removed app when no
@@ -23,9 +24,9 @@ from tasks.compose import Compose
 KIND = "stop"
 
 
-def node(app: str, keep_image_ids: list[str]) -> Node:
-    """`keep`: the image IDs of the version replacing the app; none when the app is removed."""
-    return Node(id=f"stop:{app}", kind=KIND, params={"app": app, "keep": sorted(keep_image_ids)}, resource="docker")
+def node(app: str) -> Node:
+    """The node that takes down an app leaving the device (`keep` empty: no image of it stays up)."""
+    return Node(id=f"stop:{app}", kind=KIND, params={"app": app, "keep": []}, resource="docker")
 
 
 class StopApp:

@@ -68,18 +68,19 @@ def failed(store: CheckpointStore, plan: Plan, node_prefix: str, permanent: bool
 
 def test_the_rollback_undoes_exactly_what_the_update_did(store) -> None:
     plan = update(V1, V2)
-    attempt = failed(store, plan, "healthy:crash", True, "install:web", "stop:web", "stop:pair", "start:crash")
+    attempt = failed(store, plan, "healthy:crash", True, "install:web", "start:web", "stop:pair", "start:crash")
     assert rollbacks(store, V1).after_failure(plan, attempt) == "rolled-back"
     back = store.current_plan()
     assert is_rollback(back) and back.meta["rollback_of"] == plan.plan_id and "it broke" in back.meta["reason"]
     assert (back.meta["target"], back.meta["from_target"]) == ("dev-1", "dev-2")
     assert back.meta["diff"] == {"add": ["pair"], "remove": ["crash"], "update": ["web"], "keep": ["keep"], "repair": []}
     nodes = set(back.graph.nodes)
-    assert {"stop:crash", "stop:web", f"install:web@{TREES['web', '1'].uri.rsplit('@')[1]}",
+    web_v1 = TREES['web', '1'].uri.rsplit('@')[1]
+    assert {"stop:crash", f"install:web@{web_v1}", f"start:web@{web_v1}",
             f"install:pair@{TREES['pair', '1'].uri.rsplit('@')[1]}", "commit:dev-1"} <= nodes
     assert not any(n.startswith(("install:keep", "stop:keep", "start:keep")) for n in nodes), "untouched apps stay so"
     assert back.node("stop:crash").params["keep"] == [], "an app the update added is taken down"
-    assert back.node("stop:web").params["keep"] == [TREES["web", "1"].services["main"].image_id]
+    assert "stop:web" not in nodes, "an app going back a version is replaced by its start's compose up"
     healthy = next(n for n in back.nodes() if n.id.startswith("healthy:web"))
     assert healthy.params["window_s"] == WINDOW_S
     init = next(n for n in back.nodes() if n.params.get("event") == "UpdateInitStarted")
@@ -91,7 +92,7 @@ def test_the_rollback_undoes_exactly_what_the_update_did(store) -> None:
 
 def test_an_unchanged_app_that_is_not_up_is_repaired_by_the_rollback(store) -> None:
     plan = update(V1, V2)
-    attempt = failed(store, plan, "healthy:crash", True, "stop:web")
+    attempt = failed(store, plan, "healthy:crash", True, "start:web")
     rollbacks(store, V1, down=frozenset({"keep"})).after_failure(plan, attempt)
     assert store.current_plan().meta["diff"]["repair"] == ["keep"]
 
@@ -127,7 +128,7 @@ def test_a_sync_of_the_running_target_is_not_handed_over_nor_its_target_marked(s
 
 def test_a_rollback_that_fails_is_not_rolled_back(store) -> None:
     plan = update(V1, V2)
-    rollbacks(store, V1).after_failure(plan, failed(store, plan, "healthy:crash", True, "stop:web"))
+    rollbacks(store, V1).after_failure(plan, failed(store, plan, "healthy:crash", True, "start:web"))
     back = store.current_plan()
     attempt = store.fail_attempt(back.plan_id, "start:web", "start:web: it broke too", True)
     assert rollbacks(store, V1).after_failure(back, attempt) is None

@@ -7,9 +7,12 @@ v1 = shellhttpd v1 + pair v1, v2 = shellhttpd v2 + pair v1, v3 = shellhttpd v2 +
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import docker
 import pytest
@@ -87,6 +90,33 @@ def test_a_downgrade_goes_back_to_the_older_target(device, engine) -> None:
     apply(device, "1")
     assert "v1" in sample_page()
     assert device.json("status", "--json")["current"]["version"] == 1
+
+
+def timed_compose(folder: Path) -> Path:
+    """The real compose behind a wrapper that logs when each run began and ended, and its arguments.
+    Returns the log: lines `<begin> <end> <args>`, seconds since the epoch."""
+    folder.mkdir(parents=True)
+    log = folder / "runs.log"
+    (folder / "docker-compose").write_text(
+        f'#!/bin/sh\nbegan=$(date +%s.%N)\n{shutil.which("docker-compose")} "$@"\ncode=$?\n'
+        f'echo "$began $(date +%s.%N) $*" >> {log}\nexit $code\n')
+    (folder / "docker-compose").chmod(0o755)
+    return log
+
+
+def test_an_app_is_replaced_by_one_compose_up_and_composes_run_one_at_a_time(device, engine, tmp_path) -> None:
+    """Updated apps are not stopped first (compose up replaces their containers, the shortest
+    downtime), and nodes running side by side never run two composes at once (memory)."""
+    apply(device, "1")
+    log = timed_compose(tmp_path / "compose")
+    done = device.run("apply", "3", env={"PATH": f"{log.parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = [line.split(maxsplit=2) for line in log.read_text().splitlines()]
+    verbs = sorted(" ".join(w for w in args.split() if w in ("up", "stop", "down")) for _, _, args in runs)
+    assert verbs == ["", "", "", "down", "up", "up"], "config per install, `up` per app started, `down` for pair"
+    spans = sorted((float(began), float(ended)) for began, ended, _ in runs)
+    assert all(ended <= next_began for (_, ended), (next_began, _) in zip(spans, spans[1:])), spans
+    assert projects(engine) == {"shellhttpd", "ticker"} and "v2" in sample_page()
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(device, engine) -> None:

@@ -68,7 +68,7 @@ def interrupted_mid_download(device: Device, version: int) -> str:
     wait_for(lambda: fetched_partly(device), 120, "the large layer partly fetched")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
-    assert node_state(device, "stop:shellhttpd") == "pending", "no app was stopped"
+    assert node_state(device, "start:shellhttpd") == "pending", "no app was replaced"
     return device.json("status", "--json")["in_progress"]["plan_id"]
 
 
@@ -129,7 +129,7 @@ def test_an_update_that_stopped_an_app_is_finished_though_its_target_was_withdra
         factory, engine, device_on_v1) -> None:
     publish_big(factory, 6)
     process = start_apply(device_on_v1, "6")
-    wait_for(lambda: node_state(device_on_v1, "stop:shellhttpd") == "done", 180, "the old shellhttpd stopped")
+    wait_for(lambda: node_state(device_on_v1, "start:shellhttpd") == "done", 180, "the new shellhttpd started")
     kill(process)
     withdraw(factory, 6)
 
