@@ -121,7 +121,10 @@ class RegistryClient:
         self.retry_seconds = retry_seconds
         self._tokens: dict[str, tuple[str, float]] = {}
         self._challenges: dict[str, dict[str, str]] = {}  # repository -> its last Bearer challenge
-        self._lock = threading.Lock()
+        # one lock per token (held while it is fetched, so that it is fetched once), none across
+        # tokens: the apps' trees are walked at once, each repository asking its own
+        self._token_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the dict above
 
     # --- auth --------------------------------------------------------------------------
     def _token(self, registry: str, challenge: dict[str, str], force: bool) -> str:
@@ -131,6 +134,8 @@ class RegistryClient:
                                 "fioup-flow asks no token there")
         key = f"{registry}|{realm}|{challenge.get('service')}|{challenge.get('scope')}"
         with self._lock:
+            lock = self._token_locks.setdefault(key, threading.Lock())
+        with lock:
             cached = self._tokens.get(key)
             if cached and not force and cached[1] > time.monotonic():
                 return cached[0]
