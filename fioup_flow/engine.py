@@ -54,7 +54,7 @@ from fioup_flow.task import Interrupted, Node, Task, TaskContext, TransientError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITS = {"network": 4, "docker": 2, "disk": 2, "cpu": 2}
+DEFAULT_LIMITS = {"network": 4, "docker": 1, "disk": 2, "cpu": 2}
 CANCELLED_EXIT_CODE = 1
 
 

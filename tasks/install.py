@@ -44,8 +44,12 @@ PREVIOUS = ".previous"
 
 
 def node(app: str, uri: str, size: int) -> Node:
+    """Installs are of the `disk` class, two at once: an install is the engine writing an image's
+    layers and a project unpacked, and touches nothing that runs. Starts and stops stay one at a
+    time (`docker`): a start may restart the engine (`tasks.portleak`), which nothing else that
+    starts should live through."""
     digest = uri.rsplit("@", 1)[1]
-    return Node(id=f"install:{app}@{digest}", kind=KIND, params={"app": app, "uri": uri}, resource="docker",
+    return Node(id=f"install:{app}@{digest}", kind=KIND, params={"app": app, "uri": uri}, resource="disk",
                 size=size)
 
 
