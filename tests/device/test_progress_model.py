@@ -41,8 +41,8 @@ def a_plan() -> Plan:
     for node in blobs:
         plan.add(node)
     plan.add(install.node("web", f"{HOST}@{digest(9)}", 40 * MB + 1000), [n.id for n in blobs])
-    plan.add(stop.node("web", []), ["install:web@" + digest(9)])
-    plan.add(stop.node("old", []), ["install:web@" + digest(9)])
+    plan.add(stop.node("web"), ["install:web@" + digest(9)])
+    plan.add(stop.node("old"), ["install:web@" + digest(9)])
     plan.add(start.node_for(_tree("web")), ["stop:web"])
     return plan
 
