@@ -292,8 +292,7 @@ class Agent:
 
     def load_trees(self, target: Target) -> dict[str, AppTree]:
         """Walk every app of the Target (fetching the small metadata blobs it lacks)."""
-        loader = AppTreeLoader(self.store, self.blobs)
-        return {app.name: loader.load(app) for app in target.apps}
+        return AppTreeLoader(self.store, self.blobs).load_all(target.apps)
 
     def choose_target(self, version: int | None, force: bool = False) -> Target:
         """Of the Targets refreshed now, Target `version` or the latest one (see `choose`)."""

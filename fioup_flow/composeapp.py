@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import tarfile
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
@@ -244,9 +247,30 @@ class AppTreeLoader:
         self.store = store
         self.registry = registry
         self.platform = host or host_platform()
+        self._fetching: dict[str, threading.Lock] = {}  # digest -> held while one walk fetches it
+        self._fetching_lock = threading.Lock()
+
+    def load_all(self, apps: Iterable[App]) -> dict[str, AppTree]:
+        """Every app's tree, the apps walked at once: a walk spends its time waiting on the registry
+        and on the disk (each document it fetches is synced into the store), not on the CPU. A
+        failure is the first failing app's, in the order given, as walking them in turn would say."""
+        apps = list(apps)
+        if len(apps) < 2:
+            return {app.name: self.load(app) for app in apps}
+        with ThreadPoolExecutor(max_workers=len(apps), thread_name_prefix="walk") as pool:
+            return dict(zip((app.name for app in apps), pool.map(self.load, apps)))
 
     def _fetched(self, ref: PinnedRef, kind: str, size: int | None, limit: int) -> None:
-        """Make sure the blob `ref` is in the store: fetched (at most `limit` bytes) and verified if not."""
+        """Make sure the blob `ref` is in the store: fetched (at most `limit` bytes) and verified if not.
+        Two walks needing one blob (two apps of one image) fetch it once, one after the other."""
+        if self.store.has(ref.digest):
+            return
+        with self._fetching_lock:
+            lock = self._fetching.setdefault(ref.digest, threading.Lock())
+        with lock:
+            self._fetch(ref, kind, size, limit)
+
+    def _fetch(self, ref: PinnedRef, kind: str, size: int | None, limit: int) -> None:
         if self.store.has(ref.digest):
             return
         if self.registry is None:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tarfile
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +206,44 @@ def test_the_walk_takes_the_index_child_of_the_hosts_architecture_and_variant(tm
                       "x86_64": children["amd64"]}
     with pytest.raises(FetchError, match="0 manifests for linux/riscv64, not one"):
         AppTreeLoader(store, None, host_platform("riscv64")).load(app)
+
+
+# --- walking several apps at once -------------------------------------------------------------
+
+class SlowCountingRegistry:
+    """A fake registry (the walk's one network part; a real one cannot be made slow on demand) that
+    serves another store's blobs, each after a pause, and counts what it was asked for."""
+
+    def __init__(self, source: BlobStore):
+        self.source = source
+        self.asked: dict[str, int] = {}
+
+    def _serve(self, digest: str) -> bytes:
+        self.asked[digest] = self.asked.get(digest, 0) + 1
+        time.sleep(0.05)
+        return self.source.read(digest, 1 << 30)
+
+    def manifest(self, ref, limit: int) -> tuple[bytes, str]:
+        return self._serve(ref.digest), ""
+
+    def open_blob(self, ref, offset: int = 0) -> Iterator[bytes]:
+        return iter([self._serve(ref.digest)[offset:]])
+
+
+def test_apps_walked_at_once_fetch_an_image_they_share_once_and_fail_as_in_turn(tmp_path: Path) -> None:
+    source = BlobStore(tmp_path / "registry")
+    shared = image_manifest(source, "shared")
+    apps = []
+    for name in ("one", "two"):
+        bundle = gzip_tar(("docker-compose.yml", compose_text(shared, image=f"{name}-image")), (name, name.encode()))
+        app = app_with_bundle(source, put(source, bundle), len(bundle))
+        apps.append(App(name, app.uri.replace("/web@", f"/{name}@")))
+    registry = SlowCountingRegistry(source)
+    trees = AppTreeLoader(BlobStore(tmp_path / "device"), registry).load_all(apps)
+    assert sorted(trees) == ["one", "two"]
+    assert trees["one"].services["web"].manifest.digest == trees["two"].services["web"].manifest.digest == shared
+    assert registry.asked[shared] == 1
+    missing = [App("two", apps[1].uri.replace(apps[1].ref.digest, digest_of(b"gone"))),
+               App("three", apps[0].uri.replace(apps[0].ref.digest, digest_of(b"lost")))]
+    with pytest.raises(FetchError, match=digest_of(b"gone")):
+        AppTreeLoader(BlobStore(tmp_path / "empty"), None).load_all(missing)
