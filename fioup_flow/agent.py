@@ -25,6 +25,7 @@ from fioup_flow.events import make_event
 from fioup_flow.gateway import GatewayClient, GatewayError
 from fioup_flow.graph import Plan, new_plan_id
 from fioup_flow.installed import current_target
+from fioup_flow.metadata import TargetsSource, targets_source
 from fioup_flow.offline import BundleTargets, NoGateway, OfflineBundle
 from fioup_flow.ongoing import Verdict, cancellable, closing_event, stale_reason
 from fioup_flow.outbox import EVENTS, Outbox, StateReport, outbox_path
@@ -32,7 +33,7 @@ from fioup_flow.planner import Observed, compile_update, diff_apps, fetched_blob
 from fioup_flow.registry import BlobSource, HubCredentials, RegistryClient
 from fioup_flow.store import BlobStore
 from fioup_flow.sysinfo import state_reports
-from fioup_flow.targets import Target, TargetsSource, targets_source
+from fioup_flow.targets import Target
 from fioup_flow.task import Task
 from fioup_flow.throttle import TokenBucket
 from tasks import appstate, commit, fetch, install, preflight, prune, report, space, start, stop

@@ -43,9 +43,10 @@ from fioup_flow.errors import (
 )
 from fioup_flow.gateway import NotSentError
 from fioup_flow.graph import Plan
+from fioup_flow.metadata import TargetsSource
 from fioup_flow.reference import PinnedRef
 from fioup_flow.store import BlobStore, digest_hex
-from fioup_flow.targets import Target, TargetsSource
+from fioup_flow.targets import Target
 from fioup_flow.tuf.bundle import BUNDLE_FILE, check_for_device, check_targets, verify_bundle_meta
 from fioup_flow.tuf.local import folder_fetch, refresh_from_folder
 from fioup_flow.tuf.roots import is_production, shipped_chain

@@ -6,7 +6,6 @@ One row model (`rows`) feeds every view, so they cannot disagree about a node's 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from rich.console import Group
@@ -15,6 +14,7 @@ from rich.text import Text
 
 from fioup_flow.checkpoint import NodeRecord
 from fioup_flow.graph import Plan
+from fioup_flow.task import short_id
 
 FORMATS = ("text", "dot", "mermaid", "json")
 
@@ -77,12 +77,6 @@ def render_mermaid(plan: Plan, records: dict[str, NodeRecord]) -> str:
     lines += [f"  {alias[u]} --> {alias[v]}" for u, v in plan.edges()]
     lines += [f"  classDef {state} fill:{fill}" for state, (_, fill) in COLOURS.items()]
     return "\n".join(lines) + "\n"
-
-
-def short_id(node_id: str) -> str:
-    """A node id with digests and uuids cut to 12 characters, for a terminal."""
-    return re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]{52}|([0-9a-f]{8})-[0-9a-f-]{27}", lambda m: (m[1] or m[2]) + "…",
-                  node_id)
 
 
 def _after(ids: list[str]) -> str:

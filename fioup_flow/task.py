@@ -15,6 +15,7 @@ the world is the truth.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
@@ -53,6 +54,12 @@ class Node:
         return cls(id=data["id"], kind=data["kind"], params=data.get("params", {}),
                    resource=data.get("resource", "cpu"), size=int(data.get("size", 0)),
                    point_of_no_return=bool(data.get("point_of_no_return", False)))
+
+
+def short_id(node_id: str) -> str:
+    """A node id with digests and uuids cut to 12 characters, for a terminal."""
+    return re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]{52}|([0-9a-f]{8})-[0-9a-f-]{27}", lambda m: (m[1] or m[2]) + "…",
+                  node_id)
 
 
 ProgressSink = Callable[[Node, int, "int | None"], None]

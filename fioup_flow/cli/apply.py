@@ -11,7 +11,6 @@ from fioup_flow import rollback
 from fioup_flow.agent import Agent
 from fioup_flow.cli.output import emit_json
 from fioup_flow.cli.progress import human_bytes, progress_option
-from fioup_flow.cli.update import restore
 from fioup_flow.engine import RunResult
 from fioup_flow.errors import FioupFlowError, InvalidOngoingUpdateError, InvalidStateError, UsageError
 from fioup_flow.graph import Plan
@@ -19,6 +18,18 @@ from fioup_flow.lock import LOCK_NAME, InstanceLock
 from fioup_flow.offline import OfflineBundle
 from fioup_flow.ongoing import download_end
 from fioup_flow.planner import fetched_blobs
+
+
+def restore(agent: Agent) -> None:
+    """Start again what the cancelled update had stopped; say so, or say how to do it by hand."""
+    try:
+        result = agent.restore()
+    except FioupFlowError as exc:
+        raise FioupFlowError(f"the update is cancelled, but the current apps could not be restored: {exc}; "
+                             "`fioup-flow apply <current version>` restores them") from exc
+    if result is not None:
+        click.echo(f"Restored the apps of the current Target ({result.outcome})")
+        agent.flush_outbox()
 
 
 def finish(agent: Agent, result: RunResult) -> None:
@@ -186,4 +197,3 @@ def resume_command(obj) -> None:
         continue_update(agent, ongoing, "Resuming")
 
 
-COMMANDS: list[click.Command] = [apply_command, fetch_command, resume_command]

@@ -28,4 +28,3 @@ def daemon_command(obj, once: bool) -> None:
     raise SystemExit(Daemon(lambda: Config.load(obj.cfg_dirs)).run(once=once))
 
 
-COMMANDS: list[click.Command] = [daemon_command]

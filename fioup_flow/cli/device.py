@@ -130,4 +130,3 @@ def whoami_command(obj, as_json: bool) -> None:
             click.echo(f"{key + ':':12} {device.get(key, '')}")
 
 
-COMMANDS: list[click.Command] = [register_command, check_command, whoami_command]

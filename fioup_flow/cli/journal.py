@@ -7,12 +7,12 @@ while bytes move: a download of a thousand chunks must not become a thousand lin
 
 from __future__ import annotations
 
-from rich.console import Console
+import click
 
 from fioup_flow.cli.progress import Summary, human_bytes, seconds, summary_line
 from fioup_flow.engine import NodeEvent
 from fioup_flow.progress import Snapshot
-from fioup_flow.render import short_id
+from fioup_flow.task import short_id
 
 PERIOD_S = 5.0
 
@@ -29,8 +29,10 @@ def progress_line(snap: Snapshot) -> str:
 class JournalView:
     tick_s = PERIOD_S
 
-    def __init__(self) -> None:
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+    @staticmethod
+    def say(line: str) -> None:
+        """One line to stderr (the journal); click drops the colours where stderr is no terminal."""
+        click.echo(line, err=True)
 
     def begin(self, snap: Snapshot) -> None:
         """The command says what it starts itself."""
@@ -39,25 +41,25 @@ class JournalView:
         """Another plan runs after the first (a rollback, a restore): say which."""
         if not first:
             what = "Rolling back" if snap.kind == "rollback" else "Running"
-            self.console.print(f"[yellow]{what}[/] to {snap.target} (version {snap.target_version}): "
+            self.say(f"{click.style(what, fg='yellow')} to {snap.target} (version {snap.target_version}): "
                                f"{snap.nodes_total} nodes")
 
     def node(self, snap: Snapshot, event: NodeEvent) -> None:
         node_id = short_id(event.node.id)
         if event.state == "done" and not event.already:
             size = f" ({human_bytes(event.done_bytes)})" if event.node.kind == "fetch" else ""
-            self.console.print(f"[green]done[/]    [{snap.nodes_done}/{snap.nodes_total}] {node_id}{size}")
+            self.say(f"{click.style('done', fg='green')}    [{snap.nodes_done}/{snap.nodes_total}] {node_id}{size}")
         elif event.state == "failed":
-            self.console.print(f"[red]failed[/]  {node_id}: {event.error}")
+            self.say(f"{click.style('failed', fg='red')}  {node_id}: {event.error}")
         elif event.state == "retrying":
-            self.console.print(f"[yellow]retry[/]   {node_id}: {event.error}")
+            self.say(f"{click.style('retry', fg='yellow')}   {node_id}: {event.error}")
 
     def tick(self, snap: Snapshot, event: NodeEvent) -> None:
-        self.console.print(progress_line(snap))
+        self.say(progress_line(snap))
 
     def ended(self, snap: Snapshot, outcome: str) -> None:
         """The command says how a run ended; the summary says how it all did."""
 
     def summary(self, snap: Snapshot, summary: Summary) -> None:
         if summary.outcome != "none":  # the command said there was nothing to do
-            self.console.print(summary_line(snap, summary))
+            self.say(summary_line(snap, summary))

@@ -30,10 +30,6 @@ STEP_STYLES = {"done": "green", "removed": "green", "unchanged": "bright_black",
 BAR_WIDTH = 40
 
 
-def on_terminal() -> bool:
-    return Console(stderr=True).is_terminal
-
-
 def phases(current: str) -> Text:
     """plan › fetch › install ›...: those done green, the current one bold, those to come dim."""
     text = Text()

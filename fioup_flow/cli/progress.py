@@ -154,13 +154,19 @@ class Reporter:
 
 
 def view_maker(mode: str, out: TextIO) -> Callable[[Progress], View]:
-    from fioup_flow.cli import journal, jsonlines, live
-
+    """The view `mode` asks for, its module imported alone: rich only for a terminal's live view, so
+    that a `resume` at boot, writing to the journal, does not pay for it."""
     if mode == "json":
-        return lambda progress: jsonlines.JsonLines(out)
-    if live.on_terminal():
-        return lambda progress: live.LiveView(progress.snapshot)
-    return lambda progress: journal.JournalView()
+        from fioup_flow.cli.jsonlines import JsonLines
+
+        return lambda progress: JsonLines(out)
+    if sys.stderr.isatty():
+        from fioup_flow.cli.live import LiveView
+
+        return lambda progress: LiveView(progress.snapshot)
+    from fioup_flow.cli.journal import JournalView
+
+    return lambda progress: JournalView()
 
 
 def exit_status(exc: BaseException) -> tuple[int, str | None]:
