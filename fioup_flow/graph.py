@@ -16,7 +16,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-
 from fioup_flow.errors import FioupFlowError
 from fioup_flow.task import RESOURCES, Node
 
@@ -28,6 +27,7 @@ def _nx():  # noqa: ANN202 - the networkx module, imported on first use (see the
     import networkx  # noqa: PLC0415
 
     return networkx
+
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
