@@ -192,6 +192,12 @@ class CheckpointStore:
             return self.cache.get(f"plan:{plan_id}")
 
     def current_plan(self) -> Plan | None:
+        data = self.current_frozen()
+        return None if data is None else Plan.from_data(data)
+
+    def current_frozen(self) -> dict[str, Any] | None:
+        """The update in progress as frozen (plan id, meta, nodes sorted by id, edges), checked against
+        its checksum: what reads the plan without running it (`status`) needs no graph built."""
         plan_id = self.current_plan_id()
         if plan_id is None:
             return None
@@ -201,7 +207,7 @@ class CheckpointStore:
         with self._guard():
             if hashlib.sha256(text.encode()).hexdigest() != self.cache.get(f"plan_sha256:{plan_id}"):
                 raise self._error(f"the frozen plan {plan_id} does not match its checksum")
-            return Plan.from_json(text)
+            return json.loads(text)
 
     def freeze(self, plan: Plan) -> Plan:
         """Persist `plan` as the update in progress (one transaction) and return the frozen plan.

@@ -124,7 +124,11 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        data = json.loads(text)
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Plan:
+        """A plan from its frozen form (`to_data`), validated."""
         plan = cls(plan_id=data["plan_id"], meta=data.get("meta", {}))
         for raw in data["nodes"]:
             plan.graph.add_node(raw["id"], node=Node.from_dict(raw))

@@ -12,14 +12,20 @@ import click
 from rich.console import Console
 
 from fioup_flow.agent import Agent
-from fioup_flow.checkpoint import CheckpointStore, store_path
+from fioup_flow.checkpoint import CheckpointStore, NodeRecord, store_path
 from fioup_flow.cli.apply import restore
 from fioup_flow.cli.output import emit_json
-from fioup_flow.cli.status import in_progress, open_store
+from fioup_flow.cli.status import open_store
 from fioup_flow.errors import LockedError, NotConfiguredError
 from fioup_flow.graph import Plan
 from fioup_flow.lock import LOCK_NAME, InstanceLock
 from fioup_flow.render import FORMATS, render_dot, render_json, render_mermaid, render_table
+
+
+def _in_progress(store: CheckpointStore | None) -> tuple[Plan | None, dict[str, NodeRecord]]:
+    """The update in progress and its nodes' records, or (None, {})."""
+    plan = store.current_plan() if store else None
+    return plan, (store.records(plan.plan_id, plan.graph.nodes) if plan else {})
 
 
 @click.command()
@@ -27,7 +33,7 @@ from fioup_flow.render import FORMATS, render_dot, render_json, render_mermaid, 
 @click.pass_context
 def graph(ctx: click.Context, fmt: str) -> None:
     """Show the plan of the update in progress and where each node stands."""
-    plan, records = in_progress(open_store(ctx.obj.config))
+    plan, records = _in_progress(open_store(ctx.obj.config))
     if plan is None:
         plan = _preview(ctx.obj.config)
         if plan is None:

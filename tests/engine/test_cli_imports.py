@@ -10,7 +10,7 @@ import sys
 import click
 
 from fioup_flow.cli import SUBCOMMANDS, main
-from tests.engine.conftest import Device
+from tests.engine.conftest import Device, failing_plan
 
 # what a command that does not need them must not pay for at every start
 HEAVY = {"docker", "requests", "urllib3", "tuf", "securesystemslib", "cryptography", "rich", "diskcache", "yaml",
@@ -42,10 +42,12 @@ def test_help_imports_no_command_and_no_library_but_click() -> None:
     assert not {m for m in modules if m.startswith("fioup_flow.cli.")}
 
 
-def test_status_imports_neither_tuf_nor_rich_nor_the_agent(device: Device) -> None:
+def test_status_of_an_update_in_progress_imports_neither_tuf_nor_rich_nor_networkx_nor_the_agent(
+        device: Device) -> None:
+    assert device.run(failing_plan())[0] == 40  # an update in progress, one node failed
     modules = imported("-c", str(device.config), "status")
-    assert "fioup_flow.cli.status" in modules
-    assert not {m for m in modules if m.split(".")[0] in ("tuf", "rich") or m == "fioup_flow.agent"}
+    assert "fioup_flow.cli.status" in modules and "fioup_flow.checkpoint" in modules
+    assert not {m for m in modules if m.split(".")[0] in ("tuf", "rich", "networkx") or m == "fioup_flow.agent"}
 
 
 def test_resume_to_a_journal_imports_no_rich(device: Device) -> None:
