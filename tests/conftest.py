@@ -17,7 +17,7 @@ from ciskips import (  # noqa: F401 - hooks: under CI=true a skipped test fails 
     pytest_terminal_summary,
 )
 from core_factory import Factory, start_factory, stop_factory
-from support import Device, fresh_device, new_device, publish
+from support import Device, claim_engine, fresh_device, new_device, publish
 
 # version -> the sample apps of that Target, published under the tag `updates`
 RELEASES = {
@@ -26,6 +26,15 @@ RELEASES = {
     3: {"shellhttpd": "shellhttpd/v2", "ticker": "ticker/v1"},
 }
 RELEASE_TAG = "updates"
+
+
+_ENGINE_LOCK = claim_engine()  # before anything reads DOCKER_HOST
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked `long` first: in parallel runs, a long one started last would leave its
+    worker running alone at the end while the others idle (the order is otherwise kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.fixture(scope="session")

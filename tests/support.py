@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -25,6 +26,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def claim_engine() -> IO | None:
+    """Under pytest-xdist, point DOCKER_HOST at an engine of this worker's own, before anything
+    reads it (fixtures, and the fioup-flow and compose processes, which inherit it): tests empty
+    the engine they run on. scripts/test lists one engine per worker in FIOUP_FLOW_TEST_ENGINES; a
+    worker holds a lock beside the socket of the one it took for as long as it lives, so a worker
+    xdist starts in place of one that crashed takes the engine the dead one freed. Returns the
+    lock (kept open), None outside a worker."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not os.environ.get("FIOUP_FLOW_TEST_ENGINES"):
+        return None
+    for host in os.environ["FIOUP_FLOW_TEST_ENGINES"].split():
+        lock = open(Path(host.removeprefix("unix://")).with_name("worker.lock"), "w")  # noqa: SIM115 - held
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        os.environ["DOCKER_HOST"] = host
+        return lock
+    raise RuntimeError(f"no free engine for worker {os.environ['PYTEST_XDIST_WORKER']} among "
+                       f"{os.environ['FIOUP_FLOW_TEST_ENGINES']}: scripts/test starts one per worker")
 
 
 # The sample shellhttpd publishes ${SHELLHTTPD_PORT:-18080}. Compose sees no variable of

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import random
 import re
@@ -49,6 +50,7 @@ RECOVER = files("fioup_flow") / "units" / "fioup-flow-docker-recover"  # what th
 FREEZER = Path("/sys/fs/cgroup/freezer")
 FREEZE_TIMEOUT_S = 3.0  # a freezer not settled by then gets SIGSTOP's help (see Freeze)
 SIGSTOP_TIMEOUT_S = 10.0
+POOL_CLAIMS = Path("/tmp/fioup-flow-pools")  # the address pools engines of this machine hold (see free_pool_octet)
 
 
 class EngineDidNotStart(RuntimeError):
@@ -59,12 +61,32 @@ class EngineDidNotStart(RuntimeError):
         self.log = log
 
 
-def free_pool_octet() -> int:
-    """N such that no route uses 10.N.0.0/16 yet: on a shared machine, bridges left by other
-    engines fill docker's default pools, and compose then cannot create an app's network."""
+def free_pool_octet(folder: Path) -> int:
+    """N such that no route uses 10.N.0.0/16 and no other engine of this machine holds it, claimed
+    for the engine in `folder`: on a shared machine, bridges left by other engines fill docker's
+    default pools, and compose then cannot create an app's network. An engine with no network
+    yet has no route, and engines started side by side (one per test worker) would pick alike:
+    so each choice is claimed, as a link N in POOL_CLAIMS to its folder, under a lock; a claim
+    whose folder no longer records N (removed, or chosen afresh) is free again."""
     routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
     taken = {int(m) for m in re.findall(r"^10\.(\d+)\.", routes, re.MULTILINE)}
-    return random.choice([n for n in range(100, 250) if n not in taken])
+    POOL_CLAIMS.mkdir(exist_ok=True)
+    with open(POOL_CLAIMS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held = {n for n in range(100, 250) if _recorded_octet(POOL_CLAIMS / str(n)) == n}
+        octet = random.choice([n for n in range(100, 250) if n not in taken | held])
+        claim = POOL_CLAIMS / str(octet)
+        claim.unlink(missing_ok=True)
+        claim.symlink_to(folder)
+        (folder / "pool-octet").write_text(f"{octet}\n")
+    return octet
+
+
+def _recorded_octet(folder: Path) -> int | None:
+    """The pool octet the engine folder `folder` records, None without one."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((folder / "pool-octet").read_text())
+    return None
 
 
 def delete_bridges(octet: int) -> None:
@@ -107,11 +129,10 @@ class PrivateEngine:
     @property
     def octet(self) -> int:
         """The engine's address pool, 10.N.0.0/16: chosen at its first start, kept after."""
-        saved = self.folder / "pool-octet"
-        if not saved.exists():
+        if (octet := _recorded_octet(self.folder)) is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            saved.write_text(f"{free_pool_octet()}\n")
-        return int(saved.read_text())
+            octet = free_pool_octet(self.folder)
+        return octet
 
     @property
     def started(self) -> bool:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
 import powercut  # noqa: E402
 from support import clean_engine  # noqa: E402
 
-pytestmark = [pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.factory, pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(600)]
 
 
 def test_an_update_through_each_kind_of_network_fault_converges_at_little_extra_cost(factory, engine, tmp_path: Path) -> None:

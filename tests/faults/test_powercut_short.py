@@ -7,6 +7,7 @@ reorder disk, all but what a real disk may keep of them), kills them, boots (the
 the Target pins and the sample app serves the version's page, every blob intact, exactly the
 plan's events in order, no verified blob fetched again, no app stopped after boot longer than an
 uninterrupted run stops it. `scripts/powercut --cuts N [--disk reorder]` runs many more.
+The cuts of each scenario are a test case of their own, so that parallel workers share them out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import powercut  # noqa: E402
 from faults.needs import FUSE  # noqa: E402
 from support import clean_engine  # noqa: E402
 
-pytestmark = [*FUSE, pytest.mark.factory, pytest.mark.docker, pytest.mark.timeout(400)]
+pytestmark = [*FUSE, pytest.mark.factory, pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(400)]
 
 # (seed, scenario, mode, at): at < 0 draws the moment from the seed over the uninterrupted run;
 # in boundary mode `at` is K: the cut comes right after the (K+1)-th node finished (its progress line)
@@ -51,9 +52,20 @@ REORDER_CUTS = [
 ]
 
 
-def run(factory, disk, tmp_path: Path, monkeypatch, cuts: list[tuple]) -> None:
+def by_scenario(cuts: list[tuple]) -> list:
+    """The cuts as test cases, one per scenario: the cases spread over parallel workers, and the
+    cuts of a scenario share the one uninterrupted run they are measured against."""
+    scenarios = dict.fromkeys(cut[1] for cut in cuts)
+    return [pytest.param([cut for cut in cuts if cut[1] == name], id=name) for name in scenarios]
+
+
+@pytest.fixture(scope="module")
+def uris(factory) -> dict[int, dict[str, str]]:
+    return powercut.publish_releases(factory.home.root)
+
+
+def run(factory, uris, disk, tmp_path: Path, monkeypatch, cuts: list[tuple]) -> None:
     """The cuts on `disk`, with an engine of their own to cut with the power; none may fail."""
-    uris = powercut.publish_releases(factory.home.root)
     # in a short folder, as containerd's sockets need
     engine_dir = Path(tempfile.mkdtemp(prefix="fioup-flow-engine-"))
     with powercut.PrivateEngine(engine_dir) as engine:
@@ -70,12 +82,14 @@ def run(factory, disk, tmp_path: Path, monkeypatch, cuts: list[tuple]) -> None:
     assert not failed, failed
 
 
+@pytest.mark.parametrize("cuts", by_scenario(CUTS))
 def test_every_update_cut_by_a_power_failure_resumes_to_its_target_with_nothing_lost_or_repeated(
-        factory, disk, tmp_path: Path, monkeypatch) -> None:
-    run(factory, disk, tmp_path, monkeypatch, CUTS)
+        factory, uris, disk, tmp_path: Path, monkeypatch, cuts: list[tuple]) -> None:
+    run(factory, uris, disk, tmp_path, monkeypatch, cuts)
 
 
 @pytest.mark.parametrize("disk", ["reorder"], indirect=True)
+@pytest.mark.parametrize("cuts", by_scenario(REORDER_CUTS))
 def test_an_update_cut_on_a_disk_that_kept_unsynced_writes_too_resumes_to_its_target(
-        factory, disk, tmp_path: Path, monkeypatch) -> None:
-    run(factory, disk, tmp_path, monkeypatch, REORDER_CUTS)
+        factory, uris, disk, tmp_path: Path, monkeypatch, cuts: list[tuple]) -> None:
+    run(factory, uris, disk, tmp_path, monkeypatch, cuts)
