@@ -33,7 +33,7 @@ def open_store(config: Config) -> CheckpointStore | None:
     return CheckpointStore(path) if path.exists() else None
 
 
-def _device(config) -> dict[str, Any]:
+def _device(config: Config) -> dict[str, Any]:
     """What runs: the current Target and each of its apps as the engine sees them. An engine that does
     not answer is an error (exit 7): "unknown" for every app would read like apps that are gone."""
     current = current_target(config.flow_dir)
