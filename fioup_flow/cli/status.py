@@ -21,7 +21,6 @@ from fioup_flow.config import Config
 from fioup_flow.errors import FioupFlowError
 from fioup_flow.graph import Plan
 from fioup_flow.installed import current_target
-from fioup_flow.ongoing import installing, to_another_target
 from fioup_flow.outbox import Outbox, outbox_path
 from tasks import appstate
 from tasks.apps_states import apps_status
@@ -50,6 +49,8 @@ def _install_due(config: Config, frozen: dict[str, Any], records: dict[str, Node
     window = config.install_window
     if window is None:
         return None
+    from fioup_flow.ongoing import installing, to_another_target  # the task kinds it knows, only here
+
     plan = Plan.from_data(frozen)  # the graph, only here: which nodes come after the download
     if not to_another_target(plan) or installing(plan, records):
         return None
