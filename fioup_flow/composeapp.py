@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import yaml
 
 from fioup_flow.bundle import COMPOSE_MAX, MAX_TOTAL, lands_at
 from fioup_flow.errors import FetchError, InstallError
+from fioup_flow.keylock import KeyLocks
 from fioup_flow.platforms import Platform, host_platform, matching
 from fioup_flow.reference import PinnedRef, ReferenceError
 from fioup_flow.registry import BlobSource
@@ -247,8 +247,7 @@ class AppTreeLoader:
         self.store = store
         self.registry = registry
         self.platform = host or host_platform()
-        self._fetching: dict[str, threading.Lock] = {}  # digest -> held while one walk fetches it
-        self._fetching_lock = threading.Lock()
+        self._fetching = KeyLocks()  # by digest: held while one walk fetches the blob
 
     def load_all(self, apps: Iterable[App]) -> dict[str, AppTree]:
         """Every app's tree, the apps walked at once: a walk spends its time waiting on the registry
@@ -265,9 +264,7 @@ class AppTreeLoader:
         Two walks needing one blob (two apps of one image) fetch it once, one after the other."""
         if self.store.has(ref.digest):
             return
-        with self._fetching_lock:
-            lock = self._fetching.setdefault(ref.digest, threading.Lock())
-        with lock:
+        with self._fetching.held(ref.digest):
             self._fetch(ref, kind, size, limit)
 
     def _fetch(self, ref: PinnedRef, kind: str, size: int | None, limit: int) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from fioup_flow.errors import FetchError
+from fioup_flow.keylock import KeyLocks
 from fioup_flow.reference import PinnedRef, registry_host
 from fioup_flow.retry import ServerError, describe, retrying
 from fioup_flow.store import DigestMismatchError
@@ -121,10 +121,9 @@ class RegistryClient:
         self.retry_seconds = retry_seconds
         self._tokens: dict[str, tuple[str, float]] = {}
         self._challenges: dict[str, dict[str, str]] = {}  # repository -> its last Bearer challenge
-        # one lock per token (held while it is fetched, so that it is fetched once), none across
+        # a lock per token, held while it is fetched (so that it is fetched once), none across
         # tokens: the apps' trees are walked at once, each repository asking its own
-        self._token_locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()  # guards the dict above
+        self._token_locks = KeyLocks()
 
     # --- auth --------------------------------------------------------------------------
     def _token(self, registry: str, challenge: dict[str, str], force: bool) -> str:
@@ -133,9 +132,7 @@ class RegistryClient:
             raise RegistryError(f"the registry {registry} names a token realm that is not https ({realm!r}); "
                                 "fioup-flow asks no token there")
         key = f"{registry}|{realm}|{challenge.get('service')}|{challenge.get('scope')}"
-        with self._lock:
-            lock = self._token_locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._token_locks.held(key):
             cached = self._tokens.get(key)
             if cached and not force and cached[1] > time.monotonic():
                 return cached[0]

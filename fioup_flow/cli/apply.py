@@ -195,5 +195,3 @@ def resume_command(obj) -> None:
             return
         agent.check_engine()
         continue_update(agent, ongoing, "Resuming")
-
-

@@ -26,5 +26,3 @@ def daemon_command(obj, once: bool) -> None:
     for name in ("fioup_flow", "tasks"):
         logging.getLogger(name).setLevel(logging.DEBUG if obj.verbose else logging.INFO)
     raise SystemExit(Daemon(lambda: Config.load(obj.cfg_dirs)).run(once=once))
-
-

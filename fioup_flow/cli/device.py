@@ -128,5 +128,3 @@ def whoami_command(obj, as_json: bool) -> None:
     else:
         for key in ("name", "uuid", "factory", "tag", "created_at", "last_seen"):
             click.echo(f"{key + ':':12} {device.get(key, '')}")
-
-

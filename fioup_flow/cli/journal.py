@@ -42,7 +42,7 @@ class JournalView:
         if not first:
             what = "Rolling back" if snap.kind == "rollback" else "Running"
             self.say(f"{click.style(what, fg='yellow')} to {snap.target} (version {snap.target_version}): "
-                               f"{snap.nodes_total} nodes")
+                     f"{snap.nodes_total} nodes")
 
     def node(self, snap: Snapshot, event: NodeEvent) -> None:
         node_id = short_id(event.node.id)

@@ -93,5 +93,3 @@ def cancel(ctx: click.Context, discard_state: bool) -> None:
     except LockedError:
         store.request_cancel(plan.plan_id)
         click.echo(f"Cancel requested: the runner stops update {plan.plan_id} at its next stop point")
-
-
